@@ -1,0 +1,287 @@
+"""Runs a validated plan against the cache, emitting events and honouring interrupts."""
+
+from __future__ import annotations
+
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import events
+from .cache import Cache, Entry, signature, size_of
+from .context import NodeContext, RunContext, RunSettings
+from .errors import Interrupted, NodeFailed
+from .plan import Plan, Step
+from .registry import Registry
+from .validate import Limits, LiteralProblem, coerce_literal, validate
+from .workflow import unwrap
+
+Listener = Callable[[events.Event], None]
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    status: str
+    """"success", "failed" or "interrupted"."""
+    seconds: float
+    executed: list[str] = field(default_factory=list)
+    cached: list[str] = field(default_factory=list)
+    node_seconds: dict[str, float] = field(default_factory=dict)
+    ui: dict[str, Mapping[str, Any]] = field(default_factory=dict)
+    outputs: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+    """Output values of every node that took part, by node id."""
+    warnings: list[events.NodeWarning] = field(default_factory=list)
+    error: events.RunFailed | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "success"
+
+
+class Executor:
+    """Validates and runs workflows; keeps one cache across runs (and across workflows)."""
+
+    def __init__(
+        self, registry: Registry, cache: Cache | None = None, limits: Limits | None = None
+    ) -> None:
+        self.registry = registry
+        self.cache = cache if cache is not None else Cache()
+        self.limits = limits or Limits()
+        self._lock = threading.Lock()
+        self._interrupt: threading.Event | None = None
+
+    def validate(self, workflow: Any) -> Plan:
+        """Check a workflow (API-format dict); raises ValidationFailed listing every error."""
+        return validate(workflow, self.registry, self.limits)
+
+    def interrupt(self) -> None:
+        """Ask the run in progress to stop at its next node or progress tick."""
+        if self._interrupt is not None:
+            self._interrupt.set()
+
+    def run(
+        self,
+        workflow: Any,
+        settings: RunSettings | None = None,
+        *,
+        on_event: Listener | None = None,
+        extra: Mapping[str, Any] | None = None,
+        interrupt: threading.Event | None = None,
+        run_id: str | None = None,
+    ) -> RunResult:
+        """Validate (unless given a Plan) and run; node failures come back in the result."""
+        raw = workflow if isinstance(workflow, Plan) else unwrap(workflow)
+        plan = workflow if isinstance(workflow, Plan) else self.validate(raw)
+        with self._lock:
+            self._interrupt = interrupt or threading.Event()
+            try:
+                ctx = RunContext(
+                    run_id or uuid.uuid4().hex,
+                    settings or RunSettings(),
+                    raw if isinstance(raw, dict) else {},
+                    extra or {},
+                    on_event or _ignore,
+                    self._interrupt,
+                )
+                return _Run(self, plan, ctx, on_event is not None).execute()
+            finally:
+                self._interrupt = None
+
+
+def _ignore(_: events.Event) -> None:
+    return None
+
+
+class _Run:
+    """The state of one run: keys, values pinned for it, and what happened."""
+
+    def __init__(self, executor: Executor, plan: Plan, ctx: RunContext, listening: bool) -> None:
+        self.cache = executor.cache
+        self.plan, self.ctx, self.listening = plan, ctx, listening
+        self._listener, ctx.emit = ctx.emit, self._dispatch
+        self.keys: dict[str, str] = {}
+        self.values: dict[str, Entry] = {}
+        self.result = RunResult(ctx.run_id, "success", 0.0)
+
+    def _dispatch(self, event: events.Event) -> None:
+        if isinstance(event, events.NodeWarning):
+            self.result.warnings.append(event)
+        self._listener(event)
+
+    def emit(self, event_type: type[events.Event], **fields: Any) -> None:
+        if self.listening:
+            self._listener(event_type(run_id=self.ctx.run_id, **fields))
+
+    def execute(self) -> RunResult:
+        start = time.perf_counter()
+        result = self.result
+        current: Step | None = None
+        try:
+            for node_id in self.plan.order:
+                current = self.plan.steps[node_id]
+                self.keys[node_id] = self._key(current)
+            current = None
+            to_run = self._select()
+            self.emit(
+                events.RunStarted,
+                planned=tuple(n for n in self.plan.order if n in to_run or n in self._served),
+            )
+            if result.cached:
+                self.emit(events.NodesCached, node_ids=tuple(result.cached))
+            for node_id in result.cached:
+                self._report_cached(node_id)
+            for node_id in self.plan.order:
+                if node_id not in to_run:
+                    continue
+                self.ctx.check_interrupt()
+                current = self.plan.steps[node_id]
+                self._execute(current)
+            current = None
+        except Interrupted:
+            result.status = "interrupted"
+            self.emit(
+                events.RunInterrupted,
+                node_id=current and current.id,
+                class_type=current and current.cls.spec.type_name,
+                executed=tuple(result.executed),
+            )
+        except Exception as exc:
+            result.status = "failed"
+            node_id = current.id if current else None
+            class_type = current.cls.spec.type_name if current else None
+            if isinstance(exc, NodeFailed):
+                message, kind = exc.message, "NodeFailed"
+            else:
+                message, kind = f"{exc}" or type(exc).__name__, type(exc).__name__
+            result.error = events.RunFailed(
+                run_id=self.ctx.run_id,
+                node_id=node_id,
+                class_type=class_type,
+                message=message,
+                exception_type=kind,
+                traceback=traceback.format_exc(),
+                executed=tuple(result.executed),
+            )
+            self._listener(result.error)
+        result.seconds = time.perf_counter() - start
+        if result.status == "success":
+            self.emit(events.RunFinished, seconds=result.seconds)
+        return result
+
+    def _key(self, step: Step) -> str:
+        spec = step.cls.spec
+        fingerprint = (
+            step.cls.fingerprint(step.literals, self.ctx) if spec.has_fingerprint else None
+        )
+        sources = {name: (self.keys[link.source], link.output) for name, link in step.links.items()}
+        return signature(spec.type_name, step.literals, fingerprint, sources)
+
+    def _select(self) -> set[str]:
+        """Nodes to execute: walk back from the outputs, stopping at cache hits.
+
+        Values of cache hits are pinned for this run (eviction cannot take them away). Among
+        nodes with equal keys, the first in order executes and the others share its result.
+        """
+        to_run: set[str] = set()
+        self._served: set[str] = set()
+        self._twins: dict[str, list[str]] = {}
+        first_of_key: dict[str, str] = {}
+        stack = list(self.plan.outputs)
+        seen: set[str] = set()
+        while stack:
+            node_id = stack.pop()
+            if node_id in seen:
+                continue
+            seen.add(node_id)
+            key = self.keys[node_id]
+            entry = self.values.get(key) or self.cache.get(key)
+            if entry is not None:
+                self.values[key] = entry
+                self._served.add(node_id)
+                continue
+            to_run.add(node_id)
+            stack.extend(link.source for link in self.plan.steps[node_id].links.values())
+        for node_id in self.plan.order:
+            if node_id in to_run:
+                key = self.keys[node_id]
+                if key in first_of_key:
+                    to_run.discard(node_id)
+                    self._served.add(node_id)
+                    self._twins.setdefault(first_of_key[key], []).append(node_id)
+                else:
+                    first_of_key[key] = node_id
+        self.result.cached = [n for n in self.plan.order if n in self._served]
+        return to_run
+
+    def _report_cached(self, node_id: str) -> None:
+        entry = self.values.get(self.keys[node_id])
+        if entry is None:  # shares the result of an identical node that runs later
+            return
+        self.result.outputs[node_id] = entry.outputs
+        if entry.ui:
+            self.result.ui[node_id] = entry.ui
+            self.emit(
+                events.NodeFinished,
+                node_id=node_id,
+                class_type=self.plan.steps[node_id].cls.spec.type_name,
+                seconds=0.0,
+                ui=entry.ui,
+                cached=True,
+            )
+
+    def _inputs(self, step: Step) -> dict[str, Any]:
+        kwargs = dict(step.literals)
+        for name, link in step.links.items():
+            kwargs[name] = self.values[self.keys[link.source]].outputs[link.output]
+        for name in step.linked_literals:
+            try:
+                kwargs[name] = coerce_literal(step.cls.spec.inputs[name], kwargs[name])
+            except LiteralProblem as problem:
+                raise NodeFailed(
+                    step.id,
+                    step.cls.spec.type_name,
+                    f"input '{name}' received an unusable value: {problem.message}",
+                ) from None
+        return kwargs
+
+    def _execute(self, step: Step) -> None:
+        spec = step.cls.spec
+        self.emit(events.NodeStarted, node_id=step.id, class_type=spec.type_name)
+        started = time.perf_counter()
+        node = step.cls.model_construct(**self._inputs(step))
+        node_ctx = NodeContext(self.ctx, step.id, spec.type_name)
+        value = node.invoke(node_ctx)
+        if spec.returns is not None:
+            if not isinstance(value, spec.returns):
+                raise TypeError(
+                    f"{spec.type_name}.invoke returned {type(value).__name__}, "
+                    f"not its declared outputs"
+                )
+            outputs = tuple(getattr(value, o.name) for o in spec.outputs)
+        else:
+            outputs = (value,) if spec.outputs else ()
+        entry = Entry(outputs, node_ctx.ui, size_of(outputs))
+        self.cache.put(self.keys[step.id], entry)
+        self.values[self.keys[step.id]] = entry
+        seconds = time.perf_counter() - started
+        result = self.result
+        result.executed.append(step.id)
+        result.node_seconds[step.id] = seconds
+        result.outputs[step.id] = outputs
+        if node_ctx.ui:
+            result.ui[step.id] = node_ctx.ui
+        for twin in self._twins.get(step.id, ()):
+            result.outputs[twin] = outputs
+            if node_ctx.ui:
+                result.ui[twin] = node_ctx.ui
+        self.emit(
+            events.NodeFinished,
+            node_id=step.id,
+            class_type=spec.type_name,
+            seconds=seconds,
+            ui=node_ctx.ui,
+        )

@@ -1,0 +1,258 @@
+"""Every check a workflow must pass before it runs; all errors are reported at once."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from . import types as T  # noqa: N812
+from .errors import NodeError, ValidationFailed
+from .node import InputSpec
+from .plan import Plan, Step, build_graph, cycles, needed_nodes, order, restrict
+from .registry import Registry
+from .workflow import WorkflowNode, parse, unwrap
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Sizes past which a workflow is refused outright."""
+
+    max_nodes: int = 200_000
+
+
+# pydantic error type -> (ComfyUI error type, how to say it)
+_PYDANTIC_ERRORS: dict[str, str] = {
+    "greater_than_equal": "value_smaller_than_min",
+    "greater_than": "value_smaller_than_min",
+    "less_than_equal": "value_bigger_than_max",
+    "less_than": "value_bigger_than_max",
+    "string_too_long": "value_bigger_than_max",
+    "literal_error": "value_not_in_list",
+}
+_KIND_WORDS = {
+    T.INT: "a whole number",
+    T.FLOAT: "a number",
+    T.STRING: "a text",
+    T.BOOLEAN: "true or false",
+    T.COMBO: "one of the choices",
+}
+
+
+def validate(data: Any, registry: Registry, limits: Limits | None = None) -> Plan:
+    """Check an API-format workflow and plan its run; raises ValidationFailed with every error."""
+    data = unwrap(data)
+    limits = limits or Limits()
+    if len(data) > limits.max_nodes:
+        raise ValidationFailed(
+            [
+                NodeError(
+                    "invalid_prompt",
+                    f"The workflow has {len(data)} nodes; the limit is {limits.max_nodes}.",
+                )
+            ]
+        )
+    nodes, errors = parse(data)
+    known: dict[str, WorkflowNode] = {}
+    for node in nodes.values():
+        if node.class_type in registry:
+            known[node.id] = node
+        else:
+            hint = _did_you_mean(node.class_type, registry)
+            errors.append(
+                NodeError(
+                    "missing_node_type",
+                    f"There is no node class '{node.class_type}'.{hint}",
+                    node.id,
+                    node.class_type,
+                )
+            )
+    outputs = [i for i, n in known.items() if registry.get(n.class_type).output_node]  # type: ignore[union-attr]
+    if not outputs:
+        errors.append(
+            NodeError(
+                "prompt_no_outputs",
+                "The workflow has no output node (such as SaveImage or ShowValue), so nothing "
+                "would run.",
+            )
+        )
+        raise ValidationFailed(errors)
+
+    edges = [
+        (link.source, n.id)
+        for n in known.values()
+        for link in n.links.values()
+        if link.source in known
+    ]
+    graph = build_graph(edges, known)
+    needed = needed_nodes(graph, outputs)
+    needed.update(outputs)
+    steps: dict[str, Step] = {}
+    for node_id in (n for n in known if n in needed):
+        step = _check_node(known[node_id], known, registry, errors)
+        if step is not None:
+            steps[node_id] = step
+    graph = restrict(graph, needed)
+    ordered = order(graph)
+    if ordered is None:
+        for group in cycles(graph):
+            loop = " -> ".join([*group, group[0]])
+            for node_id in group:
+                errors.append(
+                    NodeError(
+                        "dependency_cycle",
+                        f"The node depends on itself through the cycle {loop}.",
+                        node_id,
+                        known[node_id].class_type,
+                    )
+                )
+    if errors:
+        raise ValidationFailed(errors, outputs)
+    return Plan(steps, ordered or [], outputs)
+
+
+def _did_you_mean(word: str, options: Any) -> str:
+    close = difflib.get_close_matches(word, list(options), n=1)
+    return f" Did you mean '{close[0]}'?" if close else ""
+
+
+def _check_node(
+    node: WorkflowNode,
+    known: dict[str, WorkflowNode],
+    registry: Registry,
+    errors: list[NodeError],
+) -> Step | None:
+    cls = registry.get(node.class_type)
+    assert cls is not None
+    spec = cls.spec
+    n_errors = len(errors)
+
+    def fail(kind: str, message: str, name: str | None, received: Any = None) -> None:
+        errors.append(NodeError(kind, message, node.id, node.class_type, name, _short(received)))
+
+    for name in (*node.literals, *node.links):
+        if name not in spec.inputs:
+            fail(
+                "invalid_input_name",
+                f"{node.class_type} has no input '{name}'.{_did_you_mean(name, spec.inputs)}",
+                name,
+            )
+    literals: dict[str, Any] = {}
+    linked_literals: list[str] = []
+    for name, inp in spec.inputs.items():
+        if name in node.links:
+            link = node.links[name]
+            source = known.get(link.source)
+            if source is None:
+                fail(
+                    "bad_linked_input",
+                    f"The input is linked to node {link.source}, which does "
+                    "not exist or failed to load.",
+                    name,
+                    [link.source, link.output],
+                )
+                continue
+            outputs = registry.get(source.class_type).spec.outputs  # type: ignore[union-attr]
+            if link.output >= len(outputs):
+                fail(
+                    "bad_linked_input",
+                    f"Node {link.source} ({source.class_type}) has "
+                    f"{len(outputs)} output(s); output index {link.output} does not exist.",
+                    name,
+                    [link.source, link.output],
+                )
+                continue
+            out_type = outputs[link.output].type
+            if not T.compatible(out_type, inp.type):
+                fail(
+                    "return_type_mismatch",
+                    f"The input takes {inp.type} but is linked to a "
+                    f"{out_type} output of node {link.source} ({source.class_type}).",
+                    name,
+                    [link.source, link.output],
+                )
+            if not inp.is_socket:
+                linked_literals.append(name)
+        elif name in node.literals:
+            value = node.literals[name]
+            if inp.is_socket:
+                fail(
+                    "invalid_input_type",
+                    f"The input takes a link from a {inp.type} output, not a literal value.",
+                    name,
+                    value,
+                )
+                continue
+            try:
+                literals[name] = coerce_literal(inp, value)
+            except LiteralProblem as problem:
+                fail(problem.kind, problem.message, name, value)
+        elif inp.required:
+            what = f"a link from a {inp.type} output" if inp.is_socket else "a value"
+            fail("required_input_missing", f"The required input is missing: it needs {what}.", name)
+        elif not inp.is_socket:
+            literals[name] = inp.default
+    if len(errors) > n_errors:
+        return None
+    return Step(node.id, cls, literals, dict(node.links), tuple(linked_literals))
+
+
+class LiteralProblem(ValueError):
+    """A value that does not fit a literal input: a ComfyUI error type and a sentence."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind, self.message = kind, message
+
+
+def coerce_literal(inp: InputSpec, value: Any) -> Any:
+    """The value a literal input gets from `value`; raises LiteralProblem if it does not fit."""
+    try:
+        value = inp.adapter.validate_python(value)  # type: ignore[union-attr]
+    except ValidationError as exc:
+        raise LiteralProblem(*_explain(inp, value, exc.errors()[0])) from None
+    if inp.dynamic_choices is not None:
+        choices = inp.choices() or ()
+        if value not in choices:
+            shown = ", ".join(map(repr, choices[:20])) or "none are available"
+            raise LiteralProblem(
+                "value_not_in_list", f"{value!r} is not one of the choices: {shown}."
+            )
+    return value
+
+
+def _explain(inp: InputSpec, value: Any, err: dict[str, Any]) -> tuple[str, str]:
+    kind = err["type"]
+    ctx = err.get("ctx", {})
+    if kind in ("greater_than_equal", "greater_than"):
+        return _PYDANTIC_ERRORS[kind], f"{_short(value)} is smaller than the minimum {inp.ge}."
+    if kind in ("less_than_equal", "less_than"):
+        return _PYDANTIC_ERRORS[kind], f"{_short(value)} is bigger than the maximum {inp.le}."
+    if kind == "string_too_long":
+        return _PYDANTIC_ERRORS[kind], (
+            f"The text is {len(value)} characters long; the limit is {ctx.get('max_length')}."
+        )
+    if kind == "literal_error":
+        shown = ", ".join(map(repr, inp.static_choices or ()))
+        return _PYDANTIC_ERRORS[kind], f"{_short(value)!r} is not one of the choices: {shown}."
+    if kind == "finite_number":
+        return (
+            "invalid_input_type",
+            f"{value} is not a finite number (NaN and infinities are refused).",
+        )
+    got = "null" if value is None else type(value).__name__
+    return "invalid_input_type", (
+        f"The input takes {_KIND_WORDS.get(inp.type, inp.type)} ({inp.type}), got {got} "
+        f"{_short(value)!r}."
+    )
+
+
+def _short(value: Any, limit: int = 200) -> Any:
+    """The value as received, cut down if it is huge (errors echo it back)."""
+    if isinstance(value, str) and len(value) > limit:
+        return value[:limit] + f"... ({len(value)} characters)"
+    if isinstance(value, list | dict) and len(repr(value)) > limit:
+        return repr(value)[:limit] + "..."
+    return value

@@ -1,0 +1,1 @@
+"""The node library: diffusion nodes on diffusers, plus small utility nodes."""
