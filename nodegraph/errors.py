@@ -37,10 +37,48 @@ class ValidationFailed(Exception):
     """The workflow cannot run; `errors` lists every problem found."""
 
     errors: list[NodeError]
-    outputs: list[str] = field(default_factory=list)
+    dependent_outputs: dict[str, list[str]] = field(default_factory=dict)
+    """For a node with errors: the output nodes that need it."""
 
     def __str__(self) -> str:
         return "\n".join(str(e) for e in self.errors)
+
+    def comfy_body(self) -> dict[str, Any]:
+        """The body ComfyUI answers an invalid prompt with: `{error, node_errors}`."""
+        general = next((e for e in self.errors if e.node_id is None), None)
+        if general is not None:
+            error = {
+                "type": general.type,
+                "message": general.message,
+                "details": general.details,
+                "extra_info": {},
+            }
+        else:
+            error = {
+                "type": "prompt_outputs_failed_validation",
+                "message": "Prompt outputs failed validation",
+                "details": "",
+                "extra_info": {},
+            }
+        node_errors: dict[str, Any] = {}
+        for e in self.errors:
+            if e.node_id is None:
+                continue
+            entry = node_errors.setdefault(
+                e.node_id,
+                {
+                    "errors": [],
+                    "dependent_outputs": self.dependent_outputs.get(e.node_id, []),
+                    "class_type": e.class_type,
+                },
+            )
+            extra: dict[str, Any] = {"received_value": e.received}
+            if e.input_name is not None:
+                extra["input_name"] = e.input_name
+            entry["errors"].append(
+                {"type": e.type, "message": e.message, "details": e.details, "extra_info": extra}
+            )
+        return {"error": error, "node_errors": node_errors}
 
 
 class Interrupted(Exception):

@@ -20,6 +20,7 @@ from this one declaration.
 from __future__ import annotations
 
 import inspect
+import sys
 import types
 import typing
 from collections.abc import Callable, Hashable, Mapping, Sequence
@@ -281,13 +282,22 @@ def _literal_adapter(
 
 
 def _output_specs(cls: type[Node]) -> tuple[tuple[OutputSpec, ...], type[Outputs] | None]:
-    try:
-        hints = typing.get_type_hints(cls.invoke, include_extras=True)
+    raw = getattr(cls.invoke, "__annotations__", {})
+    if "return" not in raw:
+        raise TypeError(f"{cls.__name__}.invoke needs a return annotation (its outputs)")
+
+    def holder() -> None: ...
+
+    holder.__annotations__ = {"return": raw["return"]}
+    try:  # resolve only the return annotation: in the module, the class and its nested Outputs
+        ret = typing.get_type_hints(
+            holder,
+            globalns=vars(sys.modules[cls.__module__]),
+            localns={**vars(cls), cls.__name__: cls},
+            include_extras=True,
+        )["return"]
     except Exception as exc:  # a name in the annotation that cannot be resolved
         raise TypeError(f"{cls.__name__}.invoke: cannot read its return annotation: {exc}") from exc
-    if "return" not in hints:
-        raise TypeError(f"{cls.__name__}.invoke needs a return annotation (its outputs)")
-    ret = hints["return"]
     if ret is None or ret is type(None):
         return (), None
     if inspect.isclass(ret) and issubclass(ret, Outputs):

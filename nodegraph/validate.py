@@ -6,6 +6,7 @@ import difflib
 from dataclasses import dataclass
 from typing import Any
 
+import networkx as nx
 from pydantic import ValidationError
 
 from . import types as T  # noqa: N812
@@ -109,8 +110,21 @@ def validate(data: Any, registry: Registry, limits: Limits | None = None) -> Pla
                     )
                 )
     if errors:
-        raise ValidationFailed(errors, outputs)
+        raise ValidationFailed(errors, dependent_outputs(graph, errors, outputs))
     return Plan(steps, ordered or [], outputs)
+
+
+def dependent_outputs(
+    graph: nx.DiGraph, errors: list[NodeError], outputs: list[str], most: int = 100
+) -> dict[str, list[str]]:
+    """For (up to `most`) nodes with errors, the output nodes that depend on them."""
+    found: dict[str, list[str]] = {}
+    for node_id in dict.fromkeys(e.node_id for e in errors if e.node_id in graph):
+        if len(found) >= most:
+            break
+        below = nx.descendants(graph, node_id) | {node_id}
+        found[node_id] = [o for o in outputs if o in below]  # type: ignore[index]
+    return found
 
 
 def _did_you_mean(word: str, options: Any) -> str:
@@ -132,7 +146,7 @@ def _check_node(
     def fail(kind: str, message: str, name: str | None, received: Any = None) -> None:
         errors.append(NodeError(kind, message, node.id, node.class_type, name, _short(received)))
 
-    for name in (*node.literals, *node.links):
+    for name in (*node.literals, *node.links, *node.malformed):
         if name not in spec.inputs:
             fail(
                 "invalid_input_name",
@@ -142,6 +156,8 @@ def _check_node(
     literals: dict[str, Any] = {}
     linked_literals: list[str] = []
     for name, inp in spec.inputs.items():
+        if name in node.malformed:
+            continue
         if name in node.links:
             link = node.links[name]
             source = known.get(link.source)

@@ -28,6 +28,8 @@ class WorkflowNode:
     literals: dict[str, Any] = field(default_factory=dict)
     links: dict[str, Link] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
+    malformed: set[str] = field(default_factory=set)
+    """Inputs whose link could not be read (already reported)."""
 
 
 def load_json(text: str | bytes) -> dict[str, Any]:
@@ -93,6 +95,7 @@ def parse(data: dict[str, Any]) -> tuple[dict[str, WorkflowNode], list[NodeError
             if isinstance(value, list):
                 link = _as_link(value)
                 if link is None:
+                    node.malformed.add(name)
                     errors.append(
                         NodeError(
                             "bad_linked_input",

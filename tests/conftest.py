@@ -1,0 +1,29 @@
+"""Shared fixtures: a registry of the core test nodes plus the utility nodes."""
+
+from __future__ import annotations
+
+import pytest
+
+import nodes.utility
+from nodegraph.executor import Executor
+from nodegraph.registry import Registry
+from tests import core_nodes
+
+
+@pytest.fixture
+def registry() -> Registry:
+    reg = Registry()
+    reg.register_module(core_nodes)
+    reg.register_module(nodes.utility)
+    return reg
+
+
+@pytest.fixture
+def executor(registry: Registry) -> Executor:
+    return Executor(registry)
+
+
+@pytest.fixture(autouse=True)
+def calls():
+    core_nodes.CALLS.clear()
+    return core_nodes.CALLS
