@@ -1,0 +1,754 @@
+import { useCallback, useEffect, useMemo, useRef, useState } from 'react';
+import {
+  Background,
+  BackgroundVariant,
+  Controls,
+  MiniMap,
+  ReactFlow,
+  applyEdgeChanges,
+  applyNodeChanges,
+  useReactFlow,
+  type Connection,
+  type EdgeChange,
+  type NodeChange,
+} from '@xyflow/react';
+import { parseCatalogue, compatible, typeColour, type Catalogue, type NodeDef } from './catalogue';
+import { EditorContext, type EditorApi } from './editor-context';
+import { GraphNode } from './GraphNode';
+import { Palette } from './Palette';
+import { runStore, type NodeRun } from './runstate';
+import { HttpError, connectSocket, getObjectInfo, getQueueRemaining, interrupt, queuePrompt, uploadImage } from './api';
+import {
+  fromApi,
+  handleInput,
+  handleOutput,
+  makeEdge,
+  newNodeData,
+  nextId,
+  stripLayout,
+  toApi,
+  unwrapWorkflow,
+  workflowFromPng,
+  type ApiWorkflow,
+  type GEdge,
+  type GNode,
+  type Graph,
+} from './workflow';
+import fallbackWorkflow from './default-workflow.json';
+
+// One source for the default graph: the repository's workflows/txt2img_img2img.json when present.
+const shipped = import.meta.glob('../../workflows/txt2img_img2img.json', { eager: true, import: 'default' });
+export const DEFAULT_WORKFLOW: ApiWorkflow = (Object.values(shipped)[0] as ApiWorkflow) ?? (fallbackWorkflow as ApiWorkflow);
+
+const nodeTypes = { graph: GraphNode };
+const STORAGE_KEY = 'nodegraph.workflow';
+const clientId = `web-${Math.random().toString(36).slice(2, 10)}`;
+
+interface Banner {
+  kind: 'error' | 'info';
+  text: string;
+  details?: string[];
+}
+
+function isEditable(t: EventTarget | null) {
+  const el = t as HTMLElement | null;
+  return !!el && (el.tagName === 'INPUT' || el.tagName === 'TEXTAREA' || el.tagName === 'SELECT' || el.isContentEditable);
+}
+
+function download(name: string, text: string) {
+  const url = URL.createObjectURL(new Blob([text], { type: 'application/json' }));
+  const a = document.createElement('a');
+  a.href = url;
+  a.download = name;
+  document.body.appendChild(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 1000);
+}
+
+export function App() {
+  const [catalogue, setCatalogue] = useState<Catalogue | null>(null);
+  const [loadError, setLoadError] = useState<string | null>(null);
+  const [nodes, setNodes] = useState<GNode[]>([]);
+  const [edges, setEdges] = useState<GEdge[]>([]);
+  const [palette, setPalette] = useState<{ screen: { x: number; y: number }; flow: { x: number; y: number } } | null>(null);
+  const [banner, setBanner] = useState<Banner | null>(null);
+  const [queueRemaining, setQueueRemaining] = useState(0);
+  const [connected, setConnected] = useState(false);
+  const [running, setRunning] = useState(false);
+  const [uploads, setUploads] = useState<Record<string, string[]>>({});
+  const [, setHistoryTick] = useState(0);
+  const rf = useReactFlow<GNode, GEdge>();
+
+  const nodesRef = useRef(nodes);
+  const edgesRef = useRef(edges);
+  nodesRef.current = nodes;
+  edgesRef.current = edges;
+  const catRef = useRef<Catalogue>({});
+  const uploadsRef = useRef(uploads);
+  uploadsRef.current = uploads;
+
+  // ---- history -------------------------------------------------------------------------------
+  const undoStack = useRef<Graph[]>([]);
+  const redoStack = useRef<Graph[]>([]);
+  const lastEdit = useRef<{ key: string; at: number } | null>(null);
+  const remember = useCallback((coalesceKey?: string) => {
+    const now = Date.now();
+    if (coalesceKey && lastEdit.current?.key === coalesceKey && now - lastEdit.current.at < 1500) {
+      lastEdit.current.at = now;
+      return;
+    }
+    lastEdit.current = coalesceKey ? { key: coalesceKey, at: now } : null;
+    undoStack.current.push({ nodes: nodesRef.current, edges: edgesRef.current });
+    if (undoStack.current.length > 200) undoStack.current.shift();
+    redoStack.current = [];
+    setHistoryTick((t) => t + 1);
+  }, []);
+  const setGraph = useCallback((g: Graph) => {
+    nodesRef.current = g.nodes;
+    edgesRef.current = g.edges;
+    setNodes(g.nodes);
+    setEdges(g.edges);
+  }, []);
+  const undo = useCallback(() => {
+    const prev = undoStack.current.pop();
+    if (!prev) return;
+    redoStack.current.push({ nodes: nodesRef.current, edges: edgesRef.current });
+    lastEdit.current = null;
+    setGraph(prev);
+    setHistoryTick((t) => t + 1);
+  }, [setGraph]);
+  const redo = useCallback(() => {
+    const next = redoStack.current.pop();
+    if (!next) return;
+    undoStack.current.push({ nodes: nodesRef.current, edges: edgesRef.current });
+    lastEdit.current = null;
+    setGraph(next);
+    setHistoryTick((t) => t + 1);
+  }, [setGraph]);
+
+  // ---- loading -------------------------------------------------------------------------------
+  const loadApi = useCallback(
+    (api: ApiWorkflow, opts: { record?: boolean; fit?: boolean } = {}) => {
+      const cat = catRef.current;
+      const g = fromApi(api, cat, typeColour);
+      if (opts.record !== false) remember();
+      runStore.update(() => ({}));
+      setGraph(g);
+      const unknown = [...new Set(g.nodes.filter((n) => !cat[n.data.classType]).map((n) => n.data.classType))];
+      if (unknown.length) setBanner({ kind: 'error', text: `Unknown node types: ${unknown.join(', ')}` });
+      if (opts.fit !== false) setTimeout(() => rf.fitView({ padding: 0.1 }), 50);
+    },
+    [remember, rf, setGraph],
+  );
+
+  const loadFile = useCallback(
+    async (file: File) => {
+      try {
+        const isPng = file.type === 'image/png' || /\.png$/i.test(file.name);
+        const api = isPng ? await workflowFromPng(await file.arrayBuffer()) : unwrapWorkflow(JSON.parse(await file.text()));
+        loadApi(api);
+        setBanner({ kind: 'info', text: `Loaded ${file.name}` });
+      } catch (e) {
+        setBanner({ kind: 'error', text: `Cannot load ${file.name}: ${(e as Error).message}` });
+      }
+    },
+    [loadApi],
+  );
+
+  useEffect(() => {
+    let cancelled = false;
+    getObjectInfo()
+      .then((info) => {
+        if (cancelled) return;
+        const cat = parseCatalogue(info);
+        catRef.current = cat;
+        setCatalogue(cat);
+        let api: ApiWorkflow = DEFAULT_WORKFLOW;
+        try {
+          const saved = localStorage.getItem(STORAGE_KEY);
+          if (saved) api = unwrapWorkflow(JSON.parse(saved));
+        } catch {
+          api = DEFAULT_WORKFLOW;
+        }
+        const g = fromApi(api, cat, typeColour);
+        setGraph(g);
+        setTimeout(() => rf.fitView({ padding: 0.1 }), 50);
+      })
+      .catch((e) => !cancelled && setLoadError(String(e?.message ?? e)));
+    return () => {
+      cancelled = true;
+    };
+  }, [rf, setGraph]);
+
+  // Keep the current graph across reloads.
+  useEffect(() => {
+    if (!catalogue) return;
+    const t = setTimeout(() => {
+      try {
+        localStorage.setItem(STORAGE_KEY, JSON.stringify(toApi({ nodes, edges }, catalogue)));
+      } catch {
+        /* storage full or disabled */
+      }
+    }, 400);
+    return () => clearTimeout(t);
+  }, [nodes, edges, catalogue]);
+
+  // ---- websocket -----------------------------------------------------------------------------
+  const executingRef = useRef<string | null>(null);
+  const previewTargets = useRef<string[]>([]);
+  useEffect(() => {
+    const clearPreviews = () => {
+      runStore.update((s) => {
+        const out: Record<string, NodeRun> = {};
+        for (const [id, r] of Object.entries(s)) {
+          if (r.preview) URL.revokeObjectURL(r.preview);
+          out[id] = r.preview ? { ...r, preview: undefined } : r;
+        }
+        return out;
+      });
+    };
+    const finishExecuting = () => {
+      const prev = executingRef.current;
+      if (prev && runStore.get(prev).status === 'executing') runStore.patch(prev, { status: 'done', progress: undefined });
+      executingRef.current = null;
+    };
+    return connectSocket(clientId, {
+      onState: setConnected,
+      onPreview: (blob) => {
+        const url = URL.createObjectURL(blob);
+        const targets = previewTargets.current.length ? previewTargets.current : executingRef.current ? [executingRef.current] : [];
+        runStore.update((s) => {
+          const out = { ...s };
+          for (const id of targets) {
+            const old = out[id]?.preview;
+            if (old) URL.revokeObjectURL(old);
+            out[id] = { ...(out[id] ?? {}), preview: url };
+          }
+          return out;
+        });
+      },
+      onMessage: (type, data) => {
+        switch (type) {
+          case 'status':
+            setQueueRemaining(Number(data?.status?.exec_info?.queue_remaining ?? 0));
+            break;
+          case 'execution_start':
+            setRunning(true);
+            runStore.update((s) => {
+              const out: Record<string, NodeRun> = {};
+              for (const [id, r] of Object.entries(s)) out[id] = { images: r.images, imagesKey: r.imagesKey };
+              return out;
+            });
+            break;
+          case 'execution_cached':
+            for (const id of data.nodes ?? []) runStore.patch(String(id), { status: 'cached' });
+            break;
+          case 'executing': {
+            finishExecuting();
+            if (data.node === null || data.node === undefined) {
+              setRunning(false);
+              previewTargets.current = [];
+              clearPreviews();
+              break;
+            }
+            const id = String(data.node);
+            executingRef.current = id;
+            runStore.patch(id, { status: 'executing', progress: undefined });
+            // Live frames show on the running node and on the output nodes it feeds.
+            const down = new Set([id]);
+            let grew = true;
+            while (grew) {
+              grew = false;
+              for (const e of edgesRef.current) {
+                if (down.has(e.source) && !down.has(e.target)) {
+                  down.add(e.target);
+                  grew = true;
+                }
+              }
+            }
+            const cat = catRef.current;
+            previewTargets.current = nodesRef.current
+              .filter((n) => down.has(n.id) && (n.id === id || cat[n.data.classType]?.outputNode))
+              .map((n) => n.id);
+            break;
+          }
+          case 'progress':
+            if (data.node !== undefined && data.node !== null)
+              runStore.patch(String(data.node), { progress: { value: Number(data.value), max: Number(data.max) } });
+            break;
+          case 'executed': {
+            const id = String(data.node);
+            const images = data.output?.images;
+            const old = runStore.get(id).preview;
+            if (old) URL.revokeObjectURL(old);
+            previewTargets.current = previewTargets.current.filter((t) => t !== id);
+            runStore.patch(id, {
+              preview: undefined,
+              ...(Array.isArray(images) ? { images, imagesKey: String(data.prompt_id ?? Date.now()) } : {}),
+            });
+            break;
+          }
+          case 'execution_error': {
+            const id = String(data.node_id ?? '');
+            const msg = `${data.exception_type ? `${data.exception_type}: ` : ''}${data.exception_message ?? 'failed'}`;
+            if (id) runStore.patch(id, { status: 'error', errors: [{ message: msg }], progress: undefined });
+            setBanner({ kind: 'error', text: `Node #${id} (${data.node_type ?? '?'}) failed: ${msg}` });
+            executingRef.current = null;
+            break;
+          }
+          case 'execution_interrupted':
+            finishExecuting();
+            setBanner({ kind: 'info', text: 'Interrupted.' });
+            break;
+        }
+      },
+    });
+  }, []);
+
+  useEffect(() => {
+    getQueueRemaining().then(setQueueRemaining, () => {});
+  }, []);
+
+  // ---- queue ---------------------------------------------------------------------------------
+  const queue = useCallback(async () => {
+    const cat = catRef.current;
+    const graph = { nodes: nodesRef.current, edges: edgesRef.current };
+    const api = toApi(graph, cat);
+    runStore.update((s) => {
+      const out: Record<string, NodeRun> = {};
+      for (const [id, r] of Object.entries(s)) out[id] = r.errors ? { ...r, errors: undefined, status: undefined } : r;
+      return out;
+    });
+    try {
+      await queuePrompt(stripLayout(api), clientId, api);
+      setBanner((b) => (b?.kind === 'error' ? null : b));
+      // Seeds set to change after each queue.
+      const next = nodesRef.current.map((n) => {
+        const ctl = n.data.control;
+        if (!ctl) return n;
+        let values = n.data.values;
+        for (const [input, mode] of Object.entries(ctl)) {
+          const v = Number(values[input]);
+          if (mode === 'randomize') values = { ...values, [input]: Math.floor(Math.random() * 2 ** 32) };
+          else if (mode === 'increment') values = { ...values, [input]: (Number.isFinite(v) ? v : 0) + 1 };
+        }
+        return values === n.data.values ? n : { ...n, data: { ...n.data, values } };
+      });
+      if (next.some((n, i) => n !== nodesRef.current[i])) setGraph({ nodes: next, edges: edgesRef.current });
+    } catch (e) {
+      if (e instanceof HttpError && e.body && typeof e.body === 'object') {
+        const err = e.body.error ?? {};
+        const nodeErrors: Record<string, any> = e.body.node_errors ?? {};
+        const details: string[] = [];
+        runStore.update((s) => {
+          const out = { ...s };
+          for (const [id, ne] of Object.entries(nodeErrors)) {
+            const issues = (ne.errors ?? []).map((x: any) => ({
+              message: `${x.message ?? x.type}${x.details ? `: ${x.details}` : ''}`,
+              input: x.extra_info?.input_name,
+            }));
+            for (const i of issues) details.push(`#${id} ${ne.class_type ?? ''}${i.input ? ` · ${i.input}` : ''}: ${i.message}`);
+            out[id] = { ...(out[id] ?? {}), status: 'error', errors: issues };
+          }
+          return out;
+        });
+        if (err.type && !Object.keys(nodeErrors).length && err.extra_info?.node_id) {
+          runStore.patch(String(err.extra_info.node_id), { status: 'error', errors: [{ message: err.message }] });
+        }
+        setBanner({ kind: 'error', text: `Cannot queue: ${err.message ?? e.message}${err.details ? ` (${err.details})` : ''}`, details });
+      } else {
+        setBanner({ kind: 'error', text: `Cannot queue: ${(e as Error).message}` });
+      }
+    }
+  }, [setGraph]);
+
+  // ---- editing -------------------------------------------------------------------------------
+  const editor: EditorApi | null = useMemo(() => {
+    if (!catalogue) return null;
+    const patchNode = (id: string, f: (d: GNode['data']) => GNode['data']) =>
+      setNodes((ns) => {
+        const out = ns.map((n) => (n.id === id ? { ...n, data: f(n.data) } : n));
+        nodesRef.current = out;
+        return out;
+      });
+    return {
+      catalogue,
+      setValue: (id, input, value) => {
+        remember(`${id}/${input}`);
+        patchNode(id, (d) => ({ ...d, values: { ...d.values, [input]: value } }));
+        const r = runStore.get(id);
+        if (r.errors?.some((e) => e.input === input))
+          runStore.patch(id, { errors: r.errors.filter((e) => e.input !== input) });
+      },
+      setControl: (id, input, mode) => {
+        remember();
+        patchNode(id, (d) => ({ ...d, control: { ...(d.control ?? {}), [input]: mode } }));
+      },
+      requeue: () => {
+        // Let the last slider value land in state before the graph is read.
+        setTimeout(() => void queue(), 0);
+      },
+      upload: async (id, input, file) => {
+        try {
+          const res = await uploadImage(file);
+          const name = res.subfolder ? `${res.subfolder}/${res.name}` : res.name;
+          const cls = nodesRef.current.find((n) => n.id === id)?.data.classType ?? '';
+          const key = `${cls}/${input}`;
+          setUploads((u) => ({ ...u, [key]: [...new Set([...(u[key] ?? []), name])] }));
+          remember();
+          patchNode(id, (d) => ({ ...d, values: { ...d.values, [input]: name } }));
+        } catch (e) {
+          setBanner({ kind: 'error', text: `Upload failed: ${(e as Error).message}` });
+        }
+      },
+      extraChoices: (cls, input) => uploadsRef.current[`${cls}/${input}`] ?? [],
+    };
+    // uploads is read through a ref but must re-render dropdowns when it changes
+    // eslint-disable-next-line react-hooks/exhaustive-deps
+  }, [catalogue, remember, queue, uploads]);
+
+  const onNodesChange = useCallback((changes: NodeChange<GNode>[]) => {
+    setNodes((ns) => {
+      const out = applyNodeChanges(changes, ns);
+      nodesRef.current = out;
+      return out;
+    });
+  }, []);
+  const onEdgesChange = useCallback((changes: EdgeChange<GEdge>[]) => {
+    setEdges((es) => {
+      const out = applyEdgeChanges(changes, es);
+      edgesRef.current = out;
+      return out;
+    });
+  }, []);
+
+  const socketTypes = useCallback((c: { source: string; sourceHandle?: string | null; target: string; targetHandle?: string | null }) => {
+    const cat = catRef.current;
+    const src = nodesRef.current.find((n) => n.id === c.source);
+    const tgt = nodesRef.current.find((n) => n.id === c.target);
+    const out = src && cat[src.data.classType]?.outputs[handleOutput(c.sourceHandle)];
+    const inp = tgt && cat[tgt.data.classType]?.inputs.find((i) => i.name === handleInput(c.targetHandle));
+    return { out: out?.type, inp: inp?.type };
+  }, []);
+
+  const createsCycle = useCallback((source: string, target: string) => {
+    if (source === target) return true;
+    const seen = new Set<string>([target]);
+    const stack = [target];
+    while (stack.length) {
+      const id = stack.pop()!;
+      for (const e of edgesRef.current) {
+        if (e.source !== id) continue;
+        if (e.target === source) return true;
+        if (!seen.has(e.target)) {
+          seen.add(e.target);
+          stack.push(e.target);
+        }
+      }
+    }
+    return false;
+  }, []);
+
+  const isValidConnection = useCallback(
+    (c: Connection | GEdge) => {
+      const { out, inp } = socketTypes(c);
+      return !!out && !!inp && compatible(out, inp) && !createsCycle(c.source, c.target);
+    },
+    [socketTypes, createsCycle],
+  );
+
+  const onConnect = useCallback(
+    (c: Connection) => {
+      const { out, inp } = socketTypes(c);
+      if (!out || !inp || !compatible(out, inp) || createsCycle(c.source, c.target)) {
+        setBanner({ kind: 'error', text: `Cannot connect ${out ?? '?'} to ${inp ?? '?'}` });
+        return;
+      }
+      remember();
+      const input = handleInput(c.targetHandle);
+      const edge = makeEdge(c.source, handleOutput(c.sourceHandle), c.target, input, out, typeColour(out));
+      setEdges((es) => {
+        // An input takes one link: a new one replaces the old.
+        const next = [...es.filter((e) => !(e.target === c.target && handleInput(e.targetHandle) === input)), edge];
+        edgesRef.current = next;
+        return next;
+      });
+    },
+    [socketTypes, createsCycle, remember],
+  );
+
+  const onConnectEnd = useCallback((_: MouseEvent | TouchEvent, state: any) => {
+    if (state?.isValid === false && state?.toHandle) {
+      const c = {
+        source: state.fromHandle?.type === 'source' ? state.fromNode?.id : state.toNode?.id,
+        sourceHandle: state.fromHandle?.type === 'source' ? state.fromHandle?.id : state.toHandle?.id,
+        target: state.fromHandle?.type === 'source' ? state.toNode?.id : state.fromNode?.id,
+        targetHandle: state.fromHandle?.type === 'source' ? state.toHandle?.id : state.fromHandle?.id,
+      };
+      const { out, inp } = socketTypes(c);
+      setBanner({ kind: 'error', text: `Cannot connect ${out ?? '?'} to ${inp ?? '?'}: the types do not match.` });
+    }
+  }, [socketTypes]);
+
+  const addNode = useCallback(
+    (def: NodeDef, pos: { x: number; y: number }) => {
+      remember();
+      const id = nextId(nodesRef.current);
+      const node: GNode = { id, type: 'graph', position: pos, data: newNodeData(def), selected: true };
+      setNodes((ns) => {
+        const out = [...ns.map((n) => (n.selected ? { ...n, selected: false } : n)), node];
+        nodesRef.current = out;
+        return out;
+      });
+    },
+    [remember],
+  );
+
+  const clipboard = useRef<Graph | null>(null);
+  const pasteCount = useRef(0);
+  const copySelection = useCallback((): Graph | null => {
+    const sel = nodesRef.current.filter((n) => n.selected);
+    if (!sel.length) return null;
+    const ids = new Set(sel.map((n) => n.id));
+    return { nodes: sel, edges: edgesRef.current.filter((e) => ids.has(e.source) && ids.has(e.target)) };
+  }, []);
+  const paste = useCallback(
+    (g: Graph, offset: number) => {
+      remember();
+      const map = new Map<string, string>();
+      const taken = new Set<string>();
+      for (const n of g.nodes) {
+        const id = nextId(nodesRef.current, taken);
+        taken.add(id);
+        map.set(n.id, id);
+      }
+      const newNodes: GNode[] = g.nodes.map((n) => ({
+        id: map.get(n.id)!,
+        type: 'graph',
+        position: { x: n.position.x + offset, y: n.position.y + offset },
+        data: structuredClone(n.data),
+        selected: true,
+      }));
+      const newEdges = g.edges.map((e) => {
+        const type = e.data?.type ?? '*';
+        return makeEdge(map.get(e.source)!, handleOutput(e.sourceHandle), map.get(e.target)!, handleInput(e.targetHandle), type, typeColour(type));
+      });
+      setGraph({
+        nodes: [...nodesRef.current.map((n) => (n.selected ? { ...n, selected: false } : n)), ...newNodes],
+        edges: [...edgesRef.current.map((e) => (e.selected ? { ...e, selected: false } : e)), ...newEdges],
+      });
+    },
+    [remember, setGraph],
+  );
+
+  const fileInput = useRef<HTMLInputElement>(null);
+  const save = useCallback(() => {
+    download('workflow.json', JSON.stringify(toApi({ nodes: nodesRef.current, edges: edgesRef.current }, catRef.current), null, 2));
+  }, []);
+
+  useEffect(() => {
+    const onKey = (e: KeyboardEvent) => {
+      const mod = e.ctrlKey || e.metaKey;
+      if (mod && e.key === 'Enter') {
+        e.preventDefault();
+        void queue();
+        return;
+      }
+      if (isEditable(e.target)) return;
+      const k = e.key.toLowerCase();
+      if (mod && k === 'z') {
+        e.preventDefault();
+        if (e.shiftKey) redo();
+        else undo();
+      } else if (mod && k === 'y') {
+        e.preventDefault();
+        redo();
+      } else if (mod && k === 'c') {
+        const g = copySelection();
+        if (g) {
+          clipboard.current = structuredClone({ nodes: g.nodes.map((n) => ({ ...n, measured: undefined })), edges: g.edges });
+          pasteCount.current = 0;
+        }
+      } else if (mod && k === 'v') {
+        if (clipboard.current) {
+          e.preventDefault();
+          pasteCount.current += 1;
+          paste(clipboard.current, 40 * pasteCount.current);
+        }
+      } else if (mod && k === 'd') {
+        e.preventDefault();
+        const g = copySelection();
+        if (g) paste(g, 40);
+      } else if (mod && k === 's') {
+        e.preventDefault();
+        save();
+      } else if (mod && k === 'o') {
+        e.preventDefault();
+        fileInput.current?.click();
+      } else if (mod && k === 'a') {
+        e.preventDefault();
+        setNodes((ns) => ns.map((n) => ({ ...n, selected: true })));
+      }
+    };
+    window.addEventListener('keydown', onKey);
+    return () => window.removeEventListener('keydown', onKey);
+  }, [queue, undo, redo, copySelection, paste, save]);
+
+  useEffect(() => {
+    window.nodegraph = { getWorkflow: () => toApi({ nodes: nodesRef.current, edges: edgesRef.current }, catRef.current) };
+  }, []);
+
+  const openPaletteAt = useCallback(
+    (sx: number, sy: number) => setPalette({ screen: { x: sx, y: sy }, flow: rf.screenToFlowPosition({ x: sx, y: sy }) }),
+    [rf],
+  );
+
+  const onDrop = useCallback(
+    (e: React.DragEvent) => {
+      const file = e.dataTransfer.files?.[0];
+      if (!file) return;
+      e.preventDefault();
+      void loadFile(file);
+    },
+    [loadFile],
+  );
+
+  if (loadError) {
+    return (
+      <div className="fatal" data-testid="fatal">
+        <h1>nodegraph</h1>
+        <p>Cannot read the node catalogue from the server: {loadError}</p>
+        <button onClick={() => window.location.reload()}>Retry</button>
+      </div>
+    );
+  }
+
+  return (
+    <div className="app">
+      <header className="toolbar">
+        <span className="brand">nodegraph</span>
+        <button className="primary" data-testid="queue-button" onClick={() => void queue()} disabled={!catalogue} title="Queue (Ctrl+Enter)">
+          Queue
+        </button>
+        <span className={`queue-count ${queueRemaining ? 'busy' : ''}`} data-testid="queue-count" title="Prompts waiting or running">
+          {queueRemaining} in queue
+        </span>
+        <button onClick={() => void interrupt()} disabled={!running} data-testid="interrupt-button">
+          Stop
+        </button>
+        <span className="sep" />
+        <button data-testid="add-node" onClick={() => openPaletteAt(window.innerWidth / 2 - 160, 120)} disabled={!catalogue}>
+          Add node
+        </button>
+        <button onClick={undo} disabled={!undoStack.current.length} data-testid="undo" title="Undo (Ctrl+Z)">
+          Undo
+        </button>
+        <button onClick={redo} disabled={!redoStack.current.length} data-testid="redo" title="Redo (Ctrl+Shift+Z)">
+          Redo
+        </button>
+        <button onClick={() => rf.fitView({ padding: 0.1, duration: 200 })} data-testid="fit-view">
+          Fit
+        </button>
+        <span className="sep" />
+        <button onClick={() => fileInput.current?.click()} data-testid="load-button" title="Load JSON or PNG (Ctrl+O)">
+          Load
+        </button>
+        <button onClick={save} data-testid="save-button" title="Save as JSON (Ctrl+S)">
+          Save
+        </button>
+        <button onClick={() => loadApi(DEFAULT_WORKFLOW)} data-testid="default-button" disabled={!catalogue} title="Replace the graph by the default one">
+          Default
+        </button>
+        <input
+          ref={fileInput}
+          type="file"
+          accept=".json,.png,application/json,image/png"
+          hidden
+          data-testid="file-input"
+          onChange={(e) => {
+            const f = e.target.files?.[0];
+            e.target.value = '';
+            if (f) void loadFile(f);
+          }}
+        />
+        <span className="grow" />
+        <span className={`conn ${connected ? 'on' : 'off'}`} data-testid="connection" title={connected ? 'Live updates connected' : 'Reconnecting…'}>
+          {connected ? '● live' : '○ offline'}
+        </span>
+      </header>
+      {banner && (
+        <div className={`banner ${banner.kind}`} data-testid="banner" data-kind={banner.kind}>
+          <div className="banner-text">{banner.text}</div>
+          {banner.details?.slice(0, 6).map((d, i) => (
+            <div className="banner-detail" key={i}>
+              {d}
+            </div>
+          ))}
+          <button className="icon" onClick={() => setBanner(null)} aria-label="Dismiss">
+            ×
+          </button>
+        </div>
+      )}
+      <main className="canvas" onDragOver={(e) => e.preventDefault()} onDrop={onDrop}>
+        {editor ? (
+          <EditorContext.Provider value={editor}>
+            <ReactFlow<GNode, GEdge>
+              nodes={nodes}
+              edges={edges}
+              nodeTypes={nodeTypes}
+              onNodesChange={onNodesChange}
+              onEdgesChange={onEdgesChange}
+              onConnect={onConnect}
+              onConnectEnd={onConnectEnd}
+              isValidConnection={isValidConnection}
+              onNodeDragStart={() => remember()}
+              onSelectionDragStart={() => remember()}
+              onBeforeDelete={async () => {
+                remember();
+                return true;
+              }}
+              onDoubleClick={(e) => {
+                if ((e.target as HTMLElement).classList.contains('react-flow__pane')) openPaletteAt(e.clientX, e.clientY);
+              }}
+              zoomOnDoubleClick={false}
+              deleteKeyCode={['Backspace', 'Delete']}
+              minZoom={0.05}
+              maxZoom={3}
+              defaultEdgeOptions={{ type: 'default' }}
+              proOptions={{ hideAttribution: true }}
+            >
+              <Background variant={BackgroundVariant.Dots} gap={24} size={1} color="#3a3f4b" />
+              <Controls showInteractive={false} />
+              <MiniMap pannable zoomable nodeColor={(n) => (runStore.get(n.id).status === 'error' ? '#e55353' : '#5c6b8a')} maskColor="rgba(20,22,28,0.6)" />
+            </ReactFlow>
+          </EditorContext.Provider>
+        ) : (
+          <div className="loading">Loading node catalogue…</div>
+        )}
+      </main>
+      {palette && catalogue && (
+        <Palette
+          catalogue={catalogue}
+          at={palette.screen}
+          onClose={() => setPalette(null)}
+          onPick={(def) => {
+            addNode(def, palette.flow);
+            setPalette(null);
+          }}
+        />
+      )}
+      <footer className="hint">
+        Double-click the canvas to add a node · drag from a socket to connect · Ctrl+Z / Ctrl+Shift+Z undo/redo · Ctrl+C/V copy/paste · Ctrl+D duplicate ·
+        Del delete · drop a JSON or PNG to load
+      </footer>
+    </div>
+  );
+}
+
+// A small read-only hook for tests and power users: the current workflow as API JSON.
+declare global {
+  interface Window {
+    nodegraph?: { getWorkflow: () => ApiWorkflow };
+  }
+}

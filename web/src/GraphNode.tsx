@@ -1,0 +1,338 @@
+import { memo, useMemo, useRef, useState } from 'react';
+import { Handle, Position, useNodeConnections, type NodeProps } from '@xyflow/react';
+import { typeColour, type InputDef } from './catalogue';
+import { useEditor } from './editor-context';
+import { useNodeRun } from './runstate';
+import { viewUrl } from './api';
+import { handleInput, inHandle, outHandle, type GNode } from './workflow';
+
+const RELEASE_REQUEUE = new Set(['strength', 'denoise']);
+
+function NumberWidget({ id, node, input, value }: { id: string; node: GNode['data']; input: InputDef; value: unknown }) {
+  const ed = useEditor();
+  const { min, max } = input.options;
+  const isInt = input.literal === 'INT';
+  const step = input.options.step ?? (isInt ? 1 : 0.01);
+  const num = typeof value === 'number' ? value : Number(value);
+  const [text, setText] = useState<string | null>(null);
+  const slider = !isInt && typeof min === 'number' && typeof max === 'number' && max - min <= 100;
+  const seed = !!input.options.control_after_generate;
+  const outOfRange = (typeof min === 'number' && num < min) || (typeof max === 'number' && num > max);
+  const commitText = (t: string) => {
+    const v = isInt ? parseInt(t, 10) : parseFloat(t);
+    if (Number.isFinite(v)) ed.setValue(id, input.name, v);
+  };
+  const released = useRef(false);
+  return (
+    <div className="widget-number">
+      {slider && (
+        <input
+          type="range"
+          className="nodrag slider"
+          data-testid={`slider-${input.name}`}
+          min={min}
+          max={max}
+          step={step}
+          value={Number.isFinite(num) ? num : 0}
+          onChange={(e) => {
+            released.current = false;
+            ed.setValue(id, input.name, parseFloat(e.target.value));
+          }}
+          onPointerUp={() => {
+            if (RELEASE_REQUEUE.has(input.name) && !released.current) {
+              released.current = true;
+              ed.requeue();
+            }
+          }}
+          onKeyUp={(e) => {
+            if (RELEASE_REQUEUE.has(input.name) && e.key.startsWith('Arrow')) ed.requeue();
+          }}
+        />
+      )}
+      <input
+        type="number"
+        className={`nodrag num ${outOfRange ? 'invalid' : ''}`}
+        data-testid={`input-${input.name}`}
+        min={min}
+        max={max}
+        step={step}
+        value={text ?? (Number.isFinite(num) ? String(num) : '')}
+        onChange={(e) => {
+          setText(e.target.value);
+          commitText(e.target.value);
+        }}
+        onBlur={() => setText(null)}
+      />
+      {seed && (
+        <>
+          <button
+            className="nodrag icon"
+            title="Randomize now"
+            data-testid={`randomize-${input.name}`}
+            onClick={() => ed.setValue(id, input.name, Math.floor(Math.random() * 2 ** 32))}
+          >
+            ⚄
+          </button>
+          <SeedMode id={id} input={input.name} mode={node.control?.[input.name] ?? 'fixed'} />
+        </>
+      )}
+    </div>
+  );
+}
+
+function SeedMode({ id, input, mode }: { id: string; input: string; mode: string }) {
+  const ed = useEditor();
+  return (
+    <select
+      className="nodrag nowheel mode"
+      title="After each queue"
+      data-testid={`control-${input}`}
+      value={mode}
+      onChange={(e) => ed.setControl(id, input, e.target.value)}
+    >
+      <option value="fixed">fixed</option>
+      <option value="randomize">randomize</option>
+      <option value="increment">increment</option>
+    </select>
+  );
+}
+
+function ComboWidget({ id, node, input, value }: { id: string; node: GNode['data']; input: InputDef; value: unknown }) {
+  const ed = useEditor();
+  const extra = ed.extraChoices(node.classType, input.name);
+  const options = useMemo(() => {
+    const all = [...input.choices.map(String), ...extra.filter((x) => !input.choices.includes(x))];
+    if (value !== undefined && value !== '' && !all.includes(String(value))) all.push(String(value));
+    return all;
+  }, [input.choices, extra, value]);
+  return (
+    <select
+      className="nodrag nowheel"
+      data-testid={`input-${input.name}`}
+      value={String(value ?? '')}
+      onChange={(e) => ed.setValue(id, input.name, e.target.value)}
+    >
+      {options.map((o) => (
+        <option key={o} value={o}>
+          {o}
+        </option>
+      ))}
+    </select>
+  );
+}
+
+function isImageInput(cls: string, input: InputDef) {
+  return input.literal === 'COMBO' && (input.options.image_upload || (cls === 'LoadImage' && input.name === 'image'));
+}
+
+function Widget({ id, node, input }: { id: string; node: GNode['data']; input: InputDef }) {
+  const ed = useEditor();
+  const value = node.values[input.name];
+  switch (input.literal) {
+    case 'INT':
+    case 'FLOAT':
+      return <NumberWidget id={id} node={node} input={input} value={value} />;
+    case 'BOOLEAN':
+      return (
+        <input
+          type="checkbox"
+          className="nodrag"
+          data-testid={`input-${input.name}`}
+          checked={!!value}
+          onChange={(e) => ed.setValue(id, input.name, e.target.checked)}
+        />
+      );
+    case 'COMBO':
+      return <ComboWidget id={id} node={node} input={input} value={value} />;
+    default:
+      return input.options.multiline ? (
+        <textarea
+          className="nodrag nowheel"
+          data-testid={`input-${input.name}`}
+          rows={3}
+          value={String(value ?? '')}
+          onChange={(e) => ed.setValue(id, input.name, e.target.value)}
+        />
+      ) : (
+        <input
+          type="text"
+          className="nodrag"
+          data-testid={`input-${input.name}`}
+          value={String(value ?? '')}
+          onChange={(e) => ed.setValue(id, input.name, e.target.value)}
+        />
+      );
+  }
+}
+
+function UploadButton({ id, input }: { id: string; input: string }) {
+  const ed = useEditor();
+  const ref = useRef<HTMLInputElement>(null);
+  const [busy, setBusy] = useState(false);
+  return (
+    <>
+      <button className="nodrag upload" data-testid="upload-button" disabled={busy} onClick={() => ref.current?.click()}>
+        {busy ? 'Uploading…' : 'Upload image…'}
+      </button>
+      <input
+        ref={ref}
+        type="file"
+        accept="image/*"
+        hidden
+        data-testid="upload-input"
+        onChange={async (e) => {
+          const f = e.target.files?.[0];
+          e.target.value = '';
+          if (!f) return;
+          setBusy(true);
+          try {
+            await ed.upload(id, input, f);
+          } finally {
+            setBusy(false);
+          }
+        }}
+      />
+    </>
+  );
+}
+
+function GraphNodeView({ id, data, selected }: NodeProps<GNode>) {
+  const ed = useEditor();
+  const run = useNodeRun(id);
+  const def = ed.catalogue[data.classType];
+  const connections = useNodeConnections({ handleType: 'target' });
+  const linked = useMemo(() => new Set(connections.map((c) => handleInput(c.targetHandle))), [connections]);
+
+  const inputs = def?.inputs ?? Object.keys(data.values).map((name) => ({ name, type: '*', literal: 'STRING' as const, optional: false, choices: [], options: {} }));
+  const sockets = inputs.filter((i) => !i.literal);
+  const widgets = inputs.filter((i) => i.literal);
+  const outputs = def?.outputs ?? [];
+  const rows = Math.max(sockets.length, outputs.length);
+  const issues = run.errors ?? [];
+  const issueFor = (name: string) => issues.filter((e) => e.input === name);
+  const nodeIssues = issues.filter((e) => !e.input || !inputs.some((i) => i.name === e.input));
+  const title = data.title || def?.displayName || data.classType;
+  const pct = run.progress && run.progress.max > 0 ? Math.min(100, (100 * run.progress.value) / run.progress.max) : null;
+  const images = run.preview ? [run.preview] : (run.images ?? []).map((img) => viewUrl(img, run.imagesKey));
+  const imageInput = widgets.find((w) => isImageInput(data.classType, w));
+  const loadPreview = imageInput && !linked.has(imageInput.name) && data.values[imageInput.name] ? viewUrl({ filename: String(data.values[imageInput.name]), type: 'input' }) : null;
+
+  return (
+    <div
+      className={[
+        'gnode',
+        selected ? 'selected' : '',
+        run.status ? `is-${run.status}` : '',
+        issues.length ? 'has-error' : '',
+        def ? '' : 'unknown',
+        def?.outputNode ? 'output-node' : '',
+      ].join(' ')}
+      data-testid="node"
+      data-id={id}
+      data-class={data.classType}
+      data-status={run.status ?? ''}
+    >
+      <div className="gnode-head" title={def?.description || data.classType}>
+        <span className="gnode-title">{title}</span>
+        {run.status === 'cached' && <span className="badge cached" data-testid="badge-cached">cached</span>}
+        {run.status === 'executing' && <span className="badge executing">running</span>}
+        {run.status === 'done' && <span className="badge done">✓</span>}
+        <span className="gnode-id">#{id}</span>
+      </div>
+      {pct !== null && run.status === 'executing' && (
+        <div className="progress" data-testid="progress">
+          <div style={{ width: `${pct}%` }} />
+          <span>
+            {run.progress!.value}/{run.progress!.max}
+          </span>
+        </div>
+      )}
+      {!def && <div className="gnode-warning">Unknown node type “{data.classType}”</div>}
+      {Array.from({ length: rows }, (_, i) => {
+        const inp = sockets[i];
+        const out = outputs[i];
+        return (
+          <div className="gnode-row" key={i}>
+            {inp ? (
+              <span className={`sock-in ${issueFor(inp.name).length ? 'bad' : ''}`} data-input={inp.name}>
+                <Handle
+                  type="target"
+                  position={Position.Left}
+                  id={inHandle(inp.name)}
+                  data-type={inp.type}
+                  style={{ background: typeColour(inp.type) }}
+                />
+                {inp.name}
+                {inp.optional && <em> (opt)</em>}
+              </span>
+            ) : (
+              <span />
+            )}
+            {out ? (
+              <span className="sock-out" data-output={i}>
+                {out.name}
+                <Handle
+                  type="source"
+                  position={Position.Right}
+                  id={outHandle(i)}
+                  data-type={out.type}
+                  style={{ background: typeColour(out.type) }}
+                />
+              </span>
+            ) : (
+              <span />
+            )}
+          </div>
+        );
+      })}
+      {sockets.map((inp) =>
+        issueFor(inp.name).map((e, k) => (
+          <div className="input-error" key={`${inp.name}${k}`} data-testid="input-error" data-input={inp.name}>
+            {inp.name}: {e.message}
+          </div>
+        )),
+      )}
+      {widgets.map((input) => (
+        <div className={`gnode-widget ${issueFor(input.name).length ? 'bad' : ''}`} key={input.name} data-input={input.name}>
+          <Handle
+            type="target"
+            position={Position.Left}
+            id={inHandle(input.name)}
+            className="widget-handle"
+            data-type={input.type}
+            style={{ background: typeColour(input.type) }}
+          />
+          <label title={input.options.tooltip ?? ''}>{input.name}</label>
+          {linked.has(input.name) ? <span className="linked">linked</span> : <Widget id={id} node={data} input={input} />}
+          {issueFor(input.name).map((e, k) => (
+            <div className="input-error" key={k} data-testid="input-error" data-input={input.name}>
+              {e.message}
+            </div>
+          ))}
+        </div>
+      ))}
+      {imageInput && !linked.has(imageInput.name) && (
+        <div className="gnode-upload">
+          <UploadButton id={id} input={imageInput.name} />
+        </div>
+      )}
+      {nodeIssues.map((e, k) => (
+        <div className="node-error" key={k} data-testid="node-error">
+          {e.message}
+        </div>
+      ))}
+      {loadPreview && <img className="gnode-image" data-testid="input-image" src={loadPreview} alt="" draggable={false} />}
+      {images.length > 0 && (
+        <div className="gnode-images">
+          {images.map((src) => (
+            <a key={src} href={src} target="_blank" rel="noreferrer" className="nodrag">
+              <img className="gnode-image" data-testid={run.preview ? 'preview-image' : 'node-image'} src={src} alt="" draggable={false} />
+            </a>
+          ))}
+        </div>
+      )}
+    </div>
+  );
+}
+
+export const GraphNode = memo(GraphNodeView);

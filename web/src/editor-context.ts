@@ -1,0 +1,20 @@
+import { createContext, useContext } from 'react';
+import type { Catalogue } from './catalogue';
+
+export interface EditorApi {
+  catalogue: Catalogue;
+  setValue: (id: string, input: string, value: unknown) => void;
+  setControl: (id: string, input: string, mode: string) => void;
+  /** Queue the graph now (a slider released). */
+  requeue: () => void;
+  upload: (id: string, input: string, file: File) => Promise<void>;
+  extraChoices: (cls: string, input: string) => string[];
+}
+
+export const EditorContext = createContext<EditorApi | null>(null);
+
+export function useEditor(): EditorApi {
+  const ctx = useContext(EditorContext);
+  if (!ctx) throw new Error('EditorContext missing');
+  return ctx;
+}

@@ -1,0 +1,267 @@
+// Conversion between the canvas graph and ComfyUI's API format. Layout lives in `_meta.pos`
+// (and the seed mode in `_meta.control`), which the engine ignores.
+import type { Edge, Node } from '@xyflow/react';
+import { defaultValue, type Catalogue, type NodeDef } from './catalogue';
+
+export interface GraphNodeData extends Record<string, unknown> {
+  classType: string;
+  title?: string;
+  values: Record<string, unknown>;
+  /** Per seed input: what happens after queueing ("fixed" | "randomize" | "increment"). */
+  control?: Record<string, string>;
+}
+export type GNode = Node<GraphNodeData, 'graph'>;
+export type GEdge = Edge<{ type: string }>;
+export interface Graph {
+  nodes: GNode[];
+  edges: GEdge[];
+}
+export type ApiWorkflow = Record<string, { class_type: string; inputs: Record<string, unknown>; _meta?: any }>;
+
+export const inHandle = (name: string) => `in:${name}`;
+export const outHandle = (i: number) => `out:${i}`;
+export const handleInput = (h: string | null | undefined) => (h ?? '').replace(/^in:/, '');
+export const handleOutput = (h: string | null | undefined) => Number((h ?? 'out:0').replace(/^out:/, ''));
+
+export function edgeId(source: string, sourceHandle: string, target: string, targetHandle: string) {
+  return `${source}:${sourceHandle}->${target}:${targetHandle}`;
+}
+
+export function makeEdge(
+  source: string,
+  outIndex: number,
+  target: string,
+  input: string,
+  type: string,
+  colour: string,
+): GEdge {
+  const sh = outHandle(outIndex);
+  const th = inHandle(input);
+  return {
+    id: edgeId(source, sh, target, th),
+    source,
+    sourceHandle: sh,
+    target,
+    targetHandle: th,
+    data: { type },
+    style: { stroke: colour, strokeWidth: 2 },
+  };
+}
+
+export function newNodeData(def: NodeDef): GraphNodeData {
+  const values: Record<string, unknown> = {};
+  const control: Record<string, string> = {};
+  for (const input of def.inputs) {
+    if (!input.literal) continue;
+    if (input.optional && input.options.default === undefined) continue;
+    values[input.name] = defaultValue(input);
+    if (input.options.control_after_generate) control[input.name] = 'fixed';
+  }
+  return { classType: def.name, values, ...(Object.keys(control).length ? { control } : {}) };
+}
+
+export function nextId(nodes: { id: string }[], taken: Set<string> = new Set()): string {
+  let max = 0;
+  for (const n of nodes) {
+    const v = Number(n.id);
+    if (Number.isFinite(v) && v > max) max = v;
+  }
+  for (const t of taken) {
+    const v = Number(t);
+    if (Number.isFinite(v) && v > max) max = v;
+  }
+  return String(max + 1);
+}
+
+function isLink(v: unknown): v is [string, number] {
+  return Array.isArray(v) && v.length === 2 && (typeof v[0] === 'string' || typeof v[0] === 'number') && Number.isInteger(v[1]);
+}
+
+/** The graph as an API-format workflow, positions in `_meta.pos`. */
+export function toApi(graph: Graph, catalogue: Catalogue): ApiWorkflow {
+  const out: ApiWorkflow = {};
+  const byTarget = new Map<string, GEdge>();
+  for (const e of graph.edges) byTarget.set(`${e.target}|${handleInput(e.targetHandle)}`, e);
+  const sorted = [...graph.nodes].sort((a, b) => Number(a.id) - Number(b.id) || a.id.localeCompare(b.id));
+  for (const node of sorted) {
+    const def = catalogue[node.data.classType];
+    const inputs: Record<string, unknown> = {};
+    const names = def ? def.inputs.map((i) => i.name) : [];
+    for (const k of Object.keys(node.data.values)) if (!names.includes(k)) names.push(k);
+    for (const e of graph.edges) {
+      const n = handleInput(e.targetHandle);
+      if (e.target === node.id && !names.includes(n)) names.push(n);
+    }
+    for (const name of names) {
+      const edge = byTarget.get(`${node.id}|${name}`);
+      if (edge) {
+        inputs[name] = [edge.source, handleOutput(edge.sourceHandle)];
+        continue;
+      }
+      const input = def?.inputs.find((i) => i.name === name);
+      if (input && !input.literal) continue;
+      const v = node.data.values[name];
+      if (v === undefined) continue;
+      inputs[name] = Array.isArray(v) ? { __value__: v } : v;
+    }
+    const meta: Record<string, unknown> = {
+      title: node.data.title || def?.displayName || node.data.classType,
+      pos: [Math.round(node.position.x), Math.round(node.position.y)],
+    };
+    if (node.data.control && Object.keys(node.data.control).length) meta.control = node.data.control;
+    out[node.id] = { class_type: node.data.classType, inputs, _meta: meta };
+  }
+  return out;
+}
+
+/** The API workflow without layout keys: what POST /prompt receives. */
+export function stripLayout(api: ApiWorkflow): ApiWorkflow {
+  const out: ApiWorkflow = {};
+  for (const [id, n] of Object.entries(api)) {
+    out[id] = { class_type: n.class_type, inputs: n.inputs, _meta: { title: n._meta?.title } };
+  }
+  return out;
+}
+
+/** Finds the API-format workflow inside whatever JSON was loaded. */
+export function unwrapWorkflow(json: any): ApiWorkflow {
+  if (json && typeof json === 'object' && !Array.isArray(json)) {
+    if (Array.isArray(json.nodes) && Array.isArray(json.links)) {
+      throw new Error('This is a ComfyUI canvas (UI-format) file; export it in API format to load it here.');
+    }
+    if (json.prompt && typeof json.prompt === 'object' && !('class_type' in json.prompt)) {
+      return unwrapWorkflow(json.prompt);
+    }
+    const entries = Object.entries(json);
+    if (entries.length && entries.every(([, v]: [string, any]) => v && typeof v.class_type === 'string')) {
+      return json as ApiWorkflow;
+    }
+  }
+  throw new Error('Not a workflow in API format ({"id": {"class_type", "inputs"}}).');
+}
+
+function readPos(meta: any): { x: number; y: number } | null {
+  const p = meta?.pos;
+  if (Array.isArray(p) && p.length >= 2 && p.every((v: unknown) => typeof v === 'number')) return { x: p[0], y: p[1] };
+  if (p && typeof p.x === 'number' && typeof p.y === 'number') return { x: p.x, y: p.y };
+  return null;
+}
+
+/** Column by longest path from the sources, row by order: a readable layout for files without one. */
+function autoLayout(api: ApiWorkflow): Record<string, { x: number; y: number }> {
+  const depth: Record<string, number> = {};
+  const visiting = new Set<string>();
+  const d = (id: string): number => {
+    if (depth[id] !== undefined) return depth[id];
+    if (visiting.has(id)) return 0;
+    visiting.add(id);
+    let best = 0;
+    for (const v of Object.values(api[id]?.inputs ?? {})) {
+      if (isLink(v) && api[String(v[0])]) best = Math.max(best, d(String(v[0])) + 1);
+    }
+    visiting.delete(id);
+    depth[id] = best;
+    return best;
+  };
+  const rows: Record<number, number> = {};
+  const pos: Record<string, { x: number; y: number }> = {};
+  for (const id of Object.keys(api)) {
+    const c = d(id);
+    const r = rows[c] ?? 0;
+    rows[c] = r + 1;
+    pos[id] = { x: c * 340, y: r * 300 };
+  }
+  return pos;
+}
+
+export function fromApi(api: ApiWorkflow, catalogue: Catalogue, colour: (t: string) => string): Graph {
+  const layout = Object.values(api).some((n) => !readPos(n._meta)) ? autoLayout(api) : null;
+  const nodes: GNode[] = [];
+  const edges: GEdge[] = [];
+  for (const [id, n] of Object.entries(api)) {
+    const def = catalogue[n.class_type];
+    const values: Record<string, unknown> = {};
+    for (const [name, v] of Object.entries(n.inputs ?? {})) {
+      const input = def?.inputs.find((i) => i.name === name);
+      if (isLink(v) && api[String(v[0])] && !(input?.literal === 'COMBO' && input.choices.includes(v as any))) {
+        const src = api[String(v[0])];
+        const srcDef = catalogue[src.class_type];
+        const type = srcDef?.outputs[v[1]]?.type ?? input?.type ?? '*';
+        edges.push(makeEdge(String(v[0]), v[1], id, name, type, colour(type)));
+        if (input?.literal) values[name] = defaultValue(input);
+      } else if (v && typeof v === 'object' && '__value__' in (v as any)) {
+        values[name] = (v as any).__value__;
+      } else {
+        values[name] = v;
+      }
+    }
+    if (def) {
+      for (const input of def.inputs) {
+        if (input.literal && values[input.name] === undefined && !(input.optional && input.options.default === undefined)) {
+          values[input.name] = defaultValue(input);
+        }
+      }
+    }
+    const control = n._meta?.control && typeof n._meta.control === 'object' ? { ...n._meta.control } : undefined;
+    const title = typeof n._meta?.title === 'string' && n._meta.title !== (def?.displayName ?? n.class_type) ? n._meta.title : undefined;
+    nodes.push({
+      id,
+      type: 'graph',
+      position: readPos(n._meta) ?? layout?.[id] ?? { x: 0, y: 0 },
+      data: { classType: n.class_type, values, ...(title ? { title } : {}), ...(control ? { control } : {}) },
+    });
+  }
+  return { nodes, edges };
+}
+
+/** Text chunks of a PNG (tEXt, iTXt and zTXt). */
+export async function pngTextChunks(buf: ArrayBuffer): Promise<Record<string, string>> {
+  const bytes = new Uint8Array(buf);
+  const sig = [137, 80, 78, 71, 13, 10, 26, 10];
+  if (bytes.length < 8 || sig.some((b, i) => bytes[i] !== b)) throw new Error('Not a PNG file.');
+  const view = new DataView(buf);
+  const latin1 = new TextDecoder('latin1');
+  const utf8 = new TextDecoder('utf-8');
+  const inflate = async (data: Uint8Array) => {
+    const ds = new DecompressionStream('deflate');
+    const stream = new Blob([data as BlobPart]).stream().pipeThrough(ds);
+    return new Uint8Array(await new Response(stream).arrayBuffer());
+  };
+  const out: Record<string, string> = {};
+  let off = 8;
+  while (off + 8 <= bytes.length) {
+    const len = view.getUint32(off);
+    const type = latin1.decode(bytes.subarray(off + 4, off + 8));
+    const data = bytes.subarray(off + 8, off + 8 + len);
+    off += 12 + len;
+    if (type === 'IEND') break;
+    const nul = data.indexOf(0);
+    if (nul < 0) continue;
+    const key = latin1.decode(data.subarray(0, nul));
+    if (type === 'tEXt') out[key] = latin1.decode(data.subarray(nul + 1));
+    else if (type === 'zTXt') out[key] = latin1.decode(await inflate(data.subarray(nul + 2)));
+    else if (type === 'iTXt') {
+      const compressed = data[nul + 1] === 1;
+      let p = nul + 3;
+      p = data.indexOf(0, p) + 1; // language tag
+      p = data.indexOf(0, p) + 1; // translated keyword
+      const text = data.subarray(p);
+      out[key] = utf8.decode(compressed ? await inflate(text) : text);
+    }
+  }
+  return out;
+}
+
+/** The workflow a SaveImage PNG embeds: our layout-carrying `workflow` chunk, else `prompt`. */
+export async function workflowFromPng(buf: ArrayBuffer): Promise<ApiWorkflow> {
+  const chunks = await pngTextChunks(buf);
+  for (const key of ['workflow', 'prompt']) {
+    if (!chunks[key]) continue;
+    try {
+      return unwrapWorkflow(JSON.parse(chunks[key]));
+    } catch {
+      /* try the next chunk */
+    }
+  }
+  throw new Error('This PNG carries no workflow.');
+}
