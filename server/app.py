@@ -1,0 +1,543 @@
+"""The aiohttp application: ComfyUI's routes (also under /api), the websocket and the worker."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import os
+import platform
+import shutil
+import sys
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from nodegraph.cache import Cache
+from nodegraph.context import RunSettings
+from nodegraph.errors import ValidationFailed
+from nodegraph.executor import Executor
+from nodegraph.registry import Registry, default_registry, describe
+from nodegraph.validate import Limits as EngineLimits
+
+from . import budget, files
+from .config import CONFIG, ServerConfig
+from .guard import Guard, refuse, security_headers
+from .hub import Connection, Hub
+from .messages import error_body, message
+from .store import DuplicatePromptId, Store
+from .worker import Worker
+
+log = logging.getLogger("nodegraph.server")
+MAX_ID = 256
+"""Longest prompt_id or client_id."""
+WEB_TYPES = {
+    ".html": "text/html",
+    ".js": "text/javascript",
+    ".mjs": "text/javascript",
+    ".css": "text/css",
+    ".json": "application/json",
+    ".map": "application/json",
+    ".svg": "image/svg+xml",
+    ".png": "image/png",
+    ".jpg": "image/jpeg",
+    ".webp": "image/webp",
+    ".ico": "image/x-icon",
+    ".woff2": "font/woff2",
+    ".woff": "font/woff",
+    ".wasm": "application/wasm",
+    ".txt": "text/plain",
+}
+INDEX_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' blob: data:; connect-src 'self' ws: wss:; object-src 'none'; "
+    "base-uri 'self'; frame-ancestors 'none'"
+)
+
+SERVER = web.AppKey("server", "Server")
+
+
+class BadRequest(Exception):
+    def __init__(self, body: dict[str, Any], status: int = 400) -> None:
+        super().__init__(body["error"]["message"])
+        self.body, self.status = body, status
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is not a finite number")
+    return value
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number (NaN and infinities are refused)")
+
+
+async def read_json(request: web.Request, *, empty_ok: bool = True) -> Any:
+    """The JSON body (NaN, infinities and oversized bodies refused), or {} for an empty one."""
+    limit = request.app[CONFIG].limits.max_body_bytes
+    body = await request.content.read(limit + 1)
+    if len(body) > limit:
+        raise BadRequest(error_body("invalid_prompt", f"The body is over {limit} bytes."), 413)
+    if not body.strip():
+        if empty_ok:
+            return {}
+        raise BadRequest(error_body("invalid_prompt", "The body is empty."))
+    try:
+        return json.loads(body, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except (ValueError, RecursionError) as exc:
+        raise BadRequest(
+            error_body("invalid_prompt", f"The body is not valid JSON: {exc}")
+        ) from None
+
+
+class Server:
+    """Owns the store, the executor, the worker and the websocket hub of one app."""
+
+    def __init__(self, config: ServerConfig, registry: Registry | None = None) -> None:
+        self.config = config
+        for folder in (config.input_dir, config.output_dir, config.temp_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+        self.registry = registry if registry is not None else default_registry()
+        cache = Cache(config.cache_bytes) if config.cache_bytes is not None else Cache()
+        self.executor = Executor(
+            self.registry, cache, EngineLimits(max_nodes=config.limits.max_nodes)
+        )
+        options: dict[str, Any] = {
+            "models": [str(p) for p in config.model_dirs],
+            "device": config.device or "auto",
+            "allow_pickle": False,
+        }
+        _use_model_dirs(config.model_dirs)
+        self.settings = RunSettings(
+            output_dir=config.output_dir,
+            temp_dir=config.temp_dir,
+            input_dir=config.input_dir,
+            confine_inputs=True,
+            options=options,
+        )
+        self.store: Store | None = None
+        self.worker: Worker | None = None
+        self.hub = Hub()
+
+    # -- life cycle -------------------------------------------------------------------------
+
+    async def startup(self, app: web.Application) -> None:
+        _clear_folder(self.config.temp_dir)
+        self.store = Store(self.config.db_path, self.config.limits.max_history)
+        recovered = self.store.recovered
+        if recovered["requeued"] or recovered["failed"]:
+            log.warning(
+                "recovered after a crash: %d job(s) queued again, %d failed",
+                len(recovered["requeued"]),
+                len(recovered["failed"]),
+            )
+        loop = asyncio.get_running_loop()
+        self.worker = Worker(
+            self.executor, self.store, self.settings, self.hub, loop, self.broadcast_status
+        )
+        self.worker.start()
+
+    async def shutdown(self, app: web.Application) -> None:
+        if self.worker is not None:
+            await asyncio.to_thread(self.worker.stop)
+        await self.hub.close_all()
+        if self.store is not None:
+            self.store.close()
+
+    def status(self) -> dict[str, Any]:
+        assert self.store is not None
+        return {"exec_info": {"queue_remaining": self.store.remaining()}}
+
+    def broadcast_status(self) -> None:
+        if self.hub.clients and self.store is not None:
+            self.hub.broadcast(message("status", {"status": self.status()}))
+
+    # -- prompts ------------------------------------------------------------------------------
+
+    async def post_prompt(self, request: web.Request) -> web.Response:
+        assert self.store is not None and self.worker is not None
+        try:
+            body = await read_json(request, empty_ok=False)
+            job = await self._admit(body)
+        except BadRequest as exc:
+            return web.json_response(exc.body, status=exc.status)
+        prompt, prompt_id, client_id, extra, outputs, number, front = job
+        limits = self.config.limits
+        if self.store.remaining() >= limits.max_queue_total:
+            return refuse(429, f"The queue is full ({limits.max_queue_total} jobs).")
+        if client_id and self.store.remaining(client_id) >= limits.max_queue_per_client:
+            return refuse(
+                429, f"This client has {limits.max_queue_per_client} jobs queued; wait for some."
+            )
+        try:
+            number = self.store.add(
+                prompt_id,
+                prompt,
+                client_id=client_id,
+                extra_data=extra,
+                outputs=outputs,
+                number=number,
+                front=front,
+            )
+        except DuplicatePromptId:
+            return web.json_response(
+                error_body("invalid_prompt", f"prompt_id '{prompt_id}' is already used."),
+                status=400,
+            )
+        self.worker.wake()
+        self.broadcast_status()
+        shown = int(number) if float(number).is_integer() else number
+        return web.json_response({"prompt_id": prompt_id, "number": shown, "node_errors": {}})
+
+    async def _admit(self, body: Any) -> tuple[Any, ...]:
+        """Check a POST /prompt body; returns what the store needs or raises BadRequest."""
+        if not isinstance(body, dict):
+            raise BadRequest(error_body("invalid_prompt", "The body must be a JSON object."))
+        prompt = body.get("prompt")
+        if prompt is None:
+            raise BadRequest(error_body("no_prompt", "No prompt provided", "No prompt provided"))
+        prompt_id = body.get("prompt_id") or uuid.uuid4().hex
+        client_id = body.get("client_id")
+        extra = body.get("extra_data") or {}
+        for name, value in (("prompt_id", prompt_id), ("client_id", client_id)):
+            if value is not None and (not isinstance(value, str) or len(value) > MAX_ID):
+                raise BadRequest(
+                    error_body("invalid_prompt", f"{name} must be a text of at most {MAX_ID}.")
+                )
+        if not isinstance(extra, dict):
+            raise BadRequest(error_body("invalid_prompt", "extra_data must be a JSON object."))
+        number = body.get("number")
+        if number is not None and (isinstance(number, bool) or not isinstance(number, int | float)):
+            raise BadRequest(error_body("invalid_prompt", "number must be a number."))
+        if client_id:
+            extra = {**extra, "client_id": client_id}
+        plan = await asyncio.to_thread(self._validate, prompt)
+        return (
+            prompt,
+            prompt_id,
+            client_id,
+            extra,
+            list(plan.outputs),
+            number,
+            bool(body.get("front")),
+        )
+
+    def _validate(self, prompt: Any) -> Any:
+        try:
+            plan = self.executor.validate(prompt)
+        except ValidationFailed as exc:
+            raise BadRequest(exc.comfy_body()) from None
+        except RecursionError:
+            raise BadRequest(
+                error_body("invalid_prompt", "The workflow is nested too deeply.")
+            ) from None
+        problems = budget.check(plan, self.config.limits)
+        if problems:
+            raise BadRequest(
+                ValidationFailed(problems, budget.dependents(plan, problems)).comfy_body()
+            )
+        return plan
+
+    async def get_prompt(self, request: web.Request) -> web.Response:
+        return web.json_response(self.status())
+
+    async def get_queue(self, request: web.Request) -> web.Response:
+        assert self.store is not None
+        running, pending = self.store.queue()
+        return web.json_response(
+            {
+                "queue_running": [j.item() for j in running],
+                "queue_pending": [j.item() for j in pending],
+            }
+        )
+
+    async def post_queue(self, request: web.Request) -> web.Response:
+        """`{clear: true}` empties the pending queue, `{delete: [ids]}` removes some of it."""
+        assert self.store is not None
+        response = await _clear_or_delete(request, self.store.delete_queued)
+        self.broadcast_status()
+        return response
+
+    async def post_interrupt(self, request: web.Request) -> web.Response:
+        assert self.worker is not None
+        try:
+            body = await read_json(request)
+        except BadRequest as exc:
+            return web.json_response(exc.body, status=exc.status)
+        prompt_id = body.get("prompt_id") if isinstance(body, dict) else None
+        self.worker.interrupt(str(prompt_id) if prompt_id is not None else None)
+        return web.Response(status=200)
+
+    async def get_history(self, request: web.Request) -> web.Response:
+        assert self.store is not None
+        try:
+            max_items = _int_query(request, "max_items")
+            offset = _int_query(request, "offset")
+        except ValueError as exc:
+            return refuse(400, str(exc))
+        return web.json_response(self.store.history(None, max_items, offset))
+
+    async def get_history_item(self, request: web.Request) -> web.Response:
+        assert self.store is not None
+        return web.json_response(self.store.history(request.match_info["prompt_id"]))
+
+    async def post_history(self, request: web.Request) -> web.Response:
+        assert self.store is not None
+        return await _clear_or_delete(request, self.store.delete_history)
+
+    # -- catalogue and system -----------------------------------------------------------------
+
+    async def object_info(self, request: web.Request) -> web.Response:
+        catalogue = await asyncio.to_thread(self.registry.catalogue)
+        return web.json_response(catalogue)
+
+    async def object_info_one(self, request: web.Request) -> web.Response:
+        cls = self.registry.get(request.match_info["node_class"])
+        return web.json_response({cls.spec.type_name: describe(cls)} if cls else {})
+
+    async def system_stats(self, request: web.Request) -> web.Response:
+        return web.json_response(await asyncio.to_thread(_system_stats, self.config.device))
+
+    async def models(self, request: web.Request) -> web.Response:
+        return web.json_response(sorted(_model_folders(self.registry)))
+
+    async def models_in(self, request: web.Request) -> web.Response:
+        folder = request.match_info["folder"]
+        found = _model_folders(self.registry).get(folder)
+        if found is None:
+            return refuse(404, f"No model folder '{folder}'.")
+        return web.json_response(found)
+
+    # -- websocket ------------------------------------------------------------------------------
+
+    async def websocket(self, request: web.Request) -> web.StreamResponse:
+        client_id = request.query.get("clientId") or uuid.uuid4().hex
+        if len(client_id) > MAX_ID:
+            return refuse(400, f"clientId must be at most {MAX_ID} characters.")
+        if len(self.hub) >= self.config.limits.max_ws_clients:
+            return refuse(429, "Too many websocket connections (--max-ws-clients).")
+        ws = web.WebSocketResponse(heartbeat=30, max_msg_size=1 << 16)
+        await ws.prepare(request)
+        conn = Connection(client_id, ws)
+        self.hub.add(conn)
+        try:
+            conn.put(message("status", {"status": self.status(), "sid": client_id}))
+            async for _ in ws:  # clients may send feature flags; nothing to answer
+                pass
+        finally:
+            self.hub.remove(conn)
+            await conn.close()
+        return ws
+
+    # -- the web canvas ---------------------------------------------------------------------------
+
+    async def web_file(self, request: web.Request) -> web.StreamResponse:
+        root = self.config.web_dir
+        tail = request.match_info.get("tail", "") or "index.html"
+        if root is None or not root.is_dir():
+            if tail == "index.html":
+                return web.Response(
+                    text="nodegraph server: the web canvas is not built (web/dist is missing).\n",
+                    content_type="text/plain",
+                )
+            return refuse(404, "Not found.")
+        from nodegraph.files import UnsafePath, confined
+
+        try:
+            path = confined(root, tail)
+        except UnsafePath:
+            return refuse(404, "Not found.")
+        if path.is_dir():
+            path = path / "index.html"
+        if not path.is_file():
+            return refuse(404, "Not found.")
+        headers = {"Content-Type": WEB_TYPES.get(path.suffix.lower(), "application/octet-stream")}
+        if path.suffix.lower() == ".html":
+            headers["Content-Security-Policy"] = INDEX_CSP
+            headers["Cache-Control"] = "no-cache"
+        return web.FileResponse(path, headers=headers)
+
+
+async def _clear_or_delete(
+    request: web.Request, remove: Callable[[list[str] | None], object]
+) -> web.Response:
+    """POST /queue and /history: `{clear: true}` removes all, `{delete: [ids]}` those ids."""
+    try:
+        body = await read_json(request)
+    except BadRequest as exc:
+        return web.json_response(exc.body, status=exc.status)
+    if not isinstance(body, dict):
+        return refuse(400, "The body must be a JSON object.")
+    if body.get("clear"):
+        remove(None)
+    delete = body.get("delete")
+    if isinstance(delete, list):
+        remove([str(p) for p in delete])
+    return web.Response(status=200)
+
+
+def _use_model_dirs(dirs: tuple[Path, ...]) -> None:
+    """Tell the model library about --models, so that choices and /models list them too."""
+    if not dirs:
+        return
+    try:
+        from nodes.models import use_model_dirs
+    except ImportError:
+        return
+    use_model_dirs(dirs)
+
+
+def _int_query(request: web.Request, name: str) -> int | None:
+    value = request.query.get(name)
+    if value is None or value == "":
+        return None
+    try:
+        number = int(value)
+    except ValueError:
+        raise ValueError(f"{name} must be a whole number") from None
+    if name == "max_items" and number < 0:
+        raise ValueError("max_items cannot be negative")
+    return number
+
+
+def _clear_folder(folder: Path) -> None:
+    """Empty the temp folder (previews of earlier runs), keeping the folder itself."""
+    for child in folder.iterdir() if folder.is_dir() else ():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
+
+
+def _model_folders(registry: Registry) -> dict[str, list[str]]:
+    """Model kinds and their files, read from the choices of ComfyUI-named model inputs."""
+    kinds = {"ckpt_name": "checkpoints", "vae_name": "vae", "lora_name": "loras"}
+    found: dict[str, set[str]] = {}
+    for name in registry:
+        cls = registry.get(name)
+        for input_name, spec in cls.spec.inputs.items() if cls else ():
+            if input_name in kinds:
+                try:
+                    choices = spec.choices() or ()
+                except Exception:
+                    choices = ()
+                found.setdefault(kinds[input_name], set()).update(choices)
+    return {k: sorted(v) for k, v in found.items()}
+
+
+def _system_stats(device: str | None) -> dict[str, Any]:
+    ram_total = ram_free = 0
+    try:
+        pages = os.sysconf("SC_PHYS_PAGES")
+        size = os.sysconf("SC_PAGE_SIZE")
+        ram_total = pages * size
+        ram_free = os.sysconf("SC_AVPHYS_PAGES") * size
+    except (ValueError, OSError, AttributeError):
+        pass
+    devices = []
+    torch_version = ""
+    try:
+        import torch
+
+        torch_version = torch.__version__
+        if torch.cuda.is_available():
+            for i in range(torch.cuda.device_count()):
+                free, total = torch.cuda.mem_get_info(i)
+                devices.append(
+                    {
+                        "name": torch.cuda.get_device_name(i),
+                        "type": "cuda",
+                        "index": i,
+                        "vram_total": total,
+                        "vram_free": free,
+                        "torch_vram_total": total,
+                        "torch_vram_free": free,
+                    }
+                )
+    except Exception:
+        pass
+    if not devices:
+        devices.append(
+            {
+                "name": "cpu",
+                "type": "cpu",
+                "index": None,
+                "vram_total": ram_total,
+                "vram_free": ram_free,
+                "torch_vram_total": ram_total,
+                "torch_vram_free": ram_free,
+            }
+        )
+    return {
+        "system": {
+            "os": os.name,
+            "ram_total": ram_total,
+            "ram_free": ram_free,
+            "python_version": sys.version,
+            "pytorch_version": torch_version,
+            "embedded_python": False,
+            "platform": platform.platform(),
+            "nodegraph_version": _version(),
+            "configured_device": device,
+        },
+        "devices": devices,
+    }
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("nodegraph")
+    except Exception:
+        return "unknown"
+
+
+async def _default_headers(request: web.Request, response: web.StreamResponse) -> None:
+    for key, value in security_headers().items():
+        response.headers.setdefault(key, value)
+
+
+def create_app(config: ServerConfig, registry: Registry | None = None) -> web.Application:
+    """The application; its startup opens the store (recovering from a crash) and the worker."""
+    limits = config.limits
+    app = web.Application(
+        middlewares=[Guard(config).middleware],
+        client_max_size=max(limits.max_body_bytes, limits.max_upload_bytes) + 65536,
+    )
+    server = Server(config, registry)
+    app[CONFIG] = config
+    app[SERVER] = server
+    app.on_startup.append(server.startup)
+    app.on_shutdown.append(server.shutdown)
+    app.on_response_prepare.append(_default_headers)
+    routes = [
+        ("POST", "/prompt", server.post_prompt),
+        ("GET", "/prompt", server.get_prompt),
+        ("GET", "/queue", server.get_queue),
+        ("POST", "/queue", server.post_queue),
+        ("POST", "/interrupt", server.post_interrupt),
+        ("GET", "/history", server.get_history),
+        ("GET", "/history/{prompt_id}", server.get_history_item),
+        ("POST", "/history", server.post_history),
+        ("GET", "/view", files.view),
+        ("POST", "/upload/image", files.upload_image),
+        ("GET", "/object_info", server.object_info),
+        ("GET", "/object_info/{node_class}", server.object_info_one),
+        ("GET", "/system_stats", server.system_stats),
+        ("GET", "/models", server.models),
+        ("GET", "/models/{folder}", server.models_in),
+        ("GET", "/ws", server.websocket),
+    ]
+    for method, path, handler in routes:
+        app.router.add_route(method, path, handler)
+        app.router.add_route(method, "/api" + path, handler)
+    app.router.add_get("/", server.web_file)
+    app.router.add_get("/{tail:.*}", server.web_file)
+    return app

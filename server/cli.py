@@ -1,0 +1,171 @@
+"""`nodegraph serve`: options, checks and the run loop (the CLI delegates here)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import fcntl
+import importlib
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from aiohttp import web
+
+from .config import DEFAULT_WEB_DIR, Limits, ServerConfig, is_loopback
+
+log = logging.getLogger("nodegraph.server")
+TOKEN_ENV = "NODEGRAPH_TOKEN"
+
+_LIMIT_HELP = {
+    "max_body_bytes": "largest JSON body in bytes (413)",
+    "max_upload_bytes": "largest upload in bytes (413)",
+    "max_image_pixels": "largest image in pixels, uploaded or generated",
+    "max_compute": "largest width x height x batch x steps of one workflow",
+    "max_nodes": "most nodes in one workflow",
+    "max_queue_per_client": "most queued jobs per client_id (429)",
+    "max_queue_total": "most queued jobs in all (429)",
+    "max_ws_clients": "most websocket connections (429)",
+    "max_history": "finished jobs kept in the history",
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8188, help="port (default 8188; 0 = any)")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=Path("nodegraph-data"),
+        help="data folder: input/, output/, temp/ and the queue database",
+    )
+    parser.add_argument(
+        "--token",
+        default=None,
+        help=f"token every request must carry (default: ${TOKEN_ENV}); required off loopback",
+    )
+    parser.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a host name clients may use besides localhost and IP addresses (repeatable)",
+    )
+    parser.add_argument(
+        "--allow-origin",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="another origin (scheme://host:port) whose pages may call the API (repeatable)",
+    )
+    parser.add_argument(
+        "--models", action="append", type=Path, default=[], metavar="DIR", help="model folder"
+    )
+    parser.add_argument("--device", default="auto", help="auto (CUDA, MPS, CPU), cpu, cuda, ...")
+    parser.add_argument("--cache-bytes", type=int, default=None, help="engine cache budget")
+    parser.add_argument("--web", type=Path, default=DEFAULT_WEB_DIR, help="built web canvas")
+    parser.add_argument(
+        "--node-package",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import more node classes from this module or package (repeatable)",
+    )
+    parser.add_argument(
+        "--no-default-nodes",
+        action="store_true",
+        help="leave out the node library and plugins (with --node-package: tests, tools)",
+    )
+    defaults = Limits()
+    for field in dataclasses.fields(Limits):
+        parser.add_argument(
+            "--" + field.name.replace("_", "-"),
+            type=int,
+            default=getattr(defaults, field.name),
+            help=f"{_LIMIT_HELP[field.name]} (default %(default)s)",
+        )
+
+
+def config_from(args: argparse.Namespace) -> ServerConfig:
+    limits = Limits(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Limits)})
+    return ServerConfig(
+        host=args.host,
+        port=args.port,
+        data_dir=args.data,
+        token=args.token or os.environ.get(TOKEN_ENV) or None,
+        allowed_hosts=tuple(args.allow_host),
+        allowed_origins=tuple(args.allow_origin),
+        limits=limits,
+        model_dirs=tuple(args.models),
+        device=args.device,
+        cache_bytes=args.cache_bytes,
+        web_dir=args.web,
+    )
+
+
+def _registry(args: argparse.Namespace):  # noqa: ANN202 - nodegraph.registry.Registry
+    from nodegraph.registry import Registry, default_registry
+
+    registry = Registry() if args.no_default_nodes else default_registry()
+    for name in args.node_package:
+        module = importlib.import_module(name)
+        if hasattr(module, "__path__"):
+            registry.discover(name)
+        else:
+            registry.register_module(module)
+    return registry
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    config = config_from(args)
+    if not is_loopback(config.host) and not config.token:
+        print(
+            f"error: binding to {config.host} exposes the server to the network; "
+            f"give a token with --token or ${TOKEN_ENV}",
+            file=sys.stderr,
+        )
+        return 2
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    lock = (config.data_dir / "server.lock").open("w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        print(f"error: another server is using {config.data_dir}", file=sys.stderr)
+        return 2
+    try:
+        return asyncio.run(_serve(config, _registry(args)))
+    finally:
+        lock.close()
+
+
+async def _serve(config: ServerConfig, registry: object) -> int:
+    from .app import create_app
+
+    app = create_app(config, registry)  # type: ignore[arg-type]
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, config.host, config.port)
+    try:
+        await site.start()
+    except OSError as exc:
+        print(f"error: cannot listen on {config.host}:{config.port}: {exc}", file=sys.stderr)
+        await runner.cleanup()
+        return 2
+    sockets = site._server.sockets if site._server else []  # noqa: SLF001 - the bound port
+    port = sockets[0].getsockname()[1] if sockets else config.port
+    host = f"[{config.host}]" if ":" in config.host else config.host
+    print(f"nodegraph server listening on http://{host}:{port}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    await runner.cleanup()
+    return 0

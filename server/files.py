@@ -1,0 +1,224 @@
+"""/view and /upload/image: files confined to input/, output/ and temp/, images only inline."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import io
+import os
+import warnings
+from pathlib import Path
+
+from aiohttp import web
+from PIL import Image
+
+from nodegraph.files import UnsafePath, atomic_write, confined
+
+from .config import CONFIG, Limits, ServerConfig
+from .guard import refuse
+
+IMAGE_TYPES = {
+    ".png": "image/png",
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".webp": "image/webp",
+    ".gif": "image/gif",
+    ".bmp": "image/bmp",
+}
+"""Served inline; anything else (HTML, SVG, scripts, ...) is an attachment of unknown type."""
+UPLOAD_FORMATS = {"PNG", "JPEG", "WEBP", "GIF", "BMP"}
+VIEW_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": "default-src 'none'; sandbox",
+    "Cache-Control": "no-cache",
+}
+
+
+class Refused(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status, self.message = status, message
+
+    def response(self) -> web.Response:
+        return refuse(self.status, self.message)
+
+
+def resolve(config: ServerConfig, kind: str, subfolder: str, filename: str) -> Path:
+    """The real path of a file named by /view or /upload, inside its folder, or Refused."""
+    root = config.folder(kind or "output")
+    if root is None:
+        raise Refused(400, f"type must be input, output or temp, not '{kind}'.")
+    if not filename or "/" in filename:
+        raise Refused(400, "filename must be a plain file name.")
+    name = f"{subfolder.strip('/')}/{filename}" if subfolder.strip("/") else filename
+    if subfolder.startswith("/"):
+        raise Refused(403, f"'{subfolder}' is not a relative folder.")
+    try:
+        return confined(root, name)
+    except UnsafePath as exc:
+        raise Refused(403, str(exc)) from None
+
+
+def check_image(data: bytes, limits: Limits) -> str:
+    """The format of an uploaded image, or Refused: not an image (415), too many pixels (413)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            width, height = image.size
+            frames = getattr(image, "n_frames", 1)
+            if width * height * max(frames, 1) > limits.max_image_pixels:
+                raise Refused(
+                    413,
+                    f"The image has {width} x {height} pixels x {frames} frames; "
+                    f"the limit is {limits.max_image_pixels} (--max-image-pixels).",
+                )
+            if image.format not in UPLOAD_FORMATS:
+                raise Refused(415, f"{image.format} images are not accepted.")
+            image.verify()
+            return image.format
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise Refused(413, "The image is a decompression bomb (far too many pixels).") from None
+    except Refused:
+        raise
+    except Exception:
+        raise Refused(
+            415, "The upload is not a readable image (PNG, JPEG, WebP, GIF, BMP)."
+        ) from None
+
+
+async def view(request: web.Request) -> web.StreamResponse:
+    config = request.app[CONFIG]
+    q = request.query
+    try:
+        path = resolve(
+            config, q.get("type", "output"), q.get("subfolder", ""), q.get("filename", "")
+        )
+    except Refused as exc:
+        return exc.response()
+    if not path.is_file():
+        return refuse(404, "No such file.")
+    content_type = IMAGE_TYPES.get(path.suffix.lower())
+    headers = dict(VIEW_HEADERS)
+    preview, channel = q.get("preview"), q.get("channel", "rgba")
+    if content_type and (preview or channel in ("rgb", "a")):
+        try:
+            body, content_type = await _convert(path, preview, channel, config.limits)
+        except Refused as exc:
+            return exc.response()
+        return web.Response(body=body, content_type=content_type, headers=headers)
+    if content_type is None:
+        content_type = "application/octet-stream"
+        headers["Content-Disposition"] = f'attachment; filename="{_ascii(path.name)}"'
+    else:
+        headers["Content-Disposition"] = f'inline; filename="{_ascii(path.name)}"'
+    headers["Content-Type"] = content_type
+    return web.FileResponse(path, headers=headers)
+
+
+def _ascii(name: str) -> str:
+    return "".join(c if c.isascii() and c.isprintable() and c not in '"\\' else "_" for c in name)
+
+
+async def _convert(
+    path: Path, preview: str | None, channel: str, limits: Limits
+) -> tuple[bytes, str]:
+    def work() -> tuple[bytes, str]:
+        with Image.open(path) as image:
+            if image.width * image.height > limits.max_image_pixels:
+                raise Refused(413, "The image has too many pixels to convert.")
+            image = image.convert("RGBA")
+            if channel == "rgb":
+                image = image.convert("RGB")
+            elif channel == "a":
+                alpha = image.getchannel("A")
+                image = Image.merge("RGBA", (alpha, alpha, alpha, alpha))
+            fmt, quality = "PNG", 90
+            if preview:
+                kind, _, q = preview.partition(";")
+                fmt = {"webp": "WEBP", "jpeg": "JPEG", "jpg": "JPEG"}.get(kind.lower(), "PNG")
+                with contextlib.suppress(ValueError):
+                    quality = max(1, min(int(q), 100))
+            if fmt == "JPEG":
+                image = image.convert("RGB")
+            buf = io.BytesIO()
+            image.save(buf, format=fmt, quality=quality)
+            return buf.getvalue(), {"PNG": "image/png", "WEBP": "image/webp"}.get(fmt, "image/jpeg")
+
+    return await asyncio.to_thread(work)
+
+
+async def upload_image(request: web.Request) -> web.Response:
+    config = request.app[CONFIG]
+    limits = config.limits
+    if request.content_type != "multipart/form-data":
+        return refuse(415, "Upload with multipart/form-data.")
+    fields: dict[str, str] = {}
+    data, filename = None, None
+    try:
+        reader = await request.multipart()
+        async for part in reader:
+            if part.name == "image" and part.filename is not None:
+                filename = part.filename
+                data = await _read_limited(part, limits.max_upload_bytes)
+            elif part.name in ("type", "subfolder", "overwrite"):
+                fields[part.name] = (await _read_limited(part, 4096)).decode("utf-8", "replace")
+            else:
+                await _read_limited(part, limits.max_upload_bytes)
+    except Refused as exc:
+        return exc.response()
+    except (ValueError, AssertionError):
+        return refuse(400, "The multipart body is malformed.")
+    if data is None or not filename:
+        return refuse(400, "No image: send the file in the multipart field 'image'.")
+    kind, subfolder = fields.get("type", "input") or "input", fields.get("subfolder", "")
+    overwrite = fields.get("overwrite", "").lower() in ("true", "1", "yes")
+    try:
+        if Path(filename).suffix.lower() not in IMAGE_TYPES:
+            raise Refused(415, f"'{filename}' is not an image file name (.png, .jpg, .webp, ...).")
+        target = resolve(config, kind, subfolder, filename)
+        check_image(data, limits)
+    except Refused as exc:
+        return exc.response()
+    try:
+        name = await asyncio.to_thread(_store, target, data, overwrite)
+    except Refused as exc:
+        return exc.response()
+    return web.json_response({"name": name, "subfolder": subfolder.strip("/"), "type": kind})
+
+
+async def _read_limited(part: object, limit: int) -> bytes:
+    chunks, size = [], 0
+    while chunk := await part.read_chunk(65536):  # type: ignore[attr-defined]
+        size += len(chunk)
+        if size > limit:
+            raise Refused(413, f"The upload is over {limit} bytes (--max-upload-bytes).")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _store(target: Path, data: bytes, overwrite: bool) -> str:
+    """Write the upload; without overwrite, other content under the same name gets `name (n)`."""
+    if overwrite:
+        atomic_write(target, data)
+        return target.name
+    digest = hashlib.sha256(data).digest()
+    stem, suffix = target.stem, target.suffix
+    for n in range(10_000):
+        path = target if n == 0 else target.with_name(f"{stem} ({n}){suffix}")
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            if path.is_file() and not path.is_symlink() and _digest(path) == digest:
+                return path.name  # the same file is already there
+            continue
+        os.close(fd)
+        atomic_write(path, data)
+        return path.name
+    raise Refused(409, "Too many files with this name.")
+
+
+def _digest(path: Path) -> bytes:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").digest()

@@ -1,0 +1,351 @@
+"""The durable queue and history: one SQLite table (WAL), written before any answer is sent.
+
+A job moves queued -> running -> success | error. Opening the store recovers from a crash: a job
+found running goes back to the queue once (its `attempts` says how often it started); a job found
+running a second time is recorded as failed. History entries are finished jobs.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+MAX_ATTEMPTS = 2
+"""Starts a job gets: a crash while it runs re-queues it once, a second crash fails it."""
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    prompt_id TEXT NOT NULL UNIQUE,
+    number REAL NOT NULL,
+    client_id TEXT,
+    prompt TEXT NOT NULL,
+    extra_data TEXT NOT NULL,
+    outputs_to_execute TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    created REAL NOT NULL,
+    started REAL,
+    finished REAL,
+    history_seq INTEGER,
+    outputs TEXT,
+    messages TEXT,
+    meta TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, number, seq);
+CREATE INDEX IF NOT EXISTS jobs_by_history ON jobs (history_seq);
+"""
+
+QUEUED, RUNNING, SUCCESS, ERROR = "queued", "running", "success", "error"
+FINAL = (SUCCESS, ERROR)
+
+
+@dataclass(frozen=True)
+class Job:
+    prompt_id: str
+    number: float
+    client_id: str | None
+    prompt: dict[str, Any]
+    extra_data: dict[str, Any]
+    outputs_to_execute: list[str]
+    state: str
+    attempts: int
+
+    def item(self) -> list[Any]:
+        """ComfyUI's queue item: [number, prompt_id, prompt, extra_data, outputs_to_execute]."""
+        number = int(self.number) if float(self.number).is_integer() else self.number
+        return [number, self.prompt_id, self.prompt, self.extra_data, self.outputs_to_execute]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a job ended: its final state and its history record."""
+
+    state: str
+    outputs: dict[str, Any]
+    messages: list[list[Any]]
+    """[event, data] pairs: ComfyUI's status.messages."""
+    meta: dict[str, Any]
+
+
+class DuplicatePromptId(ValueError):
+    pass
+
+
+class Store:
+    """Jobs in SQLite; safe to call from the event loop and the worker thread."""
+
+    def __init__(self, path: Path, max_history: int = 10_000) -> None:
+        self.path, self.max_history = path, max_history
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._lock = threading.Lock()
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA busy_timeout=10000")
+            self._db.executescript(_SCHEMA)
+            row = self._db.execute("SELECT MAX(ABS(number)) FROM jobs").fetchone()
+            self._counter = int(row[0] or 0) + 1
+        self.recovered = self._recover()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def _recover(self) -> dict[str, list[str]]:
+        """Jobs found running (the server died under them): re-queue once, then fail."""
+        with self._lock, self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            rows = self._db.execute(
+                "SELECT prompt_id, attempts FROM jobs WHERE state = ?", (RUNNING,)
+            ).fetchall()
+            requeued = [p for p, a in rows if a < MAX_ATTEMPTS]
+            failed = [p for p, a in rows if a >= MAX_ATTEMPTS]
+            self._db.executemany(
+                "UPDATE jobs SET state = ?, started = NULL WHERE prompt_id = ?",
+                [(QUEUED, p) for p in requeued],
+            )
+            now = time.time()
+            for prompt_id in failed:
+                message = (
+                    f"The server stopped while this job ran, {MAX_ATTEMPTS} times; "
+                    "it is not tried again."
+                )
+                error = {
+                    "prompt_id": prompt_id,
+                    "node_id": None,
+                    "node_type": None,
+                    "executed": [],
+                    "exception_message": message,
+                    "exception_type": "ServerRestarted",
+                    "traceback": [],
+                    "current_inputs": {},
+                    "current_outputs": {},
+                    "timestamp": int(now * 1000),
+                }
+                outcome = Outcome(ERROR, {}, [["execution_error", error]], {})
+                self._finish_locked(prompt_id, outcome, now)
+        return {"requeued": requeued, "failed": failed}
+
+    # -- the queue ------------------------------------------------------------------------------
+
+    def add(
+        self,
+        prompt_id: str,
+        prompt: dict[str, Any],
+        *,
+        client_id: str | None,
+        extra_data: dict[str, Any],
+        outputs: list[str],
+        number: float | None = None,
+        front: bool = False,
+    ) -> float:
+        """Store a queued job (committed before returning); returns its number."""
+        with self._lock:
+            if number is None:
+                number = -self._counter if front else self._counter
+            self._counter += 1
+            try:
+                self._db.execute(
+                    "INSERT INTO jobs (prompt_id, number, client_id, prompt, extra_data, "
+                    "outputs_to_execute, state, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        prompt_id,
+                        number,
+                        client_id,
+                        json.dumps(prompt),
+                        json.dumps(extra_data),
+                        json.dumps(outputs),
+                        QUEUED,
+                        time.time(),
+                    ),
+                )
+            except sqlite3.IntegrityError:
+                raise DuplicatePromptId(prompt_id) from None
+        return number
+
+    def claim_next(self) -> Job | None:
+        """The first queued job (lowest number), now marked running; None if the queue is empty."""
+        with self._lock, self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            row = self._db.execute(
+                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state = ? ORDER BY number, seq LIMIT 1",
+                (QUEUED,),
+            ).fetchone()
+            if row is None:
+                return None
+            self._db.execute(
+                "UPDATE jobs SET state = ?, attempts = attempts + 1, started = ? "
+                "WHERE prompt_id = ?",
+                (RUNNING, time.time(), row[0]),
+            )
+        job = _job(row)
+        return Job(**{**job.__dict__, "state": RUNNING, "attempts": job.attempts + 1})
+
+    def requeue(self, prompt_id: str) -> None:
+        """Put a running job back without counting its start (a clean shutdown stopped it)."""
+        with self._lock:
+            self._db.execute(
+                "UPDATE jobs SET state = ?, attempts = MAX(attempts - 1, 0), started = NULL "
+                "WHERE prompt_id = ? AND state = ?",
+                (QUEUED, prompt_id, RUNNING),
+            )
+
+    def finish(self, prompt_id: str, outcome: Outcome) -> None:
+        with self._lock, self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._finish_locked(prompt_id, outcome, time.time())
+            self._prune_locked()
+
+    def _finish_locked(self, prompt_id: str, outcome: Outcome, now: float) -> None:
+        assert outcome.state in FINAL
+        self._db.execute(
+            "UPDATE jobs SET state = ?, finished = ?, outputs = ?, messages = ?, meta = ?, "
+            "history_seq = (SELECT COALESCE(MAX(history_seq), 0) + 1 FROM jobs) "
+            "WHERE prompt_id = ?",
+            (
+                outcome.state,
+                now,
+                json.dumps(outcome.outputs),
+                json.dumps(outcome.messages),
+                json.dumps(outcome.meta),
+                prompt_id,
+            ),
+        )
+
+    def _prune_locked(self) -> None:
+        self._db.execute(
+            "DELETE FROM jobs WHERE history_seq IS NOT NULL AND history_seq <= "
+            "(SELECT MAX(history_seq) FROM jobs) - ?",
+            (self.max_history,),
+        )
+
+    def queue(self) -> tuple[list[Job], list[Job]]:
+        """(running, pending) jobs, pending in run order."""
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state IN (?, ?) ORDER BY number, seq",
+                (RUNNING, QUEUED),
+            ).fetchall()
+        jobs = [_job(r) for r in rows]
+        return [j for j in jobs if j.state == RUNNING], [j for j in jobs if j.state == QUEUED]
+
+    def remaining(self, client_id: str | None = None) -> int:
+        """Queued and running jobs (of one client when given)."""
+        sql = "SELECT COUNT(*) FROM jobs WHERE state IN (?, ?)"
+        args: tuple[Any, ...] = (QUEUED, RUNNING)
+        if client_id is not None:
+            sql += " AND client_id = ?"
+            args += (client_id,)
+        with self._lock:
+            return int(self._db.execute(sql, args).fetchone()[0])
+
+    def delete_queued(self, prompt_ids: Iterable[str] | None = None) -> int:
+        """Remove pending jobs (all of them when `prompt_ids` is None); running ones stay."""
+        with self._lock:
+            if prompt_ids is None:
+                cur = self._db.execute("DELETE FROM jobs WHERE state = ?", (QUEUED,))
+            else:
+                cur = self._db.executemany(
+                    "DELETE FROM jobs WHERE state = ? AND prompt_id = ?",
+                    [(QUEUED, p) for p in prompt_ids],
+                )
+            return cur.rowcount
+
+    # -- the history ----------------------------------------------------------------------------
+
+    def history(
+        self,
+        prompt_id: str | None = None,
+        max_items: int | None = None,
+        offset: int | None = None,
+    ) -> dict[str, Any]:
+        """ComfyUI's history: {prompt_id: {prompt, outputs, status, meta}}, oldest first."""
+        sql = (
+            f"SELECT {_JOB_COLUMNS}, outputs, messages, meta FROM jobs "
+            "WHERE history_seq IS NOT NULL"
+        )
+        args: list[Any] = []
+        if prompt_id is not None:
+            sql += " AND prompt_id = ?"
+            args.append(prompt_id)
+        sql += " ORDER BY history_seq"
+        with self._lock:
+            if prompt_id is None and max_items is not None:
+                if offset is None or offset < 0:
+                    total = self._db.execute(
+                        "SELECT COUNT(*) FROM jobs WHERE history_seq IS NOT NULL"
+                    ).fetchone()[0]
+                    offset = max(total - max_items, 0)
+                sql += " LIMIT ? OFFSET ?"
+                args += [max_items, offset]
+            elif prompt_id is None and offset:
+                sql += " LIMIT -1 OFFSET ?"
+                args.append(offset)
+            rows = self._db.execute(sql, args).fetchall()
+        result = {}
+        for row in rows:
+            job = _job(row[: len(_JOB_FIELDS)])
+            outputs, messages, meta = (json.loads(x or "{}") for x in row[len(_JOB_FIELDS) :])
+            result[job.prompt_id] = {
+                "prompt": job.item(),
+                "outputs": outputs,
+                "status": {
+                    "status_str": job.state,
+                    "completed": job.state == SUCCESS,
+                    "messages": messages,
+                },
+                "meta": meta,
+            }
+        return result
+
+    def state_of(self, prompt_id: str) -> str | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT state FROM jobs WHERE prompt_id = ?", (prompt_id,)
+            ).fetchone()
+        return row[0] if row else None
+
+    def delete_history(self, prompt_ids: Iterable[str] | None = None) -> None:
+        with self._lock:
+            if prompt_ids is None:
+                self._db.execute("DELETE FROM jobs WHERE history_seq IS NOT NULL")
+            else:
+                self._db.executemany(
+                    "DELETE FROM jobs WHERE history_seq IS NOT NULL AND prompt_id = ?",
+                    [(p,) for p in prompt_ids],
+                )
+
+
+_JOB_FIELDS = (
+    "prompt_id",
+    "number",
+    "client_id",
+    "prompt",
+    "extra_data",
+    "outputs_to_execute",
+    "state",
+    "attempts",
+)
+_JOB_COLUMNS = ", ".join(_JOB_FIELDS)
+
+
+def _job(row: tuple[Any, ...]) -> Job:
+    prompt_id, number, client_id, prompt, extra, outputs, state, attempts = row
+    return Job(
+        prompt_id,
+        number,
+        client_id,
+        json.loads(prompt),
+        json.loads(extra),
+        json.loads(outputs),
+        state,
+        attempts,
+    )

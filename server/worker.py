@@ -1,0 +1,144 @@
+"""The one worker thread: takes jobs from the store, runs them, records how they ended.
+
+It shares one Executor (so one cache and the loaded models) across all jobs. Events go to the
+submitting client's websockets through the event loop; the history record is written before the
+final `executing` (node null) message, so a client that saw it can fetch /history at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections.abc import Callable
+
+from nodegraph import events
+from nodegraph.context import RunSettings
+from nodegraph.executor import Executor
+
+from .hub import Hub
+from .messages import RunMessages
+from .store import ERROR, SUCCESS, Job, Outcome, Store
+
+log = logging.getLogger("nodegraph.server")
+
+
+class Worker:
+    def __init__(
+        self,
+        executor: Executor,
+        store: Store,
+        settings: RunSettings,
+        hub: Hub,
+        loop: asyncio.AbstractEventLoop,
+        on_queue_change: Callable[[], None],
+    ) -> None:
+        self.executor, self.store, self.settings = executor, store, settings
+        self.hub, self.loop, self.on_queue_change = hub, loop, on_queue_change
+        self._wake = threading.Condition()
+        self._stopping = False
+        self._current: Job | None = None
+        self._interrupt: threading.Event | None = None
+        self._thread = threading.Thread(target=self._main, name="nodegraph-worker", daemon=True)
+
+    @property
+    def current(self) -> Job | None:
+        return self._current
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def wake(self) -> None:
+        with self._wake:
+            self._wake.notify()
+
+    def interrupt(self, prompt_id: str | None = None) -> bool:
+        """Stop the running job (only if it is `prompt_id`, when given); whether one was asked."""
+        with self._wake:
+            job, flag = self._current, self._interrupt
+            if (
+                job is None
+                or flag is None
+                or (prompt_id is not None and job.prompt_id != prompt_id)
+            ):
+                return False
+            flag.set()
+            return True
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop taking jobs; the running one is interrupted and goes back to the queue."""
+        with self._wake:
+            self._stopping = True
+            if self._interrupt is not None:
+                self._interrupt.set()
+            self._wake.notify()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def _post(self, client_id: str | None, frames: list[str | bytes]) -> None:
+        if frames and client_id:
+            # RuntimeError: the loop is closed, the server is going down
+            with contextlib.suppress(RuntimeError):
+                self.loop.call_soon_threadsafe(self.hub.send, client_id, frames)
+
+    def _changed(self) -> None:
+        with contextlib.suppress(RuntimeError):
+            self.loop.call_soon_threadsafe(self.on_queue_change)
+
+    def _main(self) -> None:
+        while True:
+            with self._wake:
+                if self._stopping:
+                    return
+            try:
+                job = self.store.claim_next()
+            except Exception:
+                log.exception("cannot read the queue")
+                job = None
+            if job is None:
+                with self._wake:
+                    if not self._stopping:
+                        self._wake.wait(1.0)
+                continue
+            with self._wake:
+                self._current, self._interrupt = job, threading.Event()
+                interrupt = self._interrupt
+            self._changed()
+            try:
+                self._run(job, interrupt)
+            except Exception:  # never let one job take the worker down
+                log.exception("job %s could not be recorded", job.prompt_id)
+            finally:
+                with self._wake:
+                    self._current = self._interrupt = None
+            self._changed()
+
+    def _run(self, job: Job, interrupt: threading.Event) -> None:
+        run = RunMessages(job.prompt_id)
+        client = job.client_id
+
+        def on_event(event: events.Event) -> None:
+            self._post(client, run.translate(event))
+
+        try:
+            result = self.executor.run(
+                job.prompt,
+                self.settings,
+                on_event=on_event,
+                extra=job.extra_data,
+                interrupt=interrupt,
+                run_id=job.prompt_id,
+            )
+            status = result.status
+        except Exception as exc:  # e.g. the workflow no longer validates (a model went away)
+            log.warning("job %s failed before running: %s", job.prompt_id, exc)
+            self._post(client, [run.crashed(exc)])
+            status = "failed"
+        if status == "interrupted" and self._stopping:
+            self.store.requeue(job.prompt_id)
+            log.info("job %s stopped by shutdown; queued again", job.prompt_id)
+            return
+        final = SUCCESS if status == "success" else ERROR
+        self.store.finish(job.prompt_id, Outcome(final, run.outputs, run.history, run.meta))
+        self._post(client, [run.done()])
