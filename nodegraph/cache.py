@@ -24,8 +24,11 @@ def signature(
     fingerprint: Hashable,
     sources: Mapping[str, tuple[str, int]],
 ) -> str:
-    """A node's cache key from its class, literal inputs, fingerprint and its sources' keys."""
-    text = repr((class_type, sorted(literals.items()), fingerprint, sorted(sources.items())))
+    """A node's cache key from its class, literal inputs, fingerprint and its sources' keys.
+
+    `literals` and `sources` come in the node class's input order, so no sorting is needed.
+    """
+    text = repr((class_type, tuple(literals.items()), fingerprint, tuple(sources.items())))
     return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
 

@@ -177,7 +177,8 @@ class _Run:
         fingerprint = (
             step.cls.fingerprint(step.literals, self.ctx) if spec.has_fingerprint else None
         )
-        sources = {name: (self.keys[link.source], link.output) for name, link in step.links.items()}
+        keys = self.keys
+        sources = {name: (keys[link.source], link.output) for name, link in step.links.items()}
         return signature(spec.type_name, step.literals, fingerprint, sources)
 
     def _select(self) -> set[str]:

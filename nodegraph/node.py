@@ -100,6 +100,8 @@ class InputSpec:
     dynamic_choices: Callable[[], Sequence[str]] | None = None
     ui: Mapping[str, Any] = field(default_factory=dict)
     adapter: TypeAdapter[Any] | None = None
+    memo: dict[tuple[type, Any], Any] = field(default_factory=dict, compare=False, repr=False)
+    """Values already validated for this input (see validate.coerce_literal)."""
 
     def choices(self) -> tuple[str, ...] | None:
         """The allowed values of a choice input, looked up now for dynamic choices."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 from dataclasses import dataclass
 from typing import Any
@@ -14,7 +15,7 @@ from .errors import NodeError, ValidationFailed
 from .node import InputSpec
 from .plan import Plan, Step, build_graph, cycles, needed_nodes, order, restrict
 from .registry import Registry
-from .workflow import WorkflowNode, parse, unwrap
+from .workflow import Link, WorkflowNode, parse, unwrap
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,9 @@ class Limits:
 
     max_nodes: int = 200_000
 
+
+_MEMO_SIZE = 4096
+"""Good literal values remembered per input."""
 
 # pydantic error type -> (ComfyUI error type, how to say it)
 _PYDANTIC_ERRORS: dict[str, str] = {
@@ -133,86 +137,79 @@ def _did_you_mean(word: str, options: Any) -> str:
 
 
 def _check_node(
-    node: WorkflowNode,
-    known: dict[str, WorkflowNode],
-    registry: Registry,
-    errors: list[NodeError],
+    node: WorkflowNode, known: dict[str, WorkflowNode], registry: Registry, errors: list[NodeError]
 ) -> Step | None:
+    """Check one node's inputs; a Step when they are all fine (errors appended otherwise)."""
     cls = registry.get(node.class_type)
     assert cls is not None
     spec = cls.spec
-    n_errors = len(errors)
-
-    def fail(kind: str, message: str, name: str | None, received: Any = None) -> None:
-        errors.append(NodeError(kind, message, node.id, node.class_type, name, _short(received)))
-
+    problems: list[tuple[str, str, str, Any]] = []
     for name in (*node.literals, *node.links, *node.malformed):
         if name not in spec.inputs:
-            fail(
-                "invalid_input_name",
-                f"{node.class_type} has no input '{name}'.{_did_you_mean(name, spec.inputs)}",
-                name,
-            )
+            hint = _did_you_mean(name, spec.inputs)
+            message = f"{node.class_type} has no input '{name}'.{hint}"
+            problems.append(("invalid_input_name", message, name, None))
     literals: dict[str, Any] = {}
+    links: dict[str, Link] = {}
     linked_literals: list[str] = []
     for name, inp in spec.inputs.items():
         if name in node.malformed:
             continue
-        if name in node.links:
-            link = node.links[name]
-            source = known.get(link.source)
-            if source is None:
-                fail(
-                    "bad_linked_input",
-                    f"The input is linked to node {link.source}, which does "
-                    "not exist or failed to load.",
-                    name,
-                    [link.source, link.output],
-                )
-                continue
-            outputs = registry.get(source.class_type).spec.outputs  # type: ignore[union-attr]
-            if link.output >= len(outputs):
-                fail(
-                    "bad_linked_input",
-                    f"Node {link.source} ({source.class_type}) has "
-                    f"{len(outputs)} output(s); output index {link.output} does not exist.",
-                    name,
-                    [link.source, link.output],
-                )
-                continue
-            out_type = outputs[link.output].type
-            if not T.compatible(out_type, inp.type):
-                fail(
-                    "return_type_mismatch",
-                    f"The input takes {inp.type} but is linked to a "
-                    f"{out_type} output of node {link.source} ({source.class_type}).",
-                    name,
-                    [link.source, link.output],
-                )
+        link = node.links.get(name)
+        if link is not None:
+            problem = _check_link(inp, link, known, registry)
+            if problem is not None:
+                problems.append((*problem, name, [link.source, link.output]))
+            links[name] = link
             if not inp.is_socket:
                 linked_literals.append(name)
         elif name in node.literals:
             value = node.literals[name]
             if inp.is_socket:
-                fail(
-                    "invalid_input_type",
-                    f"The input takes a link from a {inp.type} output, not a literal value.",
-                    name,
-                    value,
-                )
+                message = f"The input takes a link from a {inp.type} output, not a literal value."
+                problems.append(("invalid_input_type", message, name, value))
                 continue
             try:
                 literals[name] = coerce_literal(inp, value)
             except LiteralProblem as problem:
-                fail(problem.kind, problem.message, name, value)
+                problems.append((problem.kind, problem.message, name, value))
         elif inp.required:
             what = f"a link from a {inp.type} output" if inp.is_socket else "a value"
-            fail("required_input_missing", f"The required input is missing: it needs {what}.", name)
+            message = f"The required input is missing: it needs {what}."
+            problems.append(("required_input_missing", message, name, None))
         elif not inp.is_socket:
             literals[name] = inp.default
-    if len(errors) > n_errors:
+    if problems:
+        errors.extend(
+            NodeError(kind, message, node.id, node.class_type, name, _short(received))
+            for kind, message, name, received in problems
+        )
         return None
-    return Step(node.id, cls, literals, dict(node.links), tuple(linked_literals))
+    return Step(node.id, cls, literals, links, tuple(linked_literals))
+
+
+def _check_link(
+    inp: InputSpec, link: Link, known: dict[str, WorkflowNode], registry: Registry
+) -> tuple[str, str] | None:
+    """Why a link cannot feed `inp`, as (error type, message), or None."""
+    source = known.get(link.source)
+    if source is None:
+        return "bad_linked_input", (
+            f"The input is linked to node {link.source}, which does not exist or failed to load."
+        )
+    outputs = registry.get(source.class_type).spec.outputs  # type: ignore[union-attr]
+    if link.output >= len(outputs):
+        return "bad_linked_input", (
+            f"Node {link.source} ({source.class_type}) has {len(outputs)} output(s); output "
+            f"index {link.output} does not exist."
+        )
+    out_type = outputs[link.output].type
+    if not T.compatible(out_type, inp.type):
+        return "return_type_mismatch", (
+            f"The input takes {inp.type} but is linked to a {out_type} output of node "
+            f"{link.source} ({source.class_type})."
+        )
+    return None
 
 
 class LiteralProblem(ValueError):
@@ -225,18 +222,27 @@ class LiteralProblem(ValueError):
 
 def coerce_literal(inp: InputSpec, value: Any) -> Any:
     """The value a literal input gets from `value`; raises LiteralProblem if it does not fit."""
+    key = (type(value), value)
+    static = inp.dynamic_choices is None
+    if static:  # literal values repeat a lot (sweeps, re-runs, big graphs): remember good ones
+        with contextlib.suppress(KeyError, TypeError):
+            return inp.memo[key]
     try:
-        value = inp.adapter.validate_python(value)  # type: ignore[union-attr]
+        coerced = inp.adapter.validator.validate_python(value)  # type: ignore[union-attr]
     except ValidationError as exc:
         raise LiteralProblem(*_explain(inp, value, exc.errors()[0])) from None
-    if inp.dynamic_choices is not None:
+    if not static:
         choices = inp.choices() or ()
-        if value not in choices:
+        if coerced not in choices:
             shown = ", ".join(map(repr, choices[:20])) or "none are available"
-            raise LiteralProblem(
-                "value_not_in_list", f"{value!r} is not one of the choices: {shown}."
-            )
-    return value
+            message = f"{coerced!r} is not one of the choices: {shown}."
+            raise LiteralProblem("value_not_in_list", message)
+        return coerced
+    with contextlib.suppress(TypeError):  # unhashable values are not remembered
+        if len(inp.memo) >= _MEMO_SIZE:
+            inp.memo.clear()
+        inp.memo[key] = coerced
+    return coerced
 
 
 def _explain(inp: InputSpec, value: Any, err: dict[str, Any]) -> tuple[str, str]:
