@@ -204,6 +204,7 @@ def _store(target: Path, data: bytes, overwrite: bool) -> str:
         atomic_write(target, data)
         return target.name
     digest = hashlib.sha256(data).digest()
+    target.parent.mkdir(parents=True, exist_ok=True)
     stem, suffix = target.stem, target.suffix
     for n in range(10_000):
         path = target if n == 0 else target.with_name(f"{stem} ({n}){suffix}")

@@ -143,10 +143,9 @@ class LiveServer:
     """The app on a free loopback port, run by its own event loop in a thread."""
 
     def __init__(self, data_dir: Path, **config: Any) -> None:
-        limits = config.pop("limits", Limits())
-        self.config = ServerConfig(
-            host="127.0.0.1", port=0, data_dir=data_dir, limits=limits, web_dir=None, **config
-        )
+        config.setdefault("limits", Limits())
+        config.setdefault("web_dir", None)
+        self.config = ServerConfig(host="127.0.0.1", port=0, data_dir=data_dir, **config)
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
