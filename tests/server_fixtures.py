@@ -142,14 +142,14 @@ def add(a: int, b: int) -> dict[str, Any]:
 class LiveServer:
     """The app on a free loopback port, run by its own event loop in a thread."""
 
-    def __init__(self, data_dir: Path, **config: Any) -> None:
+    def __init__(self, data_dir: Path, registry: Registry | None = None, **config: Any) -> None:
         config.setdefault("limits", Limits())
         config.setdefault("web_dir", None)
         self.config = ServerConfig(host="127.0.0.1", port=0, data_dir=data_dir, **config)
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        self.app = create_app(self.config, make_registry())
+        self.app = create_app(self.config, registry or make_registry())
         self.runner = web.AppRunner(self.app, handle_signals=False, access_log=None)
         self._call(self.runner.setup())
         site = web.TCPSite(self.runner, "127.0.0.1", 0)
