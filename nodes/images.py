@@ -1,0 +1,212 @@
+"""Pictures in and out: LoadImage, SaveImage (PNG with the workflow embedded), PreviewImage."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import threading
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, PngImagePlugin
+
+from nodegraph import InputField, Node, NodeContext, Outputs
+from nodegraph.files import atomic_write, claim_unique, confined
+
+from .models import resolve_device
+from .values import IMAGE, MASK
+
+# Inputs whose values describe how a picture was made (gathered into the "parameters" chunk).
+PARAMETER_INPUTS = (
+    "name", "ckpt_name", "text", "seed", "steps", "cfg", "sampler", "sampler_name",
+    "scheduler", "strength", "denoise", "width", "height", "batch_size", "image",
+)  # fmt: skip
+
+
+def load_image(path: Path, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(image (1, H, W, 3) in 0..1, mask (1, H, W)) on `device`.
+
+    The mask is ComfyUI's: 1 where the picture is transparent (1 - alpha), zeros without alpha.
+    """
+    with Image.open(path) as opened:
+        img = ImageOps.exif_transpose(opened)
+        img.load()
+    rgb = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+    image = torch.from_numpy(rgb)[None]
+    if "A" in img.getbands():
+        alpha = np.asarray(img.getchannel("A"), dtype=np.float32) / 255.0
+        mask = 1.0 - torch.from_numpy(alpha)[None]
+    else:
+        mask = torch.zeros(image.shape[:3], dtype=torch.float32)
+    return image.to(device), mask.to(device)
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class Loaded(Outputs):
+    image: IMAGE
+    mask: MASK
+
+
+class LoadImage(Node):
+    """Load a picture: a path (absolute or relative to the workflow file); the server's input
+    folder in server mode. RGBA pictures give their transparency as the mask."""
+
+    category = "image"
+    display_name = "Load Image"
+    image: str = InputField(description="The picture's file.", image_upload=True)
+
+    @classmethod
+    def fingerprint(cls, literals: Mapping[str, Any], run: Any) -> Any:
+        try:
+            path = run.settings.resolve_input(literals["image"])
+            return (str(path), file_digest(path))
+        except (OSError, ValueError):
+            return ("missing", literals.get("image"))
+
+    def invoke(self, ctx: NodeContext) -> Loaded:
+        path = ctx.settings.resolve_input(self.image)
+        if not path.is_file():
+            raise FileNotFoundError(f"no picture at {path}")
+        image, mask = load_image(path, resolve_device(ctx.settings.options))
+        return Loaded(image=image, mask=mask)
+
+
+def to_pil(images: torch.Tensor) -> list[Image.Image]:
+    """Images (batch, H, W, C) in 0..1 as 8-bit PIL pictures (rounded, as diffusers does)."""
+    arr = (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+    return [Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a[..., :3]) for a in arr]
+
+
+def run_parameters(workflow: Mapping[str, Any], node_id: str) -> dict[str, Any]:
+    """How the picture of `node_id` was made: the generation inputs of the nodes it depends on."""
+    found: dict[str, Any] = {}
+    stack, seen = [node_id], set()
+    while stack:
+        nid = stack.pop()
+        if nid in seen or not isinstance(workflow.get(nid), Mapping):
+            continue
+        seen.add(nid)
+        node = workflow[nid]
+        inputs = node.get("inputs", {})
+        values = {}
+        for k, v in inputs.items():
+            if isinstance(v, list) and len(v) == 2 and isinstance(v[0], str):
+                stack.append(v[0])
+            elif k in PARAMETER_INPUTS:
+                values[k] = v
+        if values:
+            found[nid] = {"class_type": node.get("class_type"), **values}
+    return dict(sorted(found.items()))
+
+
+def png_bytes(image: Image.Image, text: Mapping[str, str], compress_level: int = 4) -> bytes:
+    info = PngImagePlugin.PngInfo()
+    for key, value in text.items():
+        info.add_text(key, value)
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", pnginfo=info, compress_level=compress_level)
+    return buf.getvalue()
+
+
+class _Written:
+    """Files the save nodes wrote, by (folder, prefix); a deleted one bumps a generation so
+    the node's fingerprint changes and it writes again."""
+
+    def __init__(self) -> None:
+        self._files: dict[tuple[str, str], list[Path]] = {}
+        self._generation: dict[tuple[str, str], int] = {}
+        self._lock = threading.Lock()
+
+    def generation(self, key: tuple[str, str]) -> int:
+        with self._lock:
+            files = self._files.get(key, [])
+            if any(not f.exists() for f in files):
+                self._generation[key] = self._generation.get(key, 0) + 1
+                self._files[key] = [f for f in files if f.exists()]
+            return self._generation.get(key, 0)
+
+    def add(self, key: tuple[str, str], paths: list[Path]) -> None:
+        with self._lock:
+            self._files.setdefault(key, []).extend(paths)
+
+
+WRITTEN = _Written()
+
+
+def save_images(
+    images: torch.Tensor, folder: Path, prefix: str, text: Mapping[str, str], compress: int
+) -> list[dict[str, str]]:
+    """Write each image as `<prefix>_00001_.png` (numbers not taken yet) under `folder`."""
+    target = confined(folder, prefix.strip() or "image")
+    sub = target.parent.relative_to(folder.resolve())
+    written = []
+    for picture in to_pil(images):
+        path = claim_unique(target.parent, target.name, ".png")
+        atomic_write(path, png_bytes(picture, text, compress))
+        written.append(path)
+    subfolder = "" if str(sub) == "." else sub.as_posix()
+    return [{"filename": p.name, "subfolder": subfolder, "path": str(p)} for p in written]
+
+
+class SaveImage(Node):
+    """Save pictures as PNG files that embed the workflow (reopen one to get its workflow)."""
+
+    category = "image"
+    display_name = "Save Image"
+    output_node = True
+    images: IMAGE = InputField(description="The pictures to save.")
+    filename_prefix: str = InputField(
+        "nodegraph", description="File name start; may include a subfolder.", max_length=200
+    )
+
+    @classmethod
+    def fingerprint(cls, literals: Mapping[str, Any], run: Any) -> Any:
+        folder = str(Path(run.settings.output_dir).resolve())
+        return (folder, WRITTEN.generation((folder, literals.get("filename_prefix", ""))))
+
+    def invoke(self, ctx: NodeContext) -> None:
+        folder = Path(ctx.settings.output_dir)
+        text = {"prompt": json.dumps(ctx.run.workflow)}
+        text["parameters"] = json.dumps(run_parameters(ctx.run.workflow, ctx.node_id))
+        pnginfo = ctx.run.extra.get("extra_pnginfo")
+        if isinstance(pnginfo, Mapping):
+            for key, value in pnginfo.items():
+                text[str(key)] = json.dumps(value)
+        saved = save_images(self.images, folder, self.filename_prefix, text, 4)
+        WRITTEN.add(
+            (str(folder.resolve()), self.filename_prefix), [Path(s.pop("path")) for s in saved]
+        )
+        ctx.show("images", [{**s, "type": "output"} for s in saved])
+
+
+class PreviewImage(Node):
+    """Show pictures without keeping them (written to the temporary folder)."""
+
+    category = "image"
+    display_name = "Preview Image"
+    output_node = True
+    images: IMAGE = InputField(description="The pictures to show.")
+
+    @classmethod
+    def fingerprint(cls, literals: Mapping[str, Any], run: Any) -> Any:
+        folder = str(Path(run.settings.temp_dir).resolve())
+        return (folder, WRITTEN.generation((folder, "preview")))
+
+    def invoke(self, ctx: NodeContext) -> None:
+        folder = Path(ctx.settings.temp_dir)
+        prefix = f"preview_{uuid.uuid4().hex[:8]}"
+        saved = save_images(self.images, folder, prefix, {}, 1)
+        WRITTEN.add((str(folder.resolve()), "preview"), [Path(s.pop("path")) for s in saved])
+        ctx.show("images", [{**s, "type": "temp"} for s in saved])

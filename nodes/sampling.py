@@ -1,0 +1,241 @@
+"""Samplers: where on the schedule denoising starts (AddNoise) and the walk down it (Denoise).
+
+The schedulers are diffusers' own, under ComfyUI's names. The semantics follow diffusers'
+StableDiffusionImg2ImgPipeline to the timestep: for strength s and n steps, the schedule for n
+steps is set, the last min(int(n*s), n) steps are kept, and noise is added with the scheduler's
+`add_noise` at the first kept timestep. Strength 1 is text-to-image: the input is ignored and
+the start is pure noise times `init_noise_sigma`. Noise is the first draw of a CPU generator
+seeded with the seed, so a seed gives the same image on every device; ancestral samplers go on
+drawing from that generator, as the diffusers pipelines do.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+
+from nodegraph import InputField, Node, NodeContext
+
+from .values import CONDITIONING, LATENT, MODEL, NOISY_LATENT, Model, Noisy
+
+SAMPLERS: dict[str, str] = {
+    "euler": "EulerDiscreteScheduler",
+    "euler_ancestral": "EulerAncestralDiscreteScheduler",
+    "ddim": "DDIMScheduler",
+    "dpmpp_2m": "DPMSolverMultistepScheduler",
+    "heun": "HeunDiscreteScheduler",
+}
+SCHEDULES = ("normal", "karras")
+SamplerName = Literal["euler", "euler_ancestral", "ddim", "dpmpp_2m", "heun"]
+ScheduleName = Literal["normal", "karras"]
+MAX_SEED = 2**64 - 1
+
+
+def make_scheduler(model: Model, sampler: str, schedule: str) -> tuple[Any, list[str]]:
+    """A fresh diffusers scheduler for `sampler` on the model's training schedule.
+
+    "normal" keeps the model's own timestep spacing; "karras" uses Karras sigmas where the
+    scheduler has them (a warning is returned where it does not). Returns (scheduler, warnings).
+    """
+    import diffusers
+
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler '{sampler}'; one of {', '.join(SAMPLERS)}")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown scheduler '{schedule}'; one of {', '.join(SCHEDULES)}")
+    cls = getattr(diffusers, SAMPLERS[sampler])
+    config = {k: v for k, v in model.scheduler_config.items() if k != "_use_default_values"}
+    warnings = []
+    if sampler == "dpmpp_2m":
+        config.update(algorithm_type="dpmsolver++", solver_order=2)
+    karras_ok = "use_karras_sigmas" in inspect.signature(cls.__init__).parameters
+    if karras_ok:
+        config["use_karras_sigmas"] = schedule == "karras"
+    elif schedule == "karras":
+        warnings.append(f"{sampler} has no karras schedule in diffusers; used its normal spacing")
+    scheduler = cls.from_config(config)
+    # The corrections the Stable Diffusion pipelines apply to outdated scheduler configs.
+    fixes = {}
+    if getattr(scheduler.config, "steps_offset", 1) != 1:
+        fixes["steps_offset"] = 1
+    if getattr(scheduler.config, "clip_sample", False) is True:
+        fixes["clip_sample"] = False
+    if fixes:
+        config = {k: v for k, v in scheduler.config.items() if k != "_use_default_values"}
+        scheduler = cls.from_config({**config, **fixes})
+    return scheduler, warnings
+
+
+@dataclass
+class Start:
+    """Where denoising starts: the scheduler set up, the index of the first kept timestep."""
+
+    scheduler: Any
+    steps: int
+    start: int
+    timesteps: torch.Tensor
+    warnings: list[str]
+
+
+def plan_start(model: Model, sampler: str, schedule: str, steps: int, keep: int) -> Start:
+    """Set the schedule for `steps` and keep its last `keep` steps (0 <= keep <= steps)."""
+    scheduler, warnings = make_scheduler(model, sampler, schedule)
+    scheduler.set_timesteps(steps, device=model.device)
+    t_start = steps - keep
+    start = t_start * scheduler.order
+    if keep < steps and hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(start)
+    return Start(scheduler, steps, start, scheduler.timesteps[start:], warnings)
+
+
+def initial_noise(shape: torch.Size, seed: int, model: Model) -> torch.Tensor:
+    """The first draw of a CPU generator seeded with `seed`, moved to the model's device."""
+    generator = torch.Generator("cpu").manual_seed(seed)
+    return torch.randn(shape, generator=generator, dtype=model.dtype).to(model.device)
+
+
+def add_noise(
+    model: Model,
+    latent: torch.Tensor,
+    *,
+    seed: int,
+    sampler: str,
+    schedule: str,
+    steps: int,
+    keep: int,
+    strength: float,
+) -> tuple[Noisy, list[str]]:
+    """Noise `latent` for denoising its last `keep` of `steps` steps; keep == steps is txt2img."""
+    if not 0 <= keep <= steps:
+        raise ValueError(f"cannot keep {keep} of {steps} steps")
+    plan = plan_start(model, sampler, schedule, steps, keep)
+    latent = latent.to(device=model.device, dtype=model.dtype)
+    common = {"sampler": sampler, "scheduler": schedule, "steps": steps, "keep": keep, "seed": seed}
+    if keep == 0:
+        empty = plan.timesteps[:0]
+        noisy = Noisy(latent, start=plan.start, timesteps=empty, strength=strength, **common)
+        return noisy, plan.warnings
+    noise = initial_noise(latent.shape, seed, model)
+    if keep == steps:
+        noised = noise * plan.scheduler.init_noise_sigma
+    else:
+        noised = plan.scheduler.add_noise(latent, noise, plan.timesteps[:1])
+    noisy = Noisy(noised, start=plan.start, timesteps=plan.timesteps, strength=strength, **common)
+    return noisy, plan.warnings
+
+
+def strength_steps(steps: int, strength: float) -> int:
+    """How many of `steps` an img2img strength keeps (diffusers' rule)."""
+    return min(int(steps * strength), steps)
+
+
+def _batch(cond: torch.Tensor, n: int, model: Model) -> torch.Tensor:
+    cond = cond.to(device=model.device, dtype=model.dtype)
+    if cond.shape[0] == n:
+        return cond
+    if cond.shape[0] == 1:
+        return cond.expand(n, *cond.shape[1:])
+    raise ValueError(f"conditioning of batch {cond.shape[0]} cannot guide a batch of {n}")
+
+
+@torch.no_grad()
+def denoise(
+    model: Model,
+    noisy: Noisy,
+    positive: torch.Tensor,
+    negative: torch.Tensor | None,
+    cfg: float,
+    on_step: Any = None,
+) -> torch.Tensor:
+    """Walk the remaining schedule with classifier-free guidance; returns the clean latent.
+
+    One batched model evaluation per scheduler step (negative and positive together, as the
+    diffusers pipelines do); `on_step(i, total)` is called after each step.
+    """
+    if noisy.remaining == 0:
+        return noisy.latent
+    scheduler = plan_start(model, noisy.sampler, noisy.scheduler, noisy.steps, noisy.keep).scheduler
+    timesteps = scheduler.timesteps[noisy.start :]
+    if len(timesteps) != noisy.remaining or not torch.equal(timesteps, noisy.timesteps):
+        raise ValueError("the noisy latent's schedule does not match this model's scheduler")
+    latents = noisy.latent.to(device=model.device, dtype=model.dtype)
+    n = latents.shape[0]
+    guided = negative is not None and cfg != 1.0
+    cond = _batch(positive, n, model)
+    if guided:
+        cond = torch.cat([_batch(negative, n, model), cond])
+    kwargs: dict[str, Any] = {}
+    params = inspect.signature(scheduler.step).parameters
+    if "eta" in params:
+        kwargs["eta"] = 0.0
+    if "generator" in params:
+        generator = torch.Generator("cpu").manual_seed(noisy.seed)
+        torch.randn(latents.shape, generator=generator, dtype=model.dtype)  # the initial noise
+        kwargs["generator"] = generator
+    total = len(timesteps)
+    for i, t in enumerate(timesteps):
+        model_in = torch.cat([latents] * 2) if guided else latents
+        model_in = scheduler.scale_model_input(model_in, t)
+        pred = model.unet(model_in, t, encoder_hidden_states=cond, return_dict=False)[0]
+        if guided:
+            uncond, text = pred.chunk(2)
+            pred = uncond + cfg * (text - uncond)
+        latents = scheduler.step(pred, t, latents, **kwargs, return_dict=False)[0]
+        if on_step is not None:
+            on_step(i + 1, total)
+    return latents
+
+
+class AddNoise(Node):
+    """Decide where denoising starts and add that much noise (strength 1: text-to-image)."""
+
+    category = "sampling"
+    display_name = "Add Noise"
+    model: MODEL = InputField(description="The model whose schedule is used.")
+    latent: LATENT = InputField(description="The latent to start from (ignored at strength 1).")
+    strength: float = InputField(
+        1.0, description="How much to change: 1 ignores the input.", ge=0.0, le=1.0, step=0.01
+    )
+    seed: int = InputField(0, description="Noise seed.", ge=0, le=MAX_SEED)
+    steps: int = InputField(20, description="Steps of the whole schedule.", ge=1, le=1000)
+    sampler: SamplerName = InputField("euler", description="The sampler.")
+    scheduler: ScheduleName = InputField("normal", description="The timestep spacing.")
+
+    def invoke(self, ctx: NodeContext) -> NOISY_LATENT:
+        keep = self.steps if self.strength >= 1.0 else strength_steps(self.steps, self.strength)
+        noisy, warnings = add_noise(
+            self.model,
+            self.latent,
+            seed=self.seed,
+            sampler=self.sampler,
+            schedule=self.scheduler,
+            steps=self.steps,
+            keep=keep,
+            strength=self.strength,
+        )
+        for w in warnings:
+            ctx.warn(w)
+        if keep == 0:
+            ctx.warn(
+                f"strength {self.strength} is too low for {self.steps} steps: no step remains "
+                f"(it needs at least {1 / self.steps:.3g}), so the latent passes through unchanged"
+            )
+        return noisy
+
+
+class Denoise(Node):
+    """Walk the remaining schedule with classifier-free guidance."""
+
+    category = "sampling"
+    display_name = "Denoise"
+    model: MODEL = InputField(description="The denoising model.")
+    noisy: NOISY_LATENT = InputField(description="From AddNoise: the start and the schedule.")
+    positive: CONDITIONING = InputField(description="What the image should show.")
+    negative: CONDITIONING = InputField(description="What it should not (often an empty text).")
+    cfg: float = InputField(7.5, description="Guidance scale.", ge=0.0, le=100.0, step=0.1)
+
+    def invoke(self, ctx: NodeContext) -> LATENT:
+        return denoise(self.model, self.noisy, self.positive, self.negative, self.cfg, ctx.progress)
