@@ -76,6 +76,7 @@ export function App() {
   const [queueRemaining, setQueueRemaining] = useState(0);
   const [connected, setConnected] = useState(false);
   const [running, setRunning] = useState(false);
+  const [finishedRuns, setFinishedRuns] = useState(0);
   const [uploads, setUploads] = useState<Record<string, string[]>>({});
   const [, setHistoryTick] = useState(0);
   const rf = useReactFlow<GNode, GEdge>();
@@ -137,7 +138,8 @@ export function App() {
       setGraph(g);
       const unknown = [...new Set(g.nodes.filter((n) => !cat[n.data.classType]).map((n) => n.data.classType))];
       if (unknown.length) setBanner({ kind: 'error', text: `Unknown node types: ${unknown.join(', ')}` });
-      if (opts.fit !== false) setTimeout(() => rf.fitView({ padding: 0.1 }), 50);
+      if (opts.fit !== false && g.nodes.length) setTimeout(() => rf.fitView({ padding: 0.1, maxZoom: 1 }), 50);
+      else if (!g.nodes.length) void rf.setViewport({ x: 0, y: 0, zoom: 1 });
     },
     [remember, rf, setGraph],
   );
@@ -173,7 +175,7 @@ export function App() {
         }
         const g = fromApi(api, cat, typeColour);
         setGraph(g);
-        setTimeout(() => rf.fitView({ padding: 0.1 }), 50);
+        setTimeout(() => rf.fitView({ padding: 0.1, maxZoom: 1 }), 50);
       })
       .catch((e) => !cancelled && setLoadError(String(e?.message ?? e)));
     return () => {
@@ -241,13 +243,32 @@ export function App() {
               return out;
             });
             break;
-          case 'execution_cached':
-            for (const id of data.nodes ?? []) runStore.patch(String(id), { status: 'cached' });
+          case 'execution_cached': {
+            // A cached node's ancestors do not run either: mark them too (the server may list
+            // only the cached nodes nearest the outputs).
+            const cached = new Set<string>((data.nodes ?? []).map(String));
+            const stack = [...cached];
+            while (stack.length) {
+              const id = stack.pop()!;
+              for (const e of edgesRef.current) {
+                if (e.target === id && !cached.has(e.source)) {
+                  cached.add(e.source);
+                  stack.push(e.source);
+                }
+              }
+            }
+            runStore.update((s) => {
+              const out = { ...s };
+              for (const id of cached) if (!out[id]?.status) out[id] = { ...(out[id] ?? {}), status: 'cached' };
+              return out;
+            });
             break;
+          }
           case 'executing': {
             finishExecuting();
             if (data.node === null || data.node === undefined) {
               setRunning(false);
+              setFinishedRuns((n) => n + 1);
               previewTargets.current = [];
               clearPreviews();
               break;
@@ -625,7 +646,7 @@ export function App() {
   }
 
   return (
-    <div className="app">
+    <div className="app" data-testid="app" data-running={running ? 'true' : 'false'} data-finished-runs={finishedRuns}>
       <header className="toolbar">
         <span className="brand">nodegraph</span>
         <button className="primary" data-testid="queue-button" onClick={() => void queue()} disabled={!catalogue} title="Queue (Ctrl+Enter)">
@@ -647,7 +668,7 @@ export function App() {
         <button onClick={redo} disabled={!redoStack.current.length} data-testid="redo" title="Redo (Ctrl+Shift+Z)">
           Redo
         </button>
-        <button onClick={() => rf.fitView({ padding: 0.1, duration: 200 })} data-testid="fit-view">
+        <button onClick={() => rf.fitView({ padding: 0.1, maxZoom: 1, duration: 200 })} data-testid="fit-view">
           Fit
         </button>
         <span className="sep" />
@@ -659,6 +680,9 @@ export function App() {
         </button>
         <button onClick={() => loadApi(DEFAULT_WORKFLOW)} data-testid="default-button" disabled={!catalogue} title="Replace the graph by the default one">
           Default
+        </button>
+        <button onClick={() => loadApi({})} data-testid="clear-button" title="Start from an empty canvas">
+          Clear
         </button>
         <input
           ref={fileInput}

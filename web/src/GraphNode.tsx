@@ -4,7 +4,7 @@ import { typeColour, type InputDef } from './catalogue';
 import { useEditor } from './editor-context';
 import { useNodeRun } from './runstate';
 import { viewUrl } from './api';
-import { handleInput, inHandle, outHandle, type GNode } from './workflow';
+import { handleInput, inHandle, isSeedInput, outHandle, type GNode } from './workflow';
 
 const RELEASE_REQUEUE = new Set(['strength', 'denoise']);
 
@@ -16,7 +16,7 @@ function NumberWidget({ id, node, input, value }: { id: string; node: GNode['dat
   const num = typeof value === 'number' ? value : Number(value);
   const [text, setText] = useState<string | null>(null);
   const slider = !isInt && typeof min === 'number' && typeof max === 'number' && max - min <= 100;
-  const seed = !!input.options.control_after_generate;
+  const seed = isInt && isSeedInput(input);
   const outOfRange = (typeof min === 'number' && num < min) || (typeof max === 'number' && num > max);
   const commitText = (t: string) => {
     const v = isInt ? parseInt(t, 10) : parseFloat(t);
@@ -122,7 +122,7 @@ function ComboWidget({ id, node, input, value }: { id: string; node: GNode['data
 }
 
 function isImageInput(cls: string, input: InputDef) {
-  return input.literal === 'COMBO' && (input.options.image_upload || (cls === 'LoadImage' && input.name === 'image'));
+  return !!input.literal && (!!input.options.image_upload || (cls === 'LoadImage' && input.name === 'image'));
 }
 
 function Widget({ id, node, input }: { id: string; node: GNode['data']; input: InputDef }) {

@@ -48,6 +48,11 @@ export function makeEdge(
   };
 }
 
+/** Seeds get a "randomize" button and an after-queue mode. */
+export function isSeedInput(input: { name: string; literal: string | null; options: Record<string, any> }) {
+  return input.literal === 'INT' && (!!input.options.control_after_generate || /(^|_)seed$/.test(input.name));
+}
+
 export function newNodeData(def: NodeDef): GraphNodeData {
   const values: Record<string, unknown> = {};
   const control: Record<string, string> = {};
@@ -55,7 +60,7 @@ export function newNodeData(def: NodeDef): GraphNodeData {
     if (!input.literal) continue;
     if (input.optional && input.options.default === undefined) continue;
     values[input.name] = defaultValue(input);
-    if (input.options.control_after_generate) control[input.name] = 'fixed';
+    if (isSeedInput(input)) control[input.name] = 'fixed';
   }
   return { classType: def.name, values, ...(Object.keys(control).length ? { control } : {}) };
 }
@@ -133,7 +138,7 @@ export function unwrapWorkflow(json: any): ApiWorkflow {
       return unwrapWorkflow(json.prompt);
     }
     const entries = Object.entries(json);
-    if (entries.length && entries.every(([, v]: [string, any]) => v && typeof v.class_type === 'string')) {
+    if (entries.every(([, v]: [string, any]) => v && typeof v.class_type === 'string')) {
       return json as ApiWorkflow;
     }
   }

@@ -1,0 +1,309 @@
+"""The web canvas in a real browser (Debian's chromium via Playwright) against the real server.
+
+Marked slow: they start the server, run diffusion workflows and drive a browser. Screenshots go
+to test-artifacts/web/.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.web_fixtures import ARTIFACTS, Page, Server, browser, page, server  # noqa: F401
+
+pytestmark = pytest.mark.slow
+
+RUN_TIMEOUT_MS = 240_000
+
+
+# ----------------------------------------------------------------------------------- helpers
+
+
+def workflow(p: Page) -> dict[str, Any]:
+    return p.page.evaluate("window.nodegraph.getWorkflow()")
+
+
+def ids_of(wf: dict[str, Any], cls: str) -> list[str]:
+    return sorted((i for i, n in wf.items() if n["class_type"] == cls), key=int)
+
+
+def node(p: Page, node_id: str) -> Any:
+    return p.page.locator(f'[data-testid=node][data-id="{node_id}"]')
+
+
+def handle(p: Page, node_id: str, handle_id: str) -> Any:
+    return p.page.locator(
+        f'.react-flow__handle[data-nodeid="{node_id}"][data-handleid="{handle_id}"]'
+    )
+
+
+def drag(p: Page, src: Any, dst: Any) -> None:
+    a, b = src.bounding_box(), dst.bounding_box()
+    p.page.mouse.move(a["x"] + a["width"] / 2, a["y"] + a["height"] / 2)
+    p.page.mouse.down()
+    p.page.mouse.move(b["x"] + b["width"] / 2, b["y"] + b["height"] / 2, steps=12)
+    p.page.mouse.up()
+
+
+def wait_until(p: Page, fn: str, arg: Any = None, timeout_ms: int = 30_000) -> Any:
+    """Poll a page function until it returns something truthy (the server's CSP forbids the
+    string evaluation that Playwright's wait_for_function needs)."""
+    deadline = time.monotonic() + timeout_ms / 1000
+    while True:
+        value = p.page.evaluate(fn, arg)
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {fn}")
+        time.sleep(0.1)
+
+
+def finished_runs(p: Page) -> int:
+    return int(p.page.get_attribute("[data-testid=app]", "data-finished-runs") or 0)
+
+
+def queue_and_wait(p: Page, click: bool = True) -> None:
+    before = finished_runs(p)
+    if click:
+        p.page.click("[data-testid=queue-button]")
+    queue_and_wait_from(p, before)
+
+
+def images_loaded(p: Page, node_id: str) -> int:
+    """How many finished images the node shows, fully loaded."""
+    sel = f'[data-testid=node][data-id="{node_id}"] img[data-testid=node-image]'
+    p.page.wait_for_selector(sel)
+    return p.page.evaluate(
+        """async (sel) => {
+            const imgs = [...document.querySelectorAll(sel)];
+            await Promise.all(imgs.map((i) => i.decode().catch(() => null)));
+            return imgs.filter((i) => i.complete && i.naturalWidth > 0).length;
+        }""",
+        sel,
+    )
+
+
+def pick_model(p: Page, server: Server) -> None:
+    """Choose a model the server has when the default names one it lacks (the tiny test model)."""
+    info = server.object_info()
+    for cls in ("CheckpointLoader", "CheckpointLoaderSimple"):
+        entry = info.get(cls)
+        if not entry:
+            continue
+        name, spec = next(iter(entry["input"]["required"].items()))
+        choices = spec[0]
+        for nid in ids_of(workflow(p), cls):
+            value = workflow(p)[nid]["inputs"].get(name)
+            if choices and value not in choices:
+                node(p, nid).locator(f"[data-testid=input-{name}]").select_option(choices[0])
+
+
+def open_palette_at(p: Page, x: float, y: float) -> None:
+    p.page.mouse.dblclick(x, y)
+    p.page.wait_for_selector("[data-testid=palette]")
+
+
+def add_from_palette(p: Page, x: float, y: float, query: str, cls: str) -> str:
+    before = set(workflow(p))
+    open_palette_at(p, x, y)
+    p.page.fill("[data-testid=palette-search]", query)
+    first = p.page.locator("[data-testid=palette-item]").first
+    assert first.get_attribute("data-class") == cls
+    p.page.keyboard.press("Enter")
+    p.page.wait_for_selector("[data-testid=palette]", state="detached")
+    (new,) = set(workflow(p)) - before
+    assert workflow(p)[new]["class_type"] == cls
+    return new
+
+
+def picture(path: Path) -> Path:
+    import numpy as np
+    from PIL import Image
+
+    y, x = np.mgrid[0:64, 0:64] / 64
+    img = np.stack([0.2 + 0.6 * x, 0.3 * y, 0.9 - 0.5 * x], -1)
+    img[(x - 0.5) ** 2 + (y - 0.5) ** 2 < 0.08] = (0.9, 0.8, 0.1)
+    Image.fromarray((img * 255).astype(np.uint8)).save(path)
+    return path
+
+
+# ------------------------------------------------------------------------------------- tests
+
+
+def test_default_graph_runs_then_strength_rerun_uses_cache(page: Page, server: Server) -> None:
+    p = page
+    wf = workflow(p)
+    assert len(wf) == p.page.locator("[data-testid=node]").count() >= 8
+    saves = ids_of(wf, "SaveImage")
+    assert len(saves) == 2, wf
+    assert p.page.locator(".react-flow__edge").count() > 8
+    assert p.page.locator(".react-flow__minimap").is_visible()
+    p.shot("default")
+
+    pick_model(p, server)
+    queue_and_wait(p)
+    for sid in saves:
+        assert images_loaded(p, sid) >= 1
+    p.shot("run1")
+
+    # The img2img branch: the AddNoise that starts from a partly noised input.
+    adds = ids_of(workflow(p), "AddNoise")
+    img2img = min(adds, key=lambda i: workflow(p)[i]["inputs"]["strength"])
+    txt2img = [a for a in adds if a != img2img]
+    slider = node(p, img2img).locator("[data-testid=slider-strength]")
+    box = slider.bounding_box()
+    before = workflow(p)[img2img]["inputs"]["strength"]
+    runs = finished_runs(p)
+    # Releasing the slider queues the graph again.
+    p.page.mouse.click(box["x"] + box["width"] * 0.3, box["y"] + box["height"] / 2)
+    queue_and_wait_from(p, runs)
+    after = workflow(p)[img2img]["inputs"]["strength"]
+    assert after != before
+    for nid in [*ids_of(workflow(p), "CheckpointLoader"), *txt2img]:
+        assert node(p, nid).get_attribute("data-status") == "cached", nid
+    assert p.page.locator("[data-testid=badge-cached]").count() >= 3
+    for sid in saves:
+        assert images_loaded(p, sid) >= 1
+    p.shot("run2-cached")
+
+
+def queue_and_wait_from(p: Page, runs: int) -> None:
+    wait_until(
+        p,
+        "(n) => Number(document.querySelector('[data-testid=app]').dataset.finishedRuns) > n",
+        runs,
+        RUN_TIMEOUT_MS,
+    )
+
+
+def test_mismatched_connection_is_refused_and_a_link_replaces_the_old(page: Page) -> None:
+    p = page
+    wf = workflow(p)
+    loader = ids_of(wf, "CheckpointLoader")[0]
+    denoise = ids_of(wf, "Denoise")[0]
+    edges = p.page.locator(".react-flow__edge").count()
+    # VAE onto a CONDITIONING input: refused.
+    drag(p, handle(p, loader, "out:2"), handle(p, denoise, "in:positive"))
+    assert p.page.locator(".react-flow__edge").count() == edges
+    assert workflow(p)[denoise]["inputs"]["positive"] == wf[denoise]["inputs"]["positive"]
+    p.page.wait_for_selector("[data-testid=banner][data-kind=error]")
+    assert "CONDITIONING" in p.page.inner_text("[data-testid=banner]")
+    p.shot("refused")
+    # The positive prompt's CONDITIONING onto the negative input replaces the old link.
+    positive_src = wf[denoise]["inputs"]["positive"][0]
+    drag(p, handle(p, positive_src, "out:0"), handle(p, denoise, "in:negative"))
+    assert workflow(p)[denoise]["inputs"]["negative"] == [positive_src, 0]
+    assert p.page.locator(".react-flow__edge").count() == edges
+    p.page.click("[data-testid=undo]")
+    assert workflow(p)[denoise]["inputs"]["negative"] == wf[denoise]["inputs"]["negative"]
+
+
+def test_invalid_graph_shows_its_error_on_the_node_and_input(page: Page) -> None:
+    p = page
+    p.allow_console("400")
+    add = ids_of(workflow(p), "AddNoise")[0]
+    node(p, add).locator("[data-testid=input-steps]").fill("0")
+    p.page.click("[data-testid=queue-button]")
+    err = node(p, add).locator('[data-testid=input-error][data-input="steps"]')
+    err.wait_for()
+    assert "steps" in p.page.inner_text("[data-testid=banner]")
+    assert "has-error" in (node(p, add).get_attribute("class") or "")
+    p.shot("invalid")
+    # Fixing the value clears the mark on that input.
+    node(p, add).locator("[data-testid=input-steps]").fill("4")
+    assert err.count() == 0
+
+
+def test_save_reload_and_load_keep_values_and_layout(page: Page, tmp_path: Path) -> None:
+    p = page
+    enc = ids_of(workflow(p), "TextEncode") or ids_of(workflow(p), "CLIPTextEncode")
+    box = node(p, enc[0]).locator("[data-testid=input-text]")
+    box.fill("a yellow square, saved")
+    # Move a node so that the layout differs from the default one.
+    head = node(p, enc[0]).locator(".gnode-head")
+    hb = head.bounding_box()
+    p.page.mouse.move(hb["x"] + 20, hb["y"] + 8)
+    p.page.mouse.down()
+    p.page.mouse.move(hb["x"] + 80, hb["y"] + 60, steps=6)
+    p.page.mouse.up()
+    saved_wf = workflow(p)
+    with p.page.expect_download() as dl:
+        p.page.click("[data-testid=save-button]")
+    path = tmp_path / "saved.json"
+    dl.value.save_as(path)
+    saved = json.loads(path.read_text())
+    assert saved[enc[0]]["inputs"]["text"] == "a yellow square, saved"
+    assert saved[enc[0]]["_meta"]["pos"] == saved_wf[enc[0]]["_meta"]["pos"]
+    assert all(isinstance(n["_meta"]["pos"], list) for n in saved.values())
+
+    p.page.click("[data-testid=default-button]")
+    assert workflow(p)[enc[0]]["inputs"]["text"] != "a yellow square, saved"
+    p.page.reload()
+    p.page.wait_for_selector("[data-testid=node]")
+    p.page.set_input_files("[data-testid=file-input]", str(path))
+    wait_until(
+        p,
+        "() => Object.values(window.nodegraph.getWorkflow()).some("
+        "n => n.inputs.text === 'a yellow square, saved')",
+    )
+    assert workflow(p) == saved
+    p.shot("loaded")
+
+
+def test_build_a_small_graph_by_ui_with_an_upload_and_run_it(page: Page, tmp_path: Path) -> None:
+    p = page
+    p.page.click("[data-testid=clear-button]")
+    assert p.page.locator("[data-testid=node]").count() == 0
+    load = add_from_palette(p, 330, 300, "load image", "LoadImage")
+    preview = add_from_palette(p, 760, 320, "previewim", "PreviewImage")
+    drag(p, handle(p, load, "out:0"), handle(p, preview, "in:images"))
+    assert workflow(p)[preview]["inputs"]["images"] == [load, 0]
+    node(p, load).locator("[data-testid=upload-input]").set_input_files(
+        str(picture(tmp_path / "upload.png"))
+    )
+    wait_until(
+        p,
+        """(id) => {
+            const i = document.querySelector(
+                `[data-testid=node][data-id="${id}"] img[data-testid=input-image]`);
+            return i && i.complete && i.naturalWidth > 0;
+        }""",
+        load,
+    )
+    assert workflow(p)[load]["inputs"]["image"].startswith("upload")
+    queue_and_wait(p)
+    assert images_loaded(p, preview) == 1
+    p.shot("built")
+
+
+def test_editing_palette_undo_copy_paste_duplicate_delete(page: Page) -> None:
+    p = page
+    n0 = len(workflow(p))
+    new = add_from_palette(p, 640, 700, "intmath", "IntMath")
+    assert len(workflow(p)) == n0 + 1
+    node(p, new).locator("[data-testid=input-a]").fill("5")
+    assert workflow(p)[new]["inputs"]["a"] == 5
+    node(p, new).locator(".gnode-head").click()
+    p.page.keyboard.press("Control+c")
+    p.page.keyboard.press("Control+v")
+    assert len(workflow(p)) == n0 + 2
+    p.page.keyboard.press("Control+d")
+    assert len(workflow(p)) == n0 + 3
+    assert [n["inputs"]["a"] for n in workflow(p).values() if n["class_type"] == "IntMath"] == [
+        5
+    ] * 3
+    p.page.keyboard.press("Delete")
+    assert len(workflow(p)) == n0 + 2
+    p.page.keyboard.press("Control+z")
+    assert len(workflow(p)) == n0 + 3
+    p.page.keyboard.press("Control+Shift+z")
+    assert len(workflow(p)) == n0 + 2
+    for _ in range(5):
+        p.page.keyboard.press("Control+z")
+    assert len(workflow(p)) == n0
+    p.page.click("[data-testid=fit-view]")
+    p.shot("edited")
