@@ -33,6 +33,9 @@ from .store import DuplicatePromptId, Store
 from .worker import Worker
 
 log = logging.getLogger("nodegraph.server")
+INLINE_VALIDATION = 256
+"""Workflows up to this many nodes are validated on the event loop (well under a millisecond);
+bigger ones in a thread, so that they do not hold up other requests."""
 MAX_ID = 256
 """Longest prompt_id or client_id."""
 WEB_TYPES = {
@@ -217,7 +220,10 @@ class Server:
             raise BadRequest(error_body("invalid_prompt", "number must be a number."))
         if client_id:
             extra = {**extra, "client_id": client_id}
-        plan = await asyncio.to_thread(self._validate, prompt)
+        if isinstance(prompt, dict) and len(prompt) <= INLINE_VALIDATION:
+            plan = self._validate(prompt)  # quicker than a hop to a thread
+        else:
+            plan = await asyncio.to_thread(self._validate, prompt)
         return (
             prompt,
             prompt_id,

@@ -40,6 +40,9 @@ class Worker:
         self._stopping = False
         self._current: Job | None = None
         self._interrupt: threading.Event | None = None
+        self._outbox: list[tuple[str, list[str | bytes]]] = []
+        self._outbox_lock = threading.Lock()
+        self._flush_pending = False
         self._thread = threading.Thread(target=self._main, name="nodegraph-worker", daemon=True)
 
     @property
@@ -77,10 +80,23 @@ class Worker:
             self._thread.join(timeout)
 
     def _post(self, client_id: str | None, frames: list[str | bytes]) -> None:
-        if frames and client_id:
-            # RuntimeError: the loop is closed, the server is going down
-            with contextlib.suppress(RuntimeError):
-                self.loop.call_soon_threadsafe(self.hub.send, client_id, frames)
+        """Hand frames to the loop; frames posted before the loop got to them go in one call."""
+        if not (frames and client_id):
+            return
+        with self._outbox_lock:
+            self._outbox.append((client_id, frames))
+            if self._flush_pending:
+                return
+            self._flush_pending = True
+        # RuntimeError: the loop is closed, the server is going down
+        with contextlib.suppress(RuntimeError):
+            self.loop.call_soon_threadsafe(self._flush)
+
+    def _flush(self) -> None:
+        with self._outbox_lock:
+            batch, self._outbox, self._flush_pending = self._outbox, [], False
+        for client_id, frames in batch:
+            self.hub.send(client_id, frames)
 
     def _changed(self) -> None:
         with contextlib.suppress(RuntimeError):
