@@ -364,6 +364,8 @@ def test_load_image_refuses_names_outside_the_input_folder(tmp_path: Path) -> No
                 wait_until(lambda pid=pid: get_json(live.url, f"/history/{pid}"))
                 entry = get_json(live.url, f"/history/{pid}")[pid]
                 assert entry["status"]["status_str"] == "error", name
+                error = entry["status"]["messages"][-1][1]["exception_message"]
+                assert "folder" in error or "relative" in error, error  # refused, not unreadable
             else:
                 assert status == 400, (name, body)
         assert files_under(live.config.temp_dir) == set()
