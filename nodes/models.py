@@ -171,6 +171,11 @@ def _single_file_config(path: Path, options: Mapping[str, Any]) -> Path:
 
 
 def _load_pipeline(path: Path, fmt: str, options: Mapping[str, Any]) -> Any:
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
     cls = _pipeline_class()
     common = {"local_files_only": True, "torch_dtype": torch.float32}
     if fmt == "diffusers":
@@ -240,12 +245,18 @@ def _mtime(path: Path) -> float:
     return path.stat().st_mtime
 
 
+def _place(module: Any, device: torch.device, dtype: torch.dtype) -> Any:
+    if module.dtype != dtype:
+        module = module.to(dtype=dtype)
+    return module.to(device=device).eval()
+
+
 def _bundle(name: str, pipe: Any, device: torch.device) -> tuple[Model, Clip, Vae]:
     dtype = compute_dtype(device)
-    unet = pipe.unet.to(device=device, dtype=dtype).eval()
-    text_encoder = pipe.text_encoder.to(device=device, dtype=dtype).eval()
+    unet = _place(pipe.unet, device, dtype)
+    text_encoder = _place(pipe.text_encoder, device, dtype)
     vae_dtype = torch.float32 if getattr(pipe.vae.config, "force_upcast", False) else dtype
-    vae = pipe.vae.to(device=device, dtype=vae_dtype).eval()
+    vae = _place(pipe.vae, device, vae_dtype)
     config = dict(pipe.scheduler.config)
     return (
         Model(unet, config, device, dtype, name),

@@ -274,7 +274,6 @@ def write_single_file(model_dir: Path, target: Path) -> Path:
     with its local configuration folder `<stem>.config/` (no weights) beside it."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from safetensors.torch import load_file, save_file
-    from transformers import CLIPTextModel
 
     unet = UNet2DConditionModel.from_pretrained(model_dir / "unet", local_files_only=True)
     vae = AutoencoderKL.from_pretrained(model_dir / "vae", local_files_only=True)
@@ -286,9 +285,8 @@ def write_single_file(model_dir: Path, target: Path) -> Path:
     )
     state.update(_vae_to_ldm(vae.state_dict(), len(vae.config.block_out_channels)))
     text = load_file(str(model_dir / "text_encoder" / "model.safetensors"))
-    if not text:  # pragma: no cover - transformers always writes model.safetensors
-        text = CLIPTextModel.from_pretrained(model_dir / "text_encoder").state_dict()
-    for key, value in text.items():
+    for key, value in text.items():  # the original layout nests them under text_model.
+        key = key if key.startswith("text_model.") else "text_model." + key
         state["cond_stage_model.transformer." + key] = value
     save_file({k: v.contiguous() for k, v in state.items()}, str(target))
     config = target.with_name(target.stem + ".config")
