@@ -295,30 +295,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_subprocess(data_dir: Path, port: int, *extra: str) -> subprocess.Popen[str]:
-    """`python -m server` with the test nodes only; returns once it listens."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "server",
-        "--port",
-        str(port),
-        "--data",
-        str(data_dir),
-        "--no-default-nodes",
-        "--node-package",
-        "nodes.utility",
-        "--node-package",
-        "tests.server_fixtures",
-        *extra,
-    ]
+def start_subprocess(
+    data_dir: Path, port: int, *extra: str, command: list[str] | None = None
+) -> subprocess.Popen[str]:
+    """`python -m server` (or `command`) with the test nodes only; returns once it listens."""
+    nodes_only = ["--no-default-nodes", "--node-package", "nodes.utility"]
+    nodes_only += ["--node-package", "tests.server_fixtures"]
+    base = command or [sys.executable, "-m", "server", *nodes_only]
+    cmd = [*base, "--port", str(port), "--data", str(data_dir), *extra]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     env.pop("NODEGRAPH_TOKEN", None)
     proc = subprocess.Popen(
         cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     assert proc.stdout is not None
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 90
     lines = []
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
@@ -329,6 +320,7 @@ def start_subprocess(data_dir: Path, port: int, *extra: str) -> subprocess.Popen
             threading.Thread(target=_drain, args=(proc,), daemon=True).start()
             return proc
     proc.kill()
+    proc.wait(10)
     raise AssertionError("the server did not start:\n" + "".join(lines))
 
 

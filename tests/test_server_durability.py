@@ -6,8 +6,10 @@ from __future__ import annotations
 import io
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from tests.server_fixtures import (
@@ -113,14 +115,28 @@ def test_a_second_server_on_the_same_data_is_refused(tmp_path: Path) -> None:
     data = tmp_path / "data"
     proc = start_subprocess(data, free_port())
     try:
-        other = subprocess.run(
-            [*proc.args[:4], str(free_port()), *proc.args[5:]],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            cwd=Path(__file__).resolve().parent.parent,
-        )
-        assert other.returncode == 2 and "another server" in other.stderr
+        with pytest.raises(AssertionError, match="another server"):
+            start_subprocess(data, free_port())
     finally:
         proc.kill()
         proc.wait(10)
+
+
+def test_nodegraph_serve_runs_the_node_library(tmp_path: Path) -> None:
+    """The shipped command: `nodegraph serve` with the default nodes (ComfyUI's names)."""
+    command = [sys.executable, "-c", "import sys; from nodegraph.cli import main; sys.exit(main())"]
+    port = free_port()
+    proc = start_subprocess(tmp_path / "data", port, command=[*command, "serve"])
+    try:
+        url = f"http://127.0.0.1:{port}"
+        info = get_json(url, "/object_info")
+        comfy = {"CheckpointLoaderSimple", "CLIPTextEncode", "KSampler", "EmptyLatentImage"}
+        assert comfy | {"VAEDecode", "SaveImage", "LoadImage", "IntMath"} <= set(info)
+        assert "checkpoints" in get_json(url, "/models")
+        assert get_json(url, "/prompt") == {"exec_info": {"queue_remaining": 0}}
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
