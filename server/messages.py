@@ -49,6 +49,8 @@ class RunMessages:
         self.outputs: dict[str, Any] = {}
         self.meta: dict[str, Any] = {}
         self.warnings: list[str] = []
+        self.current: tuple[str, str] | None = None
+        """(node id, class) of the node running now, for errors raised past the engine."""
 
     def translate(self, event: events.Event) -> list[str | bytes]:
         """The frames (JSON text or binary previews) that one event becomes."""
@@ -63,6 +65,7 @@ class RunMessages:
                 self.history.append(["execution_cached", data])
                 return [message("execution_cached", data)]
             case events.NodeStarted(node_id=node_id):
+                self.current = (node_id, event.class_type)
                 data = {"node": node_id, "display_node": node_id, "prompt_id": pid}
                 return [message("executing", data)]
             case events.Progress():
@@ -92,6 +95,7 @@ class RunMessages:
                 }
                 return [message("nodegraph.warning", data)]
             case events.NodeFinished(node_id=node_id, ui=ui):
+                self.current = None
                 if not ui:
                     return []
                 self.outputs[node_id] = dict(ui)
@@ -137,13 +141,14 @@ class RunMessages:
         self.history.append(["execution_error", data])
         return message("execution_error", data)
 
-    def crashed(self, exc: BaseException, node_id: str | None = None) -> str:
-        """An error outside any node (e.g. the workflow no longer validates)."""
+    def crashed(self, exc: BaseException) -> str:
+        """An error the engine let through (the workflow no longer validates, exit, ...)."""
+        node_id, class_type = self.current or (None, None)
         return self.failed(
             events.RunFailed(
                 run_id=self.prompt_id,
                 node_id=node_id,
-                class_type=None,
+                class_type=class_type,
                 message=str(exc) or type(exc).__name__,
                 exception_type=type(exc).__name__,
                 traceback="".join(tb.format_exception(exc)),

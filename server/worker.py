@@ -147,8 +147,8 @@ class Worker:
                 run_id=job.prompt_id,
             )
             status = result.status
-        except Exception as exc:  # e.g. the workflow no longer validates (a model went away)
-            log.warning("job %s failed before running: %s", job.prompt_id, exc)
+        except BaseException as exc:  # the workflow no longer validates, a node called exit, ...
+            log.warning("job %s failed outside its nodes: %r", job.prompt_id, exc)
             self._post(client, [run.crashed(exc)])
             status = "failed"
         if status == "interrupted" and self._stopping:

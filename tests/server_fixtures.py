@@ -111,7 +111,7 @@ class EmptyLatentLike(Node):
 def make_registry() -> Registry:
     registry = Registry()
     registry.register_module(nodes.utility)
-    for cls in (SlowCount, Boom, ReadInput, WriteOutput, EmptyLatentLike):
+    for cls in (SlowCount, Boom, ReadInput, WriteOutput, EmptyLatentLike, Exits):
         registry.register(cls)
     return registry
 
@@ -328,3 +328,13 @@ def _drain(proc: subprocess.Popen[str]) -> None:
     assert proc.stdout is not None
     for _ in proc.stdout:
         pass
+
+
+class Exits(Node):
+    """Calls sys.exit, which the engine does not catch: the worker must survive it."""
+
+    category = "testing"
+    output_node = True
+
+    def invoke(self, ctx: NodeContext) -> None:
+        sys.exit(3)

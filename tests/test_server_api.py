@@ -230,6 +230,16 @@ def test_a_failing_node_reports_and_the_worker_goes_on(live: LiveServer, ws: Web
     assert get_json(live.url, f"/history/{nxt}")[nxt]["outputs"] == {"9": {"text": ["9"]}}
 
 
+def test_a_node_that_exits_fails_its_job_only(live: LiveServer, ws: WebSocket) -> None:
+    prompt_id = submit(live, {"1": {"class_type": "Exits", "inputs": {}}})
+    frames = [f for f in ws.messages_until_done(prompt_id) if f["type"] != "status"]
+    assert types(frames) == ["execution_start", "executing", "execution_error", "executing"]
+    assert frames[2]["data"]["exception_type"] == "SystemExit"
+    assert (frames[2]["data"]["node_id"], frames[2]["data"]["node_type"]) == ("1", "Exits")
+    ws.messages_until_done(nxt := submit(live, add(2, 2)))
+    assert get_json(live.url, f"/history/{nxt}")[nxt]["outputs"] == {"9": {"text": ["4"]}}
+
+
 def test_interrupt_stops_within_a_step_and_only_the_named_prompt(
     live: LiveServer, ws: WebSocket
 ) -> None:
