@@ -179,7 +179,10 @@ class SaveImage(Node):
     def invoke(self, ctx: NodeContext) -> None:
         folder = Path(ctx.settings.output_dir)
         text = {"prompt": json.dumps(ctx.run.workflow)}
-        text["parameters"] = json.dumps(run_parameters(ctx.run.workflow, ctx.node_id))
+        parameters: dict[str, Any] = {"nodes": run_parameters(ctx.run.workflow, ctx.node_id)}
+        if isinstance(ctx.run.extra.get("parameters"), Mapping):  # e.g. the CLI's sweep values
+            parameters["values"] = dict(ctx.run.extra["parameters"])
+        text["parameters"] = json.dumps(parameters, default=str)
         pnginfo = ctx.run.extra.get("extra_pnginfo")
         if isinstance(pnginfo, Mapping):
             for key, value in pnginfo.items():

@@ -84,7 +84,8 @@ def test_saved_png_embeds_the_workflow_and_parameters(executor, settings, tmp_pa
     Image.new("RGB", (8, 8), (10, 20, 30)).save(tmp_path / "p.png")
     wf = save_workflow("p.png", prefix="sub/pic")
     ui_workflow = {"nodes": [{"id": 1}], "links": []}
-    result = executor.run(wf, settings, extra={"extra_pnginfo": {"workflow": ui_workflow}})
+    extra = {"extra_pnginfo": {"workflow": ui_workflow}, "parameters": {"load.image": "p.png"}}
+    result = executor.run(wf, settings, extra=extra)
     assert result.ok, result.error
     shown = result.ui["save"]["images"]
     assert shown == [{"filename": "pic_00001_.png", "subfolder": "sub", "type": "output"}]
@@ -93,7 +94,10 @@ def test_saved_png_embeds_the_workflow_and_parameters(executor, settings, tmp_pa
         assert png.getpixel((0, 0)) == (10, 20, 30)
     assert json.loads(text["prompt"]) == wf
     assert json.loads(text["workflow"]) == ui_workflow
-    assert json.loads(text["parameters"]) == {"load": {"class_type": "LoadImage", "image": "p.png"}}
+    assert json.loads(text["parameters"]) == {
+        "nodes": {"load": {"class_type": "LoadImage", "image": "p.png"}},
+        "values": {"load.image": "p.png"},
+    }
 
 
 def test_deleting_saved_files_writes_them_again(executor, settings, tmp_path):

@@ -1,0 +1,134 @@
+"""The example workflows in workflows/: each runs through the CLI, on the tiny model made in the
+test (always) and on the shipped model (when it is there); strength sweeps re-run only the tail.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from nodegraph.cli import main
+from nodegraph.registry import default_registry
+from nodes.models import SHIPPED_DIR, SHIPPED_NAME
+from tests import diffusion_fixtures as df
+from tests.diffusion_fixtures import TINY_NAME, write_picture
+
+tiny_sd = df.tiny_sd
+WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows"
+NAMES = [
+    "txt2img",
+    "img2img",
+    "txt2img_img2img",
+    "comfy_txt2img",
+    "comfy_img2img",
+    "comfy_txt2img_img2img",
+]
+# The AddNoise / KSampler ids a strength sweep targets, and what must re-run after the first.
+SWEEPS = {
+    "img2img": ("noise.strength", {"noise", "denoise", "decode", "save"}),
+    "txt2img_img2img": (
+        "refine_noise.strength",
+        {"refine_noise", "refine_denoise", "refine_decode", "refine_save"},
+    ),
+    "comfy_txt2img_img2img": ("12.denoise", {"12", "13", "14"}),
+}
+shipped = pytest.mark.skipif(
+    not (SHIPPED_DIR / "model_index.json").is_file(), reason="the shipped model is not there yet"
+)
+
+
+def load(name: str) -> dict:
+    return json.loads((WORKFLOWS / f"{name}.json").read_text())
+
+
+def overrides(name: str, model: str, picture: Path | None) -> list[str]:
+    """--set arguments: the model to use and, where given, another picture."""
+    wf = load(name)
+    sets = []
+    for node_id, node in wf.items():
+        inputs = node["inputs"]
+        for key in ("name", "ckpt_name"):
+            if key in inputs and node["class_type"].startswith("CheckpointLoader"):
+                sets += ["--set", f"{node_id}.{key}={model}"]
+        if node["class_type"] == "LoadImage" and picture is not None:
+            sets += ["--set", f"{node_id}.image={picture}"]
+    return sets
+
+
+def run_cli(name: str, out: Path, *extra: str) -> dict:
+    report = out / "report.json"
+    args = ["run", str(WORKFLOWS / f"{name}.json"), "--out", str(out), "--report", str(report)]
+    code = main([*args, "--device", "cpu", "--quiet", *extra])
+    data = json.loads(report.read_text())
+    assert code == 0, data
+    return data
+
+
+def shipped_picture(name: str) -> Path | None:
+    """The picture a workflow loads, if it is in the repository."""
+    for node in load(name).values():
+        if node["class_type"] == "LoadImage":
+            path = WORKFLOWS / node["inputs"]["image"]
+            return path if path.is_file() else None
+    return None
+
+
+@pytest.fixture(scope="module")
+def picture(tmp_path_factory) -> Path:
+    return write_picture(tmp_path_factory.mktemp("pictures") / "disc.png")
+
+
+def test_workflows_are_valid_and_name_the_shipped_model():
+    registry = default_registry()
+    for name in NAMES:
+        wf = load(name)
+        for node in wf.values():
+            assert node["class_type"] in registry, (name, node["class_type"])
+            if node["class_type"].startswith("CheckpointLoader"):
+                assert SHIPPED_NAME in node["inputs"].values()
+        assert any(n["class_type"] == "SaveImage" for n in wf.values())
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_workflow_runs_on_the_tiny_model(name, tiny_sd, picture, tmp_path):
+    report = run_cli(name, tmp_path, *overrides(name, TINY_NAME, picture))
+    (run,) = report["runs"]
+    assert run["status"] == "success" and run["outputs"]
+    for path in run["outputs"]:
+        with Image.open(path) as img:
+            assert img.size == (64, 64) and "prompt" in img.text
+
+
+@pytest.mark.parametrize("name", sorted(SWEEPS))
+def test_strength_sweep_reruns_only_the_tail(name, tiny_sd, picture, tmp_path):
+    target, tail = SWEEPS[name]
+    sets = overrides(name, TINY_NAME, picture)
+    report = run_cli(name, tmp_path, *sets, "--sweep", f"{target}=0.3,0.5,0.7")
+    first, *rest = report["runs"]
+    assert len(rest) == 2 and tail <= set(first["executed"])
+    for run in rest:
+        assert set(run["executed"]) == tail, run["executed"]
+
+
+@shipped
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NAMES)
+def test_workflow_runs_on_the_shipped_model(name, tmp_path, picture):
+    wanted = shipped_picture(name)
+    extra = overrides(name, SHIPPED_NAME, picture) if wanted is None and "img2img" in name else []
+    report = run_cli(name, tmp_path, *extra)
+    (run,) = report["runs"]
+    assert run["status"] == "success" and run["outputs"]
+
+
+@shipped
+@pytest.mark.slow
+def test_main_job_strength_sweep_on_the_shipped_model(tmp_path, picture):
+    target, tail = SWEEPS["txt2img_img2img"]
+    report = run_cli("txt2img_img2img", tmp_path, "--sweep", f"{target}=0.3,0.5,0.7")
+    first, *rest = report["runs"]
+    assert {"denoise", "refine_denoise"} <= set(first["executed"])
+    assert [set(r["executed"]) for r in rest] == [tail, tail]
