@@ -171,13 +171,6 @@ class Server:
         except BadRequest as exc:
             return web.json_response(exc.body, status=exc.status)
         prompt, prompt_id, client_id, extra, outputs, number, front = job
-        limits = self.config.limits
-        if self.store.remaining() >= limits.max_queue_total:
-            return refuse(429, f"The queue is full ({limits.max_queue_total} jobs).")
-        if client_id and self.store.remaining(client_id) >= limits.max_queue_per_client:
-            return refuse(
-                429, f"This client has {limits.max_queue_per_client} jobs queued; wait for some."
-            )
         try:
             number = self.store.add(
                 prompt_id,
@@ -216,8 +209,11 @@ class Server:
         if not isinstance(extra, dict):
             raise BadRequest(error_body("invalid_prompt", "extra_data must be a JSON object."))
         number = body.get("number")
-        if number is not None and (isinstance(number, bool) or not isinstance(number, int | float)):
-            raise BadRequest(error_body("invalid_prompt", "number must be a number."))
+        if number is not None and (
+            isinstance(number, bool) or not isinstance(number, int | float) or abs(number) > 2**53
+        ):
+            raise BadRequest(error_body("invalid_prompt", "number must be a number below 2**53."))
+        self._check_queue_room(client_id)
         if client_id:
             extra = {**extra, "client_id": client_id}
         if isinstance(prompt, dict) and len(prompt) <= INLINE_VALIDATION:
@@ -233,6 +229,19 @@ class Server:
             number,
             bool(body.get("front")),
         )
+
+    def _check_queue_room(self, client_id: str | None) -> None:
+        """429 when the queue, or this client's share of it, is full."""
+        assert self.store is not None
+        limits = self.config.limits
+        if self.store.remaining() >= limits.max_queue_total:
+            raise BadRequest(
+                error_body("queue_full", f"The queue is full ({limits.max_queue_total} jobs)."),
+                429,
+            )
+        if client_id and self.store.remaining(client_id) >= limits.max_queue_per_client:
+            text = f"This client has {limits.max_queue_per_client} jobs queued; wait for some."
+            raise BadRequest(error_body("queue_full", text), 429)
 
     def _validate(self, prompt: Any) -> Any:
         try:

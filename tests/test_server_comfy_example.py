@@ -162,3 +162,47 @@ def test_the_published_client_runs_comfyui_nodes_on_the_shipped_model(tmp_path: 
         low, high = zip(*picture.getextrema(), strict=True)
         assert max(high) - min(low) > 32
     assert seen[-1]["type"] == "executing" and seen[-1]["data"]["node"] is None
+
+
+def test_interrupting_the_sampler_stops_it_and_the_next_run_works(
+    models: Path, tmp_path: Path
+) -> None:
+    live = LiveServer(tmp_path / "data", registry=diffusion_registry())
+    client = ExampleClient(f"127.0.0.1:{live.port}")
+    try:
+        steps = 400
+        client.queue_prompt(default_workflow(TINY_NAME, TINY_SIZE, steps), "long")
+        for _ in range(10_000):
+            frame = client.ws.recv(timeout=120)
+            if isinstance(frame, str) and json.loads(frame)["type"] == "progress":
+                break
+        request = urllib.request.Request(
+            f"http://{client.address}/interrupt",
+            data=b'{"prompt_id": "long"}',
+            headers={"Content-Type": "application/json"},
+        )
+        urllib.request.urlopen(request, timeout=30).read()
+        last, interrupted = 0, None
+        for _ in range(10_000):
+            frame = client.ws.recv(timeout=60)
+            if not isinstance(frame, str):
+                continue
+            message = json.loads(frame)
+            if message["type"] == "progress":
+                last = message["data"]["value"]
+            elif message["type"] == "execution_interrupted":
+                interrupted = message["data"]
+                break
+        assert interrupted is not None and interrupted["node_id"] == "3"
+        assert interrupted["node_type"] == "KSampler" and last < steps
+        history = json.loads(client.get("/history/long"))["long"]
+        assert history["status"]["status_str"] == "error"
+        # the model stays loaded (cached) and the next prompt runs to the end
+        images = client.get_images(default_workflow(TINY_NAME, TINY_SIZE, 2, seed=6))
+        check_pngs(images, TINY_SIZE)
+        assert any(
+            m["type"] == "execution_cached" and "4" in m["data"]["nodes"] for m in client.seen
+        )
+    finally:
+        client.close()
+        live.close()

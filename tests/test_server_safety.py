@@ -161,6 +161,24 @@ def test_same_origin_and_plain_local_clients_pass(live: LiveServer) -> None:
     sock.close()
 
 
+def test_configured_hosts_and_origins_pass(tmp_path: Path) -> None:
+    live = LiveServer(
+        tmp_path / "data",
+        allowed_hosts=("studio.lan",),
+        allowed_origins=("http://localhost:5173",),
+    )
+    try:
+        assert http(live.url, "GET", "/queue", headers={"Host": "studio.lan"})[0] == 200
+        assert http(live.url, "GET", "/queue", headers={"Host": "other.lan"})[0] == 403
+        dev = {"Origin": "http://localhost:5173"}
+        assert http(live.url, "GET", "/queue", headers=dev)[0] == 200
+        assert (
+            http(live.url, "GET", "/queue", headers={"Origin": "http://localhost:5174"})[0] == 403
+        )
+    finally:
+        live.close()
+
+
 def test_post_bodies_must_be_json_or_multipart(live: LiveServer) -> None:
     body = json.dumps({"prompt": add(1, 2)}).encode()
     for ctype in ("text/plain", "application/xml", "text/html"):
@@ -398,6 +416,8 @@ def test_workflow_limits(tmp_path: Path) -> None:
                 headers={"Content-Type": "application/json"},
             )
             assert status == 400 and "finite" in raw.decode() or "JSON number" in raw.decode()
+        status, body = post_json(live.url, "/prompt", {"prompt": add(1, 2), "number": 10**30})
+        assert status == 400 and "number" in body["error"]["message"]
         big = {"prompt": add(1, 2), "extra_data": {"pad": "x" * 30_000}}
         assert post_json(live.url, "/prompt", big)[0] == 413
         wide = {"1": {"class_type": "EmptyLatentLike", "inputs": {"width": 4096, "height": 4096}}}
