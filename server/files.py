@@ -7,7 +7,6 @@ import contextlib
 import hashlib
 import io
 import os
-import warnings
 from pathlib import Path
 
 from aiohttp import web
@@ -63,29 +62,26 @@ def resolve(config: ServerConfig, kind: str, subfolder: str, filename: str) -> P
 def check_image(data: bytes, limits: Limits) -> str:
     """The format of an uploaded image, or Refused: not an image (415), too many pixels (413)."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            width, height = image.size
-            frames = getattr(image, "n_frames", 1)
-            if width * height * max(frames, 1) > limits.max_image_pixels:
-                raise Refused(
-                    413,
-                    f"The image has {width} x {height} pixels x {frames} frames; "
-                    f"the limit is {limits.max_image_pixels} (--max-image-pixels).",
-                )
-            if image.format not in UPLOAD_FORMATS:
-                raise Refused(415, f"{image.format} images are not accepted.")
-            image.verify()
-            return image.format
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        image = Image.open(io.BytesIO(data))  # reads the header only
+        width, height = image.size
+        frames = getattr(image, "n_frames", 1)
+        if width * height * max(frames, 1) > limits.max_image_pixels:
+            raise Refused(
+                413,
+                f"The image has {width} x {height} pixels x {frames} frames; "
+                f"the limit is {limits.max_image_pixels} (--max-image-pixels).",
+            )
+        if image.format not in UPLOAD_FORMATS:
+            raise Refused(415, f"{image.format} images are not accepted.")
+        image.verify()
+        return image.format
+    except Image.DecompressionBombError:
         raise Refused(413, "The image is a decompression bomb (far too many pixels).") from None
     except Refused:
         raise
     except Exception:
-        raise Refused(
-            415, "The upload is not a readable image (PNG, JPEG, WebP, GIF, BMP)."
-        ) from None
+        text = "The upload is not a readable image (PNG, JPEG, WebP, GIF, BMP)."
+        raise Refused(415, text) from None
 
 
 async def view(request: web.Request) -> web.StreamResponse:
@@ -178,7 +174,7 @@ async def upload_image(request: web.Request) -> web.Response:
         if Path(filename).suffix.lower() not in IMAGE_TYPES:
             raise Refused(415, f"'{filename}' is not an image file name (.png, .jpg, .webp, ...).")
         target = resolve(config, kind, subfolder, filename)
-        check_image(data, limits)
+        await asyncio.to_thread(check_image, data, limits)
     except Refused as exc:
         return exc.response()
     try:
