@@ -14,7 +14,7 @@ from . import events
 from .cache import Cache, Entry, signature, size_of
 from .context import NodeContext, RunContext, RunSettings
 from .errors import Interrupted, NodeFailed
-from .plan import Plan, Step
+from .plan import Plan, Step, gc_paused
 from .registry import Registry
 from .validate import Limits, LiteralProblem, coerce_literal, validate
 from .workflow import unwrap
@@ -56,7 +56,8 @@ class Executor:
 
     def validate(self, workflow: Any) -> Plan:
         """Check a workflow (API-format dict); raises ValidationFailed listing every error."""
-        return validate(workflow, self.registry, self.limits)
+        with gc_paused():
+            return validate(workflow, self.registry, self.limits)
 
     def interrupt(self) -> None:
         """Ask the run in progress to stop at its next node or progress tick."""
@@ -121,11 +122,12 @@ class _Run:
         result = self.result
         current: Step | None = None
         try:
-            for node_id in self.plan.order:
-                current = self.plan.steps[node_id]
-                self.keys[node_id] = self._key(current)
-            current = None
-            to_run = self._select()
+            with gc_paused():
+                for node_id in self.plan.order:
+                    current = self.plan.steps[node_id]
+                    self.keys[node_id] = self._key(current)
+                current = None
+                to_run = self._select()
             self.emit(
                 events.RunStarted,
                 planned=tuple(n for n in self.plan.order if n in to_run or n in self._served),

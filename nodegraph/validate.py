@@ -12,8 +12,17 @@ from pydantic import ValidationError
 
 from . import types as T  # noqa: N812
 from .errors import NodeError, ValidationFailed
-from .node import InputSpec
-from .plan import Plan, Step, build_graph, cycles, needed_nodes, order, restrict
+from .node import InputSpec, Node
+from .plan import (
+    Plan,
+    Step,
+    ancestors_in_order,
+    build_graph,
+    cycles,
+    needed_nodes,
+    order,
+    restrict,
+)
 from .registry import Registry
 from .workflow import Link, WorkflowNode, parse, unwrap
 
@@ -61,58 +70,45 @@ def validate(data: Any, registry: Registry, limits: Limits | None = None) -> Pla
         )
     nodes, errors = parse(data)
     known: dict[str, WorkflowNode] = {}
-    for node in nodes.values():
-        if node.class_type in registry:
-            known[node.id] = node
+    classes: dict[str, type[Node]] = {}
+    for node_id, node in nodes.items():
+        cls = registry.get(node.class_type)
+        if cls is not None:
+            known[node_id], classes[node_id] = node, cls
         else:
             hint = _did_you_mean(node.class_type, registry)
-            errors.append(
-                NodeError(
-                    "missing_node_type",
-                    f"There is no node class '{node.class_type}'.{hint}",
-                    node.id,
-                    node.class_type,
-                )
-            )
-    outputs = [i for i, n in known.items() if registry.get(n.class_type).output_node]  # type: ignore[union-attr]
+            message = f"There is no node class '{node.class_type}'.{hint}"
+            errors.append(NodeError("missing_node_type", message, node_id, node.class_type))
+    outputs = [node_id for node_id, cls in classes.items() if cls.output_node]
     if not outputs:
-        errors.append(
-            NodeError(
-                "prompt_no_outputs",
-                "The workflow has no output node (such as SaveImage or ShowValue), so nothing "
-                "would run.",
-            )
+        message = (
+            "The workflow has no output node (such as SaveImage or ShowValue): nothing to run."
         )
-        raise ValidationFailed(errors)
+        raise ValidationFailed([*errors, NodeError("prompt_no_outputs", message)])
 
-    edges = [
-        (link.source, n.id)
-        for n in known.values()
-        for link in n.links.values()
-        if link.source in known
-    ]
-    graph = build_graph(edges, known)
-    needed = needed_nodes(graph, outputs)
-    needed.update(outputs)
+    edges = [(link.source, i) for i, n in known.items() for link in n.links.values()]
+    graph = build_graph((e for e in edges if e[0] in known), known)
+    ordered = order(graph)
+    if ordered is not None:
+        needed = ancestors_in_order(ordered, known, outputs)
+        ordered = [n for n in ordered if n in needed]
+    else:  # a cycle somewhere: report those that outputs need, ignore the rest
+        needed = needed_nodes(graph, outputs) | set(outputs)
+        graph = restrict(graph, needed)
+        ordered = order(graph)
+        if ordered is None:
+            for group in cycles(graph):
+                loop = " -> ".join([*group, group[0]])
+                message = f"The node depends on itself through the cycle {loop}."
+                for node_id in group:
+                    errors.append(
+                        NodeError("dependency_cycle", message, node_id, known[node_id].class_type)
+                    )
     steps: dict[str, Step] = {}
     for node_id in (n for n in known if n in needed):
-        step = _check_node(known[node_id], known, registry, errors)
+        step = _check_node(known[node_id], classes, errors)
         if step is not None:
             steps[node_id] = step
-    graph = restrict(graph, needed)
-    ordered = order(graph)
-    if ordered is None:
-        for group in cycles(graph):
-            loop = " -> ".join([*group, group[0]])
-            for node_id in group:
-                errors.append(
-                    NodeError(
-                        "dependency_cycle",
-                        f"The node depends on itself through the cycle {loop}.",
-                        node_id,
-                        known[node_id].class_type,
-                    )
-                )
     if errors:
         raise ValidationFailed(errors, dependent_outputs(graph, errors, outputs))
     return Plan(steps, ordered or [], outputs)
@@ -137,11 +133,10 @@ def _did_you_mean(word: str, options: Any) -> str:
 
 
 def _check_node(
-    node: WorkflowNode, known: dict[str, WorkflowNode], registry: Registry, errors: list[NodeError]
+    node: WorkflowNode, classes: dict[str, type[Node]], errors: list[NodeError]
 ) -> Step | None:
     """Check one node's inputs; a Step when they are all fine (errors appended otherwise)."""
-    cls = registry.get(node.class_type)
-    assert cls is not None
+    cls = classes[node.id]
     spec = cls.spec
     problems: list[tuple[str, str, str, Any]] = []
     for name in (*node.literals, *node.links, *node.malformed):
@@ -157,7 +152,7 @@ def _check_node(
             continue
         link = node.links.get(name)
         if link is not None:
-            problem = _check_link(inp, link, known, registry)
+            problem = _check_link(inp, link, classes)
             if problem is not None:
                 problems.append((*problem, name, [link.source, link.output]))
             links[name] = link
@@ -189,25 +184,25 @@ def _check_node(
 
 
 def _check_link(
-    inp: InputSpec, link: Link, known: dict[str, WorkflowNode], registry: Registry
+    inp: InputSpec, link: Link, classes: dict[str, type[Node]]
 ) -> tuple[str, str] | None:
     """Why a link cannot feed `inp`, as (error type, message), or None."""
-    source = known.get(link.source)
+    source = classes.get(link.source)
     if source is None:
         return "bad_linked_input", (
             f"The input is linked to node {link.source}, which does not exist or failed to load."
         )
-    outputs = registry.get(source.class_type).spec.outputs  # type: ignore[union-attr]
+    outputs = source.spec.outputs
     if link.output >= len(outputs):
         return "bad_linked_input", (
-            f"Node {link.source} ({source.class_type}) has {len(outputs)} output(s); output "
+            f"Node {link.source} ({source.spec.type_name}) has {len(outputs)} output(s); output "
             f"index {link.output} does not exist."
         )
     out_type = outputs[link.output].type
-    if not T.compatible(out_type, inp.type):
+    if out_type != inp.type and not T.compatible(out_type, inp.type):
         return "return_type_mismatch", (
             f"The input takes {inp.type} but is linked to a {out_type} output of node "
-            f"{link.source} ({source.class_type})."
+            f"{link.source} ({source.spec.type_name})."
         )
     return None
 

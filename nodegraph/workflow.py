@@ -64,65 +64,61 @@ def parse(data: dict[str, Any]) -> tuple[dict[str, WorkflowNode], list[NodeError
     nodes: dict[str, WorkflowNode] = {}
     errors: list[NodeError] = []
     for node_id, raw in data.items():
-        if not isinstance(raw, dict):
-            errors.append(NodeError("invalid_prompt", "A node must be a JSON object.", node_id))
-            continue
-        class_type = raw.get("class_type")
-        if not isinstance(class_type, str) or not class_type:
-            errors.append(
-                NodeError(
-                    "missing_node_type",
-                    "The node has no class_type (the name of its node class).",
-                    node_id,
-                    received=class_type,
-                )
-            )
-            continue
-        inputs = raw.get("inputs", {})
-        if not isinstance(inputs, dict):
-            errors.append(
-                NodeError(
-                    "invalid_prompt",
-                    "The node's inputs must be a JSON object.",
-                    node_id,
-                    class_type,
-                )
-            )
-            continue
-        meta = raw.get("_meta")
-        node = WorkflowNode(node_id, class_type, meta=meta if isinstance(meta, dict) else {})
-        for name, value in inputs.items():
-            if isinstance(value, list):
-                link = _as_link(value)
-                if link is None:
-                    node.malformed.add(name)
-                    errors.append(
-                        NodeError(
-                            "bad_linked_input",
-                            "A link must be [source node id, output index]; a literal list must be "
-                            'wrapped as {"__value__": [...]}.',
-                            node_id,
-                            class_type,
-                            name,
-                            received=value,
-                        )
-                    )
-                else:
-                    node.links[name] = link
-            elif isinstance(value, dict) and set(value) == {"__value__"}:
-                node.literals[name] = value["__value__"]
-            else:
-                node.literals[name] = value
-        nodes[node_id] = node
+        node = _parse_node(node_id, raw, errors)
+        if node is not None:
+            nodes[node_id] = node
     return nodes, errors
+
+
+_MALFORMED_LINK = (
+    "A link must be [source node id, output index]; a literal list must be wrapped as "
+    '{"__value__": [...]}.'
+)
+
+
+def _parse_node(node_id: str, raw: Any, errors: list[NodeError]) -> WorkflowNode | None:
+    if not isinstance(raw, dict):
+        errors.append(NodeError("invalid_prompt", "A node must be a JSON object.", node_id))
+        return None
+    class_type = raw.get("class_type")
+    if not isinstance(class_type, str) or not class_type:
+        message = "The node has no class_type (the name of its node class)."
+        errors.append(NodeError("missing_node_type", message, node_id, received=class_type))
+        return None
+    inputs = raw.get("inputs", {})
+    if not isinstance(inputs, dict):
+        message = "The node's inputs must be a JSON object."
+        errors.append(NodeError("invalid_prompt", message, node_id, class_type))
+        return None
+    meta = raw.get("_meta")
+    literals: dict[str, Any] = {}
+    links: dict[str, Link] = {}
+    malformed: set[str] = set()
+    for name, value in inputs.items():
+        if type(value) is list:
+            link = _as_link(value)
+            if link is None:
+                malformed.add(name)
+                errors.append(
+                    NodeError("bad_linked_input", _MALFORMED_LINK, node_id, class_type, name, value)
+                )
+            else:
+                links[name] = link
+        elif type(value) is dict and len(value) == 1 and "__value__" in value:
+            literals[name] = value["__value__"]
+        else:
+            literals[name] = value
+    return WorkflowNode(
+        node_id, class_type, literals, links, meta if isinstance(meta, dict) else {}, malformed
+    )
 
 
 def _as_link(value: list[Any]) -> Link | None:
     if len(value) != 2:
         return None
     source, output = value
-    if isinstance(source, bool) or not isinstance(source, str | int):
+    if type(source) is not str and (isinstance(source, bool) or not isinstance(source, int)):
         return None
-    if isinstance(output, bool) or not isinstance(output, int) or output < 0:
+    if type(output) is not int or output < 0:  # bool is not int here: type() is exact
         return None
-    return Link(str(source), output)
+    return Link(source if type(source) is str else str(source), output)
