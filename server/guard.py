@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import socket
 from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
 
 from aiohttp import hdrs, web
 
-from .config import ServerConfig
+from .config import ServerConfig, is_loopback
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 TOKEN_COOKIE = "nodegraph_token"
@@ -54,6 +55,9 @@ class Guard:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.hosts = {"localhost", *(h.lower() for h in config.allowed_hosts)}
+        if not is_loopback(config.host):  # served to the network: its own names are fine
+            self.hosts |= {config.host.lower(), socket.gethostname().lower()}
+            self.hosts.add(socket.getfqdn().lower())
         self.origins = {o.lower().rstrip("/") for o in config.allowed_origins}
 
     def host_ok(self, host: str | None) -> bool:
