@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/nodegraph run workflows/demo_math.json --out out
+	$(VENV)/bin/nodegraph run workflows/txt2img_img2img.json --out out
 
 test: $(STAMP)
 	$(PY) -m pytest -q
