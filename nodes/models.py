@@ -86,12 +86,12 @@ def _scan(root: Path) -> Iterable[tuple[str, Path, str]]:
         except OSError:
             return
         for entry in entries:
-            if entry.name.startswith("."):
-                continue
+            if entry.name.startswith(".") or entry.name.endswith(".config"):
+                continue  # a single file's configuration folder is not a model of its own
             kind = _format_of(entry)
             if kind is not None:
                 yield entry.relative_to(root).as_posix(), entry, kind
-            elif entry.is_dir() and depth < _MAX_DEPTH and not entry.name.endswith(".config"):
+            elif entry.is_dir() and depth < _MAX_DEPTH:
                 yield from walk(entry, depth + 1)
 
     yield from walk(root, 1)

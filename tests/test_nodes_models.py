@@ -43,6 +43,9 @@ def test_list_models_names_paths_and_formats(tmp_path, monkeypatch, tiny_sd):
     }
     assert found["b.ckpt"]["format"] == "pickle"
     assert "notes.txt" not in found
+    (tmp_path / "b.config").mkdir()  # a single file's local configuration is no model
+    (tmp_path / "b.config" / "model_index.json").write_text("{}")
+    assert "b.config" not in M.model_names() + [m["name"] for m in M.list_models([str(tmp_path)])]
     # The tiny model's folder was added by the fixture: a diffusers folder by its name.
     assert found[TINY_NAME]["format"] == "diffusers"
     # The environment variable adds folders too.
