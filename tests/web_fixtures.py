@@ -1,7 +1,8 @@
 """Browser-test fixtures: the real server on a free port, Debian's chromium through Playwright,
 and pages that record console errors and leave screenshots in test-artifacts/.
 
-Import the fixtures into a test module by name: `from tests.web_fixtures import page, server`.
+Import the fixtures into a test module: `from tests.web_fixtures import web_page, ...` (they
+are named page, server and browser).
 Chromium must be the system one (/usr/bin/chromium, installed by .ci/run); nothing is downloaded.
 Without it (or without Playwright) the tests skip locally and fail when CI=true.
 """
@@ -90,8 +91,8 @@ class Server:
         return get_json(self.url + "object_info")
 
 
-@pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+@pytest.fixture(scope="session", name="server")
+def web_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     tmp = tmp_path_factory.mktemp("web-server")
     data = tmp / "data"
     dirs, shipped = _model_dirs(tmp)
@@ -134,8 +135,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         shutil.copy(tmp / "server.log", ARTIFACTS / "server.log")
 
 
-@pytest.fixture(scope="session")
-def browser() -> Iterator[Any]:
+@pytest.fixture(scope="session", name="browser")
+def web_browser() -> Iterator[Any]:
     path = chromium_path()
     try:
         from playwright.sync_api import sync_playwright
@@ -172,8 +173,8 @@ class Page:
         return path
 
 
-@pytest.fixture
-def page(browser: Any, server: Server, request: pytest.FixtureRequest) -> Iterator[Page]:
+@pytest.fixture(name="page")
+def web_page(browser: Any, server: Server, request: pytest.FixtureRequest) -> Iterator[Page]:
     context = browser.new_context(viewport=VIEWPORT, accept_downloads=True)
     p = Page(context.new_page(), request.node.name)
     p.page.set_default_timeout(30_000)

@@ -25,7 +25,6 @@ import {
   makeEdge,
   newNodeData,
   nextId,
-  stripLayout,
   toApi,
   unwrapWorkflow,
   workflowFromPng,
@@ -342,7 +341,9 @@ export function App() {
       return out;
     });
     try {
-      await queuePrompt(stripLayout(api), clientId, api);
+      // The prompt keeps `_meta` (title, layout): the engine ignores it, and SaveImage embeds the
+      // prompt, so a saved picture restores the canvas as it was.
+      await queuePrompt(api, clientId, api);
       setBanner((b) => (b?.kind === 'error' ? null : b));
       // Seeds set to change after each queue.
       const next = nodesRef.current.map((n) => {

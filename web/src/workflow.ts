@@ -119,15 +119,6 @@ export function toApi(graph: Graph, catalogue: Catalogue): ApiWorkflow {
   return out;
 }
 
-/** The API workflow without layout keys: what POST /prompt receives. */
-export function stripLayout(api: ApiWorkflow): ApiWorkflow {
-  const out: ApiWorkflow = {};
-  for (const [id, n] of Object.entries(api)) {
-    out[id] = { class_type: n.class_type, inputs: n.inputs, _meta: { title: n._meta?.title } };
-  }
-  return out;
-}
-
 /** Finds the API-format workflow inside whatever JSON was loaded. */
 export function unwrapWorkflow(json: any): ApiWorkflow {
   if (json && typeof json === 'object' && !Array.isArray(json)) {
