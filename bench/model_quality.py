@@ -1,0 +1,236 @@
+"""How well the shipped model follows its captions, through our engine, graded by the analytic
+checker of tools/shapes.py (no model involved in grading).
+
+    .venv/bin/python bench/model_quality.py [--out bench/out] [--captions 200] [--seeds 4]
+        [--model nodegraph-shapes] [--models DIR] [--steps 20] [--device auto]
+
+1. Text-to-image over `--captions` captions (cycling through all 168 combinations, fixed seeds):
+   foreground colour, background colour, shape and all-three accuracy; and the time per
+   20-step image.
+2. Image-to-image from the test pictures in workflows/images/ at strengths 0.1 .. 1.0, with a
+   prompt asking for another foreground colour, over `--seeds` seeds: per strength, the mean
+   distance to the input (mean absolute pixel difference, 0..1), the share of outputs whose
+   foreground takes the prompt's colour, and the mean centroid shift (fraction of the width).
+   Saves a contact sheet per picture (rows = strength, columns = seeds, the input first) and a
+   plot of the three measures, as PNG under --out; and a JSON summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from nodegraph import RunSettings  # noqa: E402
+from nodegraph.executor import Executor  # noqa: E402
+from nodegraph.registry import default_registry  # noqa: E402
+from nodes import models  # noqa: E402
+from tools import shapes  # noqa: E402
+
+WORKFLOWS = ROOT / "workflows"
+PICTURES = WORKFLOWS / "images"
+STRENGTHS = tuple(round(0.1 * i, 1) for i in range(1, 11))
+
+
+def workflow(name: str, model: str, steps: int) -> dict:
+    """A workflow file with the model and step count set and a preview instead of saving."""
+    wf = json.loads((WORKFLOWS / name).read_text())
+    wf["checkpoint"]["inputs"]["name"] = model
+    wf["noise"]["inputs"]["steps"] = steps
+    save = wf.pop("save")
+    wf["preview"] = {"class_type": "PreviewImage", "inputs": {"images": save["inputs"]["images"]}}
+    return wf
+
+
+def run(executor: Executor, wf: dict, settings: RunSettings) -> np.ndarray:
+    result = executor.run(wf, settings)
+    if not result.ok:
+        raise SystemExit(f"run failed: {result.error and result.error.message}")
+    return result.outputs["decode"][0][0].float().cpu().numpy()
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    return (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def txt2img_accuracy(
+    executor: Executor, settings: RunSettings, model: str, n: int, steps: int
+) -> dict:
+    wf = workflow("txt2img.json", model, steps)
+    hits = {"shape": 0, "colour": 0, "background": 0, "all": 0}
+    seconds = []
+    for i in range(n):
+        shape, colour, background = shapes.combination(i)
+        wf["positive"]["inputs"]["text"] = shapes.make_caption(shape, colour, background)
+        wf["noise"]["inputs"]["seed"] = 1000 + i
+        started = time.perf_counter()
+        image = run(executor, wf, settings)
+        seconds.append(time.perf_counter() - started)
+        got = shapes.check_image(to_uint8(image))
+        right = {
+            "shape": got.shape == shape,
+            "colour": got.colour == colour,
+            "background": got.background == background,
+        }
+        right["all"] = all(right.values())
+        for key, ok in right.items():
+            hits[key] += ok
+    return {
+        "captions": n,
+        "steps": steps,
+        **{f"{k}_accuracy": v / n for k, v in hits.items()},
+        # The first run includes the text encoder's first pass; the median is the steady state.
+        "seconds_per_image": float(np.median(seconds)),
+    }
+
+
+def other_colour(colour: str, background: str) -> str:
+    """A foreground colour for the prompt: chromatic, neither the picture's nor its background."""
+    for candidate in ("green", "red", "blue", "yellow", "purple", "orange"):
+        if candidate not in (colour, background):
+            return candidate
+    raise AssertionError("unreachable")
+
+
+def img2img_sweep(
+    executor: Executor, settings: RunSettings, model: str, seeds: int, steps: int, out: Path
+) -> dict:
+    wf = workflow("img2img.json", model, steps)
+    per_strength: dict[float, dict[str, list[float]]] = {
+        s: {"distance": [], "colour": [], "shift": []} for s in STRENGTHS
+    }
+    pictures = sorted(PICTURES.glob("*.png"))
+    if not pictures:
+        raise SystemExit(f"no test pictures in {PICTURES}")
+    for path in pictures:
+        source = np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255.0
+        truth = shapes.check_image(to_uint8(source))
+        target = other_colour(truth.colour or "", truth.background or "")
+        wf["load"]["inputs"]["image"] = str(path)
+        wf["positive"]["inputs"]["text"] = shapes.make_caption(
+            truth.shape or "circle", target, truth.background or "black"
+        )
+        rows = []
+        for strength in STRENGTHS:
+            row = [to_uint8(source)]
+            for seed in range(seeds):
+                wf["noise"]["inputs"]["strength"] = strength
+                wf["noise"]["inputs"]["seed"] = seed
+                image = run(executor, wf, settings)
+                got = shapes.check_image(to_uint8(image))
+                m = per_strength[strength]
+                m["distance"].append(float(np.abs(image - source).mean()))
+                m["colour"].append(float(got.colour == target))
+                if got.centroid is not None and truth.centroid is not None:
+                    dx = got.centroid[0] - truth.centroid[0]
+                    dy = got.centroid[1] - truth.centroid[1]
+                    m["shift"].append(float(np.hypot(dx, dy)))
+                row.append(to_uint8(image))
+            rows.append(row)
+        contact_sheet(rows, [f"{s:.1f}" for s in STRENGTHS]).save(out / f"sheet_{path.stem}.png")
+    summary = {
+        f"{s:.1f}": {
+            "distance": float(np.mean(m["distance"])),
+            "colour_share": float(np.mean(m["colour"])),
+            "centroid_shift": float(np.mean(m["shift"])) if m["shift"] else None,
+            "outputs": len(m["distance"]),
+        }
+        for s, m in per_strength.items()
+    }
+    plot(summary, out / "img2img_strength.png")
+    return summary
+
+
+def contact_sheet(rows: list[list[np.ndarray]], labels: list[str], scale: int = 2) -> Image.Image:
+    h, w = rows[0][0].shape[:2]
+    h, w = h * scale, w * scale
+    margin = 36
+    sheet = Image.new("RGB", (margin + w * len(rows[0]), h * len(rows)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for r, row in enumerate(rows):
+        draw.text((4, r * h + h // 2 - 5), labels[r], fill="black")
+        for c, image in enumerate(row):
+            tile = Image.fromarray(image).resize((w, h), Image.Resampling.NEAREST)
+            sheet.paste(tile, (margin + c * w, r * h))
+    return sheet
+
+
+def plot(summary: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    xs = [float(s) for s in summary]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(xs, [v["distance"] for v in summary.values()], "o-", label="distance to input")
+    ax.plot(xs, [v["colour_share"] for v in summary.values()], "s-", label="prompt colour share")
+    shifts = [
+        np.nan if v["centroid_shift"] is None else v["centroid_shift"] for v in summary.values()
+    ]
+    ax.plot(xs, shifts, "^-", label="centroid shift")
+    ax.set_xlabel("img2img strength")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title("img2img towards another foreground colour")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
+    parser.add_argument("--captions", type=int, default=200)
+    parser.add_argument("--seeds", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--model", default=models.SHIPPED_NAME)
+    parser.add_argument("--models", action="append", default=[])
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's own)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    models.use_model_dirs(args.models)
+    args.out.mkdir(parents=True, exist_ok=True)
+    executor = Executor(default_registry())
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = RunSettings(
+            output_dir=Path(tmp),
+            temp_dir=Path(tmp) / "temp",
+            options={"models": args.models, "device": args.device},
+        )
+        txt = txt2img_accuracy(executor, settings, args.model, args.captions, args.steps)
+        print(
+            f"txt2img over {txt['captions']} captions, {txt['steps']} steps: foreground colour "
+            f"{txt['colour_accuracy']:.1%}, background colour {txt['background_accuracy']:.1%}, "
+            f"shape {txt['shape_accuracy']:.1%}, all three {txt['all_accuracy']:.1%}; "
+            f"{txt['seconds_per_image']:.3f} s per image"
+        )
+        sweep = img2img_sweep(executor, settings, args.model, args.seeds, args.steps, args.out)
+    print("img2img strength  distance  prompt-colour share  centroid shift")
+    for strength, v in sweep.items():
+        shift = "-" if v["centroid_shift"] is None else f"{v['centroid_shift']:.3f}"
+        print(f"  {strength:>14}  {v['distance']:8.3f}  {v['colour_share']:19.1%}  {shift:>14}")
+    (args.out / "model_quality.json").write_text(
+        json.dumps({"txt2img": txt, "img2img": sweep}, indent=2) + "\n"
+    )
+    print(f"contact sheets, plot and summary in {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
