@@ -195,6 +195,7 @@ def test_interrupting_the_sampler_stops_it_and_the_next_run_works(
                 break
         assert interrupted is not None and interrupted["node_id"] == "3"
         assert interrupted["node_type"] == "KSampler" and last < steps
+        client.ws.messages_until_done("long")  # the history is written before this end message
         history = json.loads(client.get("/history/long"))["long"]
         assert history["status"]["status_str"] == "error"
         # the model stays loaded (cached) and the next prompt runs to the end
