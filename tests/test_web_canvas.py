@@ -28,7 +28,7 @@ def workflow(p: Page) -> dict[str, Any]:
 
 
 def ids_of(wf: dict[str, Any], cls: str) -> list[str]:
-    return sorted((i for i, n in wf.items() if n["class_type"] == cls), key=int)
+    return [i for i, n in wf.items() if n["class_type"] == cls]
 
 
 def node(p: Page, node_id: str) -> Any:
@@ -145,7 +145,21 @@ def test_default_graph_runs_then_strength_rerun_uses_cache(page: Page, server: S
     p.shot("default")
 
     pick_model(p, server)
+    # Watch the live state while it runs: a highlighted node, a progress bar, preview frames.
+    p.page.evaluate(
+        """() => {
+            const seen = (window.__seen = { executing: 0, progress: 0, preview: 0 });
+            new MutationObserver(() => {
+                if (document.querySelector('[data-status=executing]')) seen.executing++;
+                if (document.querySelector('[data-testid=progress]')) seen.progress++;
+                if (document.querySelector('[data-testid=preview-image]')) seen.preview++;
+            }).observe(document.body, { subtree: true, childList: true, attributes: true });
+        }"""
+    )
     queue_and_wait(p)
+    seen = p.page.evaluate("() => window.__seen")
+    print("live state seen while running:", seen)
+    assert seen["executing"] and seen["progress"], seen
     for sid in saves:
         assert images_loaded(p, sid) >= 1
     p.shot("run1")
@@ -319,6 +333,13 @@ def test_editing_palette_undo_copy_paste_duplicate_delete(page: Page) -> None:
     n0 = len(workflow(p))
     new = add_from_palette(p, 640, 700, "intmath", "IntMath")
     assert len(workflow(p)) == n0 + 1
+    # A seed: "randomize" changes it now; the mode decides what happens after a queue.
+    noise = ids_of(workflow(p), "AddNoise")[0]
+    seed = workflow(p)[noise]["inputs"]["seed"]
+    node(p, noise).locator("[data-testid=randomize-seed]").click()
+    assert workflow(p)[noise]["inputs"]["seed"] != seed
+    node(p, noise).locator("[data-testid=control-seed]").select_option("increment")
+    assert workflow(p)[noise]["_meta"]["control"]["seed"] == "increment"
     node(p, new).locator("[data-testid=input-a]").fill("5")
     assert workflow(p)[new]["inputs"]["a"] == 5
     node(p, new).locator(".gnode-head").click()
@@ -336,7 +357,7 @@ def test_editing_palette_undo_copy_paste_duplicate_delete(page: Page) -> None:
     assert len(workflow(p)) == n0 + 3
     p.page.keyboard.press("Control+Shift+z")
     assert len(workflow(p)) == n0 + 2
-    for _ in range(5):
+    for _ in range(7):
         p.page.keyboard.press("Control+z")
     assert len(workflow(p)) == n0
     p.page.click("[data-testid=fit-view]")

@@ -33,11 +33,10 @@ import {
   type GNode,
   type Graph,
 } from './workflow';
-import fallbackWorkflow from './default-workflow.json';
+// One source for the default graph: the repository's main job, bundled at build time.
+import shippedWorkflow from '../../workflows/txt2img_img2img.json';
 
-// One source for the default graph: the repository's workflows/txt2img_img2img.json when present.
-const shipped = import.meta.glob('../../workflows/txt2img_img2img.json', { eager: true, import: 'default' });
-export const DEFAULT_WORKFLOW: ApiWorkflow = (Object.values(shipped)[0] as ApiWorkflow) ?? (fallbackWorkflow as ApiWorkflow);
+export const DEFAULT_WORKFLOW = shippedWorkflow as unknown as ApiWorkflow;
 
 const nodeTypes = { graph: GraphNode };
 const STORAGE_KEY = 'nodegraph.workflow';

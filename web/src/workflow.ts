@@ -87,8 +87,7 @@ export function toApi(graph: Graph, catalogue: Catalogue): ApiWorkflow {
   const out: ApiWorkflow = {};
   const byTarget = new Map<string, GEdge>();
   for (const e of graph.edges) byTarget.set(`${e.target}|${handleInput(e.targetHandle)}`, e);
-  const sorted = [...graph.nodes].sort((a, b) => Number(a.id) - Number(b.id) || a.id.localeCompare(b.id));
-  for (const node of sorted) {
+  for (const node of graph.nodes) {
     const def = catalogue[node.data.classType];
     const inputs: Record<string, unknown> = {};
     const names = def ? def.inputs.map((i) => i.name) : [];
@@ -143,8 +142,19 @@ function readPos(meta: any): { x: number; y: number } | null {
   return null;
 }
 
-/** Column by longest path from the sources, row by order: a readable layout for files without one. */
-function autoLayout(api: ApiWorkflow): Record<string, { x: number; y: number }> {
+/** Rough rendered height of a node, for laying out files that carry no positions. */
+function estimateHeight(def: NodeDef | undefined): number {
+  if (!def) return 120;
+  const sockets = def.inputs.filter((i) => !i.literal).length;
+  const rows = Math.max(sockets, def.outputs.length);
+  const widgets = def.inputs.filter((i) => i.literal);
+  const tall = widgets.filter((w) => w.options.multiline).length;
+  return 44 + rows * 22 + widgets.length * 28 + tall * 56 + (def.outputNode ? 280 : 0);
+}
+
+/** Column by longest path from the sources, stacked by height: a readable layout for files
+ * without one. */
+function autoLayout(api: ApiWorkflow, catalogue: Catalogue): Record<string, { x: number; y: number }> {
   const depth: Record<string, number> = {};
   const visiting = new Set<string>();
   const d = (id: string): number => {
@@ -159,19 +169,24 @@ function autoLayout(api: ApiWorkflow): Record<string, { x: number; y: number }> 
     depth[id] = best;
     return best;
   };
-  const rows: Record<number, number> = {};
+  const columns: string[][] = [];
+  for (const id of Object.keys(api)) (columns[d(id)] ??= []).push(id);
+  const heights = columns.map((col) => col.map((id) => estimateHeight(catalogue[api[id].class_type])));
+  const tallest = Math.max(0, ...heights.map((h) => h.reduce((a, b) => a + b + 40, -40)));
   const pos: Record<string, { x: number; y: number }> = {};
-  for (const id of Object.keys(api)) {
-    const c = d(id);
-    const r = rows[c] ?? 0;
-    rows[c] = r + 1;
-    pos[id] = { x: c * 340, y: r * 300 };
-  }
+  columns.forEach((col, c) => {
+    const total = heights[c].reduce((a, b) => a + b + 40, -40);
+    let y = (tallest - total) / 2;
+    col.forEach((id, r) => {
+      pos[id] = { x: c * 340, y: Math.round(y) };
+      y += heights[c][r] + 40;
+    });
+  });
   return pos;
 }
 
 export function fromApi(api: ApiWorkflow, catalogue: Catalogue, colour: (t: string) => string): Graph {
-  const layout = Object.values(api).some((n) => !readPos(n._meta)) ? autoLayout(api) : null;
+  const layout = Object.values(api).some((n) => !readPos(n._meta)) ? autoLayout(api, catalogue) : null;
   const nodes: GNode[] = [];
   const edges: GEdge[] = [];
   for (const [id, n] of Object.entries(api)) {
