@@ -36,6 +36,8 @@ log = logging.getLogger("nodegraph.server")
 INLINE_VALIDATION = 256
 """Workflows up to this many nodes are validated on the event loop (well under a millisecond);
 bigger ones in a thread, so that they do not hold up other requests."""
+STATUS_DELAY = 0.05
+"""Seconds a queue-length broadcast waits, gathering the changes that come meanwhile."""
 MAX_ID = 256
 """Longest prompt_id or client_id."""
 WEB_TYPES = {
@@ -127,6 +129,7 @@ class Server:
         self.store: Store | None = None
         self.worker: Worker | None = None
         self.hub = Hub()
+        self._status_due = False
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -158,7 +161,15 @@ class Server:
         return {"exec_info": {"queue_remaining": self.store.remaining()}}
 
     def broadcast_status(self) -> None:
-        if self.hub.clients and self.store is not None:
+        """Tell every client the queue length soon; a burst of changes makes one message."""
+        if self._status_due or not self.hub.clients:
+            return
+        self._status_due = True
+        asyncio.get_running_loop().call_later(STATUS_DELAY, self._send_status)
+
+    def _send_status(self) -> None:
+        self._status_due = False
+        if self.store is not None:
             self.hub.broadcast(message("status", {"status": self.status()}))
 
     # -- prompts ------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import json
 import sqlite3
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,7 +94,16 @@ class Store:
             self._db.executescript(_SCHEMA)
             row = self._db.execute("SELECT MAX(ABS(number)) FROM jobs").fetchone()
             self._counter = int(row[0] or 0) + 1
+        self._open: dict[str, str | None] = {}
+        """Queued and running jobs -> client id, kept in step with the table (counts are hot)."""
+        self._per_client: Counter[str | None] = Counter()
         self.recovered = self._recover()
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT prompt_id, client_id FROM jobs WHERE state IN (?, ?)", (QUEUED, RUNNING)
+            ).fetchall()
+        self._open.update(rows)
+        self._per_client.update(self._open.values())
 
     def close(self) -> None:
         with self._lock:
@@ -169,6 +179,8 @@ class Store:
                 )
             except sqlite3.IntegrityError:
                 raise DuplicatePromptId(prompt_id) from None
+            self._open[prompt_id] = client_id
+            self._per_client[client_id] += 1
         return number
 
     def claim_next(self) -> Job | None:
@@ -204,8 +216,14 @@ class Store:
             self._finish_locked(prompt_id, outcome, time.time())
             self._prune_locked()
 
+    def _closed(self, prompt_ids: Iterable[str]) -> None:
+        for prompt_id in prompt_ids:
+            if prompt_id in self._open:
+                self._per_client[self._open.pop(prompt_id)] -= 1
+
     def _finish_locked(self, prompt_id: str, outcome: Outcome, now: float) -> None:
         assert outcome.state in FINAL
+        self._closed([prompt_id])
         self._db.execute(
             "UPDATE jobs SET state = ?, finished = ?, outputs = ?, messages = ?, meta = ?, "
             "history_seq = (SELECT COALESCE(MAX(history_seq), 0) + 1 FROM jobs) "
@@ -239,25 +257,27 @@ class Store:
 
     def remaining(self, client_id: str | None = None) -> int:
         """Queued and running jobs (of one client when given)."""
-        sql = "SELECT COUNT(*) FROM jobs WHERE state IN (?, ?)"
-        args: tuple[Any, ...] = (QUEUED, RUNNING)
-        if client_id is not None:
-            sql += " AND client_id = ?"
-            args += (client_id,)
-        with self._lock:
-            return int(self._db.execute(sql, args).fetchone()[0])
+        if client_id is None:
+            return len(self._open)
+        return self._per_client[client_id]
 
     def delete_queued(self, prompt_ids: Iterable[str] | None = None) -> int:
         """Remove pending jobs (all of them when `prompt_ids` is None); running ones stay."""
-        with self._lock:
-            if prompt_ids is None:
-                cur = self._db.execute("DELETE FROM jobs WHERE state = ?", (QUEUED,))
-            else:
-                cur = self._db.executemany(
-                    "DELETE FROM jobs WHERE state = ? AND prompt_id = ?",
-                    [(QUEUED, p) for p in prompt_ids],
-                )
-            return cur.rowcount
+        with self._lock, self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            queued = {
+                p
+                for (p,) in self._db.execute(
+                    "SELECT prompt_id FROM jobs WHERE state = ?", (QUEUED,)
+                ).fetchall()
+            }
+            doomed = queued if prompt_ids is None else queued & set(prompt_ids)
+            self._db.executemany(
+                "DELETE FROM jobs WHERE state = ? AND prompt_id = ?",
+                [(QUEUED, p) for p in doomed],
+            )
+            self._closed(doomed)
+            return len(doomed)
 
     # -- the history ----------------------------------------------------------------------------
 
