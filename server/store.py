@@ -7,12 +7,13 @@ running a second time is recorded as failed. History entries are finished jobs.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -105,14 +106,29 @@ class Store:
         self._open.update(rows)
         self._per_client.update(self._open.values())
 
+    @contextlib.contextmanager
+    def _transaction(self, fsync: bool = True) -> Iterator[None]:
+        """One write transaction under the lock. Without fsync (the worker's state changes),
+        a power cut may undo it, and the job runs again; the next fsync'd commit (every
+        submission is one) makes it durable too. A process crash loses nothing either way."""
+        with self._lock:
+            if not fsync:
+                self._db.execute("PRAGMA synchronous=NORMAL")
+            try:
+                with self._db:
+                    self._db.execute("BEGIN IMMEDIATE")
+                    yield
+            finally:
+                if not fsync:
+                    self._db.execute("PRAGMA synchronous=FULL")
+
     def close(self) -> None:
         with self._lock:
             self._db.close()
 
     def _recover(self) -> dict[str, list[str]]:
         """Jobs found running (the server died under them): re-queue once, then fail."""
-        with self._lock, self._db:
-            self._db.execute("BEGIN IMMEDIATE")
+        with self._transaction():
             rows = self._db.execute(
                 "SELECT prompt_id, attempts FROM jobs WHERE state = ?", (RUNNING,)
             ).fetchall()
@@ -185,8 +201,7 @@ class Store:
 
     def claim_next(self) -> Job | None:
         """The first queued job (lowest number), now marked running; None if the queue is empty."""
-        with self._lock, self._db:
-            self._db.execute("BEGIN IMMEDIATE")
+        with self._transaction(fsync=False):
             row = self._db.execute(
                 f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state = ? ORDER BY number, seq LIMIT 1",
                 (QUEUED,),
@@ -211,8 +226,7 @@ class Store:
             )
 
     def finish(self, prompt_id: str, outcome: Outcome) -> None:
-        with self._lock, self._db:
-            self._db.execute("BEGIN IMMEDIATE")
+        with self._transaction(fsync=False):
             self._finish_locked(prompt_id, outcome, time.time())
             self._prune_locked()
 
@@ -263,8 +277,7 @@ class Store:
 
     def delete_queued(self, prompt_ids: Iterable[str] | None = None) -> int:
         """Remove pending jobs (all of them when `prompt_ids` is None); running ones stay."""
-        with self._lock, self._db:
-            self._db.execute("BEGIN IMMEDIATE")
+        with self._transaction():
             queued = {
                 p
                 for (p,) in self._db.execute(
