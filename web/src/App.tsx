@@ -181,6 +181,13 @@ export function App() {
     };
   }, [rf, setGraph]);
 
+  // Information fades by itself; errors stay until dismissed or fixed.
+  useEffect(() => {
+    if (banner?.kind !== 'info') return;
+    const t = setTimeout(() => setBanner((b) => (b === banner ? null : b)), 4000);
+    return () => clearTimeout(t);
+  }, [banner]);
+
   // Keep the current graph across reloads.
   useEffect(() => {
     if (!catalogue) return;
@@ -564,6 +571,7 @@ export function App() {
   );
 
   const fileInput = useRef<HTMLInputElement>(null);
+  const canvasRef = useRef<HTMLElement>(null);
   const save = useCallback(() => {
     download('workflow.json', JSON.stringify(toApi({ nodes: nodesRef.current, edges: edgesRef.current }, catRef.current), null, 2));
   }, []);
@@ -714,7 +722,7 @@ export function App() {
           </button>
         </div>
       )}
-      <main className="canvas" onDragOver={(e) => e.preventDefault()} onDrop={onDrop}>
+      <main className="canvas" ref={canvasRef} onDragOver={(e) => e.preventDefault()} onDrop={onDrop}>
         {editor ? (
           <EditorContext.Provider value={editor}>
             <ReactFlow<GNode, GEdge>
@@ -736,6 +744,8 @@ export function App() {
                 if ((e.target as HTMLElement).classList.contains('react-flow__pane')) openPaletteAt(e.clientX, e.clientY);
               }}
               zoomOnDoubleClick={false}
+              onMoveStart={() => canvasRef.current?.classList.add('moving')}
+              onMoveEnd={() => canvasRef.current?.classList.remove('moving')}
               deleteKeyCode={['Backspace', 'Delete']}
               minZoom={0.05}
               maxZoom={3}
