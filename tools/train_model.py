@@ -1,0 +1,862 @@
+#!/usr/bin/env python
+"""Train nodegraph's own small text-to-image latent diffusion model on generated shapes data.
+
+Stages, each seeded, checkpointed (with optimizer state) under ``--run-dir`` and resumed from
+its latest checkpoint when the script is run again:
+
+1. ``vae``: an ``AutoencoderKL`` with Stable Diffusion's geometry (8x downsampling, 4 latent
+   channels), trained on freshly drawn pictures; then ``scaling_factor`` = 1 / std of latents.
+2. ``latents``: a fixed data set of drawn pictures is encoded once (mean and std of each
+   latent), so the diffusion stage never runs the VAE.
+3. ``unet``: a ``CLIPTextModel`` (tiny) and a ``UNet2DConditionModel`` trained together
+   (epsilon prediction, SD's scaled-linear betas, min-SNR weighting, 10% caption dropout).
+   After each checkpoint the weights are exported as a diffusers folder (default
+   ``nodes/shipped_model``) and quickly evaluated with the analytic checker.
+
+Usage::
+
+    nice -n 5 .venv/bin/python tools/train_model.py            # full run, resumable
+    .venv/bin/python tools/train_model.py --resume-from-shipped  # continue from shipped weights
+    .venv/bin/python tools/train_model.py --smoke --run-dir /tmp/x --export-dir /tmp/x/model
+    .venv/bin/python tools/train_model.py --evaluate nodes/shipped_model
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from PIL import Image  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from tools import shapes  # noqa: E402
+
+SHIPPED_DIR = ROOT / "nodes" / "shipped_model"
+DEFAULT_RUN_DIR = ROOT / "runs" / "shapes64"
+RESOLUTION = 64
+MAX_TOKENS = 16  # the text encoder's context; captions take 9 with start / end tokens
+TEXT_WIDTH = 64
+BOS, EOS = "<|startoftext|>", "<|endoftext|>"
+
+SCHEDULER_CONFIG = {
+    "_class_name": "EulerDiscreteScheduler",
+    "num_train_timesteps": 1000,
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "prediction_type": "epsilon",
+    "timestep_spacing": "trailing",
+    "steps_offset": 1,
+    "clip_sample": False,
+    "set_alpha_to_one": False,
+    "skip_prk_steps": True,
+    "interpolation_type": "linear",
+    "use_karras_sigmas": False,
+}
+
+
+@dataclass
+class Plan:
+    """Sizes and step counts of one run."""
+
+    seed: int = 0
+    vae_steps: int = 1500
+    vae_batch: int = 32
+    vae_lr: float = 1e-3
+    vae_ckpt_every: int = 500
+    vae_full_fraction: float = 0.15  # the last part of the VAE steps sees whole pictures
+    latent_images: int = 168 * 360
+    unet_steps: int = 6000
+    unet_batch: int = 128
+    unet_lr: float = 1e-3
+    unet_warmup: int = 300
+    unet_ckpt_every: int = 600
+    caption_dropout: float = 0.1
+    min_snr_gamma: float = 5.0
+    eval_captions: int = 168
+
+    @classmethod
+    def smoke(cls) -> Plan:
+        return cls(
+            vae_steps=4, vae_batch=4, vae_ckpt_every=2, latent_images=168, unet_steps=4,
+            unet_batch=8, unet_warmup=2, unet_ckpt_every=2, eval_captions=4,
+        )
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# --------------------------------------------------------------------------- tokenizer
+
+
+def _bpe(word: str, ranks: dict[tuple[str, str], int]) -> list[str]:
+    """CLIP's BPE of one word (characters, the last one with ``</w>``), greedy by merge rank."""
+    parts = [*word[:-1], word[-1] + "</w>"]
+    while len(parts) > 1:
+        pairs = [(ranks.get((parts[i], parts[i + 1]), math.inf), i) for i in range(len(parts) - 1)]
+        rank, i = min(pairs)
+        if rank == math.inf:
+            break
+        parts[i : i + 2] = [parts[i] + parts[i + 1]]
+    return parts
+
+
+def _byte_characters() -> list[str]:
+    """The 256 printable characters byte-level BPE uses for the bytes 0..255 (GPT-2 / CLIP)."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1)]
+    keep += list(range(ord("®"), ord("ÿ") + 1))
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            chars[b] = chr(b)
+        else:
+            chars[b] = chr(256 + extra)
+            extra += 1
+    return [chars[b] for b in range(256)]
+
+
+def build_tokenizer(folder: Path, words: list[str] | None = None) -> Path:
+    """Write a word-level tokenizer in CLIP's vocab.json / merges.txt format to ``folder``.
+
+    The vocabulary holds CLIP's 256 byte characters (alone and word-final, so any text still
+    tokenizes, unknown words letter by letter), one token per known word, and the merges that
+    build each known word from its letters; the two CLIP special tokens come last.
+    """
+    words = words or shapes.caption_words()
+    letters = _byte_characters()
+    vocab: list[str] = [*letters, *(c + "</w>" for c in letters)]
+    merges: list[tuple[str, str]] = []
+    ranks: dict[tuple[str, str], int] = {}
+    for word in words:
+        parts = _bpe(word, ranks)  # what the merges so far make of it
+        while len(parts) > 1:  # join left to right with new merges, ranked after all others
+            pair = (parts[0], parts[1])
+            ranks[pair] = len(merges)
+            merges.append(pair)
+            joined = parts[0] + parts[1]
+            if joined not in vocab:
+                vocab.append(joined)
+            parts = [joined, *parts[2:]]
+    vocab += [BOS, EOS]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}, indent=1))
+    lines = ["#version: 0.2 - word-level merges for nodegraph's shapes model"]
+    lines += [f"{a} {b}" for a, b in merges]
+    (folder / "merges.txt").write_text("\n".join(lines) + "\n")
+    config = {
+        "tokenizer_class": "CLIPTokenizer",
+        "model_max_length": MAX_TOKENS,
+        "bos_token": BOS,
+        "eos_token": EOS,
+        "unk_token": EOS,
+        "pad_token": EOS,
+        "do_lower_case": True,
+        "clean_up_tokenization_spaces": False,
+    }
+    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    special = {"bos_token": BOS, "eos_token": EOS, "unk_token": EOS, "pad_token": EOS}
+    (folder / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n")
+    return folder
+
+
+def load_tokenizer(folder: Path):
+    from transformers import CLIPTokenizer
+
+    return CLIPTokenizer.from_pretrained(str(folder), local_files_only=True)
+
+
+def tokenize(tokenizer, captions: list[str]) -> torch.Tensor:
+    """Token ids exactly as StableDiffusionPipeline makes them (padded to the max length)."""
+    return tokenizer(
+        captions, padding="max_length", max_length=tokenizer.model_max_length,
+        truncation=True, return_tensors="pt",
+    ).input_ids
+
+
+# --------------------------------------------------------------------------- models
+
+
+def make_vae():
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(16, 32, 64, 64),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=16,
+        sample_size=RESOLUTION,
+    )
+
+
+def make_text_encoder(tokenizer):
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    config = CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=TEXT_WIDTH,
+        intermediate_size=TEXT_WIDTH * 2,
+        projection_dim=TEXT_WIDTH,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=MAX_TOKENS,
+        hidden_act="quick_gelu",
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return CLIPTextModel(config)
+
+
+def make_unet():
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        sample_size=RESOLUTION // 8,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        block_out_channels=(64, 128),
+        layers_per_block=1,
+        cross_attention_dim=TEXT_WIDTH,
+        attention_head_dim=4,  # diffusers reads this as the number of heads
+        norm_num_groups=32,
+    )
+
+
+def n_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# --------------------------------------------------------------------------- export
+
+
+def _replace_tree(src: Path, dst: Path) -> None:
+    """Copy every file of ``src`` over ``dst``, each one replaced atomically."""
+    for path in sorted(src.rglob("*")):
+        if path.is_dir():
+            continue
+        target = dst / path.relative_to(src)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(target.name + ".tmp")
+        shutil.copyfile(path, tmp)
+        os.replace(tmp, target)
+
+
+def export_pipeline(
+    folder: Path, vae, text_encoder, unet, tokenizer_dir: Path, state: dict, fp16: bool = True
+) -> Path:
+    """Write a StableDiffusionPipeline folder (no safety checker) with the given components."""
+    import copy
+
+    folder = Path(folder)
+    with tempfile.TemporaryDirectory(dir=folder.parent if folder.parent.exists() else None) as td:
+        tmp = Path(td)
+        dtype = torch.float16 if fp16 else torch.float32
+        for name, model in (("vae", vae), ("text_encoder", text_encoder), ("unet", unet)):
+            # transformers loads weights in their saved dtype (diffusers upcasts to float32), so
+            # the 0.1 M-param text encoder stays float32 to keep a plain from_pretrained working.
+            clone = copy.deepcopy(model).to(torch.float32 if name == "text_encoder" else dtype)
+            clone.save_pretrained(tmp / name, safe_serialization=True)
+            del clone
+        shutil.copytree(tokenizer_dir, tmp / "tokenizer", dirs_exist_ok=True)
+        (tmp / "scheduler").mkdir()
+        sched = dict(SCHEDULER_CONFIG)
+        sched["_diffusers_version"] = _diffusers_version()
+        (tmp / "scheduler" / "scheduler_config.json").write_text(json.dumps(sched, indent=2) + "\n")
+        index = {
+            "_class_name": "StableDiffusionPipeline",
+            "_diffusers_version": _diffusers_version(),
+            "feature_extractor": [None, None],
+            "image_encoder": [None, None],
+            "requires_safety_checker": False,
+            "safety_checker": [None, None],
+            "scheduler": ["diffusers", SCHEDULER_CONFIG["_class_name"]],
+            "text_encoder": ["transformers", "CLIPTextModel"],
+            "tokenizer": ["transformers", "CLIPTokenizer"],
+            "unet": ["diffusers", "UNet2DConditionModel"],
+            "vae": ["diffusers", "AutoencoderKL"],
+        }
+        (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+        (tmp / "training_state.json").write_text(json.dumps(state, indent=2) + "\n")
+        folder.mkdir(parents=True, exist_ok=True)
+        _replace_tree(tmp, folder)
+    return folder
+
+
+def _diffusers_version() -> str:
+    import diffusers
+
+    return diffusers.__version__
+
+
+def load_pipeline(folder: Path, scheduler: str = "euler"):
+    """The exported folder as a float32 StableDiffusionPipeline with the named sampler."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(
+        str(folder), local_files_only=True, torch_dtype=torch.float32
+    )
+    pipe.scheduler = make_scheduler(scheduler, pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def make_scheduler(name: str, config):
+    from diffusers import (
+        DDIMScheduler,
+        DPMSolverMultistepScheduler,
+        EulerAncestralDiscreteScheduler,
+        EulerDiscreteScheduler,
+        HeunDiscreteScheduler,
+    )
+
+    classes = {
+        "euler": EulerDiscreteScheduler,
+        "euler_ancestral": EulerAncestralDiscreteScheduler,
+        "ddim": DDIMScheduler,
+        "dpmpp_2m": DPMSolverMultistepScheduler,
+        "heun": HeunDiscreteScheduler,
+    }
+    return classes[name].from_config(config)
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def to_model_images(images: np.ndarray) -> torch.Tensor:
+    """(N, H, W, 3) uint8 -> (N, 3, H, W) float in -1..1."""
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """(N, 3, H, W) float in -1..1 -> (N, H, W, 3) uint8."""
+    x = (images.clamp(-1, 1) + 1) * 127.5
+    return x.round().byte().permute(0, 2, 3, 1).cpu().numpy()
+
+
+def grade(images: list[np.ndarray] | np.ndarray, captions: list[str]) -> dict[str, float]:
+    """Accuracies of colour, background, shape and all three together over pictures."""
+    hits = {"colour": 0, "background": 0, "shape": 0, "all": 0}
+    for image, caption in zip(images, captions, strict=True):
+        got = shapes.check_caption(image, caption)
+        for key in ("colour", "background", "shape"):
+            hits[key] += got[key]
+        hits["all"] += all(got.values())
+    return {k: v / len(captions) for k, v in hits.items()}
+
+
+def eval_captions(n: int, offset: int = 0) -> list[str]:
+    combos = shapes.all_captions()
+    return [combos[(offset + i * 167) % len(combos)] for i in range(n)] if n < 168 else [
+        combos[i % len(combos)] for i in range(n)
+    ]
+
+
+@torch.no_grad()
+def evaluate_txt2img(
+    pipe, captions: list[str], steps: int = 20, cfg: float = 7.5, seed: int = 1234,
+    batch: int = 84,
+) -> tuple[dict[str, float], list[np.ndarray]]:
+    images: list[np.ndarray] = []
+    for i in range(0, len(captions), batch):
+        chunk = captions[i : i + batch]
+        gen = torch.Generator().manual_seed(seed + i)
+        out = pipe(
+            chunk, num_inference_steps=steps, guidance_scale=cfg, generator=gen,
+            output_type="np", height=RESOLUTION, width=RESOLUTION,
+        ).images
+        images += list((np.clip(out, 0, 1) * 255 + 0.5).astype(np.uint8))
+    return grade(images, captions), images
+
+
+@torch.no_grad()
+def evaluate_img2img(
+    pipe, n: int = 32, strengths=(0.2, 0.4, 0.6, 0.8), steps: int = 20, cfg: float = 7.5,
+    seed: int = 99,
+) -> dict[str, dict[str, float]]:
+    """Re-prompt drawn pictures with another foreground colour at several strengths."""
+    from diffusers import StableDiffusionImg2ImgPipeline
+
+    i2i = StableDiffusionImg2ImgPipeline(**pipe.components)
+    i2i.set_progress_bar_config(disable=True)
+    rng = np.random.default_rng(seed)
+    inputs, prompts, truths = [], [], []
+    for k in range(n):
+        sample = shapes.generate_sample(int(rng.integers(0, 10**6)), seed=777)
+        options = [c for c in shapes.COLOURS if c not in (sample.colour, sample.background)]
+        new = options[int(rng.integers(0, len(options)))]
+        inputs.append(Image.fromarray(sample.image))
+        prompts.append(shapes.make_caption(sample.shape, new, sample.background))
+        truths.append((sample, new))
+        del k
+    results = {}
+    for strength in strengths:
+        gen = torch.Generator().manual_seed(seed)
+        out = i2i(
+            prompts, image=inputs, strength=strength, num_inference_steps=steps,
+            guidance_scale=cfg, generator=gen, output_type="np",
+        ).images
+        follow = kept_shape = moved = 0.0
+        for image, (sample, new) in zip(out, truths, strict=True):
+            res = shapes.check_image((np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8))
+            follow += res.colour == new
+            kept_shape += res.shape == sample.shape
+            if res.centroid is not None:
+                src = shapes.check_image(sample.image).centroid
+                moved += math.dist(res.centroid, src)
+            else:
+                moved += 0.5
+        results[f"{strength:.1f}"] = {
+            "colour_follows_prompt": follow / n,
+            "shape_kept": kept_shape / n,
+            "centroid_shift": moved / n,
+        }
+    return results
+
+
+def image_grid(images: list[np.ndarray], cols: int = 8) -> Image.Image:
+    h, w = images[0].shape[:2]
+    rows = math.ceil(len(images) / cols)
+    grid = Image.new("RGB", (cols * w, rows * h), (128, 128, 128))
+    for i, im in enumerate(images):
+        grid.paste(Image.fromarray(im), ((i % cols) * w, (i // cols) * h))
+    return grid
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def latest_checkpoint(folder: Path) -> Path | None:
+    found = sorted(folder.glob("ckpt_*.pt"))
+    return found[-1] if found else None
+
+
+def save_checkpoint(folder: Path, step: int, payload: dict, keep: int = 2) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"ckpt_{step:07d}.pt"
+    tmp = path.with_suffix(".tmp")
+    payload = {
+        **payload, "step": step, "torch_rng": torch.get_rng_state(),
+    }
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+    for old in sorted(folder.glob("ckpt_*.pt"))[:-keep]:
+        old.unlink()
+    return path
+
+
+def lr_at(
+    step: int, base: float, warmup: int, total: int, floor: float = 0.05, progress: float = 0.0
+) -> float:
+    """Linear warm-up, then cosine decay to ``floor * base``.
+
+    The decay follows the larger of ``step / total`` and ``progress`` (the fraction of a
+    time budget used), so a run on a busy machine still ends with a decayed learning rate.
+    """
+    if step < warmup:
+        return base * (step + 1) / warmup
+    progress = max(progress, (step - warmup) / max(1, total - warmup))
+    progress = min(1.0, progress)
+    return base * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+# --------------------------------------------------------------------------- stage 1: VAE
+
+
+def train_vae(plan: Plan, run_dir: Path):
+    vae = make_vae()
+    folder = run_dir / "vae"
+    final = folder / "final.pt"
+    if final.exists():
+        payload = torch.load(final, weights_only=False)
+        vae.load_state_dict(payload["model"])
+        vae.config.scaling_factor = payload["scaling_factor"]
+        vae.register_to_config(scaling_factor=payload["scaling_factor"])
+        log(f"vae: done earlier (psnr {payload['psnr']:.2f} dB, "
+            f"scaling_factor {payload['scaling_factor']:.4f})")
+        return vae
+    opt = torch.optim.AdamW(vae.parameters(), lr=plan.vae_lr, weight_decay=0.0)
+    start = 0
+    ckpt = latest_checkpoint(folder)
+    if ckpt is not None:
+        payload = torch.load(ckpt, weights_only=False)
+        vae.load_state_dict(payload["model"])
+        opt.load_state_dict(payload["optimizer"])
+        torch.set_rng_state(payload["torch_rng"])
+        start = payload["step"]
+        log(f"vae: resumed from {ckpt} at step {start}")
+    log(f"vae: {n_params(vae) / 1e6:.3f} M params, {plan.vae_steps} steps of {plan.vae_batch}")
+    vae.train()
+    t0, seen, loss_avg = time.time(), 0, None
+    for step in range(start, plan.vae_steps):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, plan.vae_lr, 100, plan.vae_steps)
+        images, _ = shapes.generate_batch(step * plan.vae_batch, plan.vae_batch, seed=plan.seed + 1)
+        x = to_model_images(images)
+        if step < plan.vae_steps * (1 - plan.vae_full_fraction):  # cheap 32-px crops first
+            crop = RESOLUTION // 2
+            ox, oy = (int(v) for v in torch.randint(0, RESOLUTION - crop + 1, (2,)))
+            x = x[:, :, oy : oy + crop, ox : ox + crop]
+        post = vae.encode(x).latent_dist
+        z = post.sample()
+        rec = vae.decode(z).sample
+        rec_loss = F.l1_loss(rec, x) + F.mse_loss(rec, x)
+        kl = post.kl().mean() / z[0].numel()
+        loss = rec_loss + 1e-4 * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        seen += len(x)
+        loss_avg = loss.item() if loss_avg is None else 0.98 * loss_avg + 0.02 * loss.item()
+        done = step + 1
+        if done % 50 == 0 or done == plan.vae_steps:
+            rate = seen / (time.time() - t0)
+            log(f"vae step {done}/{plan.vae_steps} loss {loss_avg:.4f} kl {kl.item():.3f} "
+                f"{rate:.0f} img/s")
+        if done % plan.vae_ckpt_every == 0 and done < plan.vae_steps:
+            payload = {"model": vae.state_dict(), "optimizer": opt.state_dict()}
+            save_checkpoint(folder, done, payload)
+    vae.eval()
+    psnr, std, mean = measure_vae(vae, plan)
+    vae.register_to_config(scaling_factor=float(1.0 / std))
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(
+        {"model": vae.state_dict(), "scaling_factor": float(1.0 / std), "psnr": psnr,
+         "latent_mean": mean},
+        final,
+    )
+    log(f"vae: psnr {psnr:.2f} dB on held-out pictures; latent std {std:.4f} mean {mean:.4f} "
+        f"-> scaling_factor {1.0 / std:.4f}")
+    return vae
+
+
+@torch.no_grad()
+def measure_vae(vae, plan: Plan, n: int = 512) -> tuple[float, float, float]:
+    """PSNR on held-out pictures and the std / mean of their latents."""
+    n = min(n, plan.latent_images)
+    images, _ = shapes.generate_batch(0, n, seed=plan.seed + 999)
+    x = to_model_images(images)
+    zs, mse = [], 0.0
+    for i in range(0, n, 128):
+        z = vae.encode(x[i : i + 128]).latent_dist.sample()
+        rec = vae.decode(z).sample.clamp(-1, 1)
+        mse += F.mse_loss((rec + 1) / 2, (x[i : i + 128] + 1) / 2, reduction="sum").item()
+        zs.append(z)
+    z = torch.cat(zs)
+    psnr = 10 * math.log10(1.0 / (mse / x.numel()))
+    return psnr, float(z.std()), float(z.mean())
+
+
+# --------------------------------------------------------------------------- stage 2: latents
+
+
+@torch.no_grad()
+def cache_latents(vae, plan: Plan, run_dir: Path, tokenizer) -> dict:
+    path = run_dir / "latents.pt"
+    if path.exists():
+        data = torch.load(path, weights_only=False)
+        if len(data["mean"]) == plan.latent_images:
+            log(f"latents: {len(data['mean'])} cached")
+            return data
+    t0 = time.time()
+    means, stds, combo = [], [], []
+    for i in range(0, plan.latent_images, 256):
+        count = min(256, plan.latent_images - i)
+        images, _ = shapes.generate_batch(i, count, seed=plan.seed + 2)
+        post = vae.encode(to_model_images(images)).latent_dist
+        means.append(post.mean.half())
+        stds.append(post.std.half())
+        combo += [(i + k) % shapes.NUM_COMBINATIONS for k in range(count)]
+    data = {
+        "mean": torch.cat(means),
+        "std": torch.cat(stds),
+        "combo": torch.tensor(combo),
+        "input_ids": tokenize(tokenizer, shapes.all_captions()),
+        "empty_ids": tokenize(tokenizer, [""])[0],
+    }
+    torch.save(data, path)
+    log(f"latents: encoded {plan.latent_images} pictures in {time.time() - t0:.0f} s")
+    return data
+
+
+# --------------------------------------------------------------------------- stage 3: UNet
+
+
+def train_unet(
+    plan: Plan, run_dir: Path, vae, tokenizer, tokenizer_dir: Path, export_dir: Path,
+    resume_from_shipped: bool, command: str, budget_minutes: float | None,
+):
+    from diffusers import DDPMScheduler
+
+    folder = run_dir / "unet"
+    spent = 0.0  # seconds of UNet training so far, over all resumes
+    text_encoder, unet = make_text_encoder(tokenizer), make_unet()
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    opt = torch.optim.AdamW(params, lr=plan.unet_lr, weight_decay=0.01)
+    start = 0
+    ckpt = latest_checkpoint(folder)
+    if ckpt is not None:
+        payload = torch.load(ckpt, weights_only=False)
+        unet.load_state_dict(payload["unet"])
+        text_encoder.load_state_dict(payload["text_encoder"])
+        opt.load_state_dict(payload["optimizer"])
+        torch.set_rng_state(payload["torch_rng"])
+        start = payload["step"]
+        spent = float(payload.get("train_seconds", 0.0))
+        log(f"unet: resumed from {ckpt} at step {start} ({spent:.0f} s trained)")
+    elif resume_from_shipped:
+        from diffusers import UNet2DConditionModel
+        from transformers import CLIPTextModel
+
+        state = json.loads((export_dir / "training_state.json").read_text())
+        unet = UNet2DConditionModel.from_pretrained(
+            str(export_dir / "unet"), torch_dtype=torch.float32
+        )
+        text_encoder = CLIPTextModel.from_pretrained(
+            str(export_dir / "text_encoder"), dtype=torch.float32
+        )
+        params = list(unet.parameters()) + list(text_encoder.parameters())
+        opt = torch.optim.AdamW(params, lr=plan.unet_lr, weight_decay=0.01)
+        start = int(state["unet_step"])
+        spent = float(state.get("train_seconds", 0.0))
+        torch.manual_seed(plan.seed * 1000 + start)
+        log(f"unet: resumed from the shipped weights in {export_dir} at step {start} "
+            "(fresh optimizer state)")
+    else:
+        torch.manual_seed(plan.seed)
+    log(f"unet: {n_params(unet) / 1e6:.3f} M params, text encoder "
+        f"{n_params(text_encoder) / 1e6:.3f} M, {plan.unet_steps} steps of {plan.unet_batch}")
+
+    data = cache_latents(vae, plan, run_dir, tokenizer)
+    sched = DDPMScheduler.from_config(SCHEDULER_CONFIG)
+    alphas = sched.alphas_cumprod.float()
+    snr = alphas / (1 - alphas)
+    weights = torch.clamp(snr, max=plan.min_snr_gamma) / snr  # min-SNR for epsilon prediction
+    scale = vae.config.scaling_factor
+    n = len(data["mean"])
+
+    unet.train()
+    text_encoder.train()
+    t0, seen, loss_avg = time.time(), 0, None
+    step = start
+    budget = budget_minutes * 60 if budget_minutes else None
+    if budget:
+        log(f"unet: time budget {budget_minutes} min; the learning rate decays with the larger "
+            "of step and time progress and training stops when either runs out")
+    t_last = time.time()
+    for step in range(start, plan.unet_steps):
+        time_progress = spent / budget if budget else 0.0
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, plan.unet_lr, plan.unet_warmup, plan.unet_steps,
+                                progress=time_progress)
+        idx = torch.randint(0, n, (plan.unet_batch,))
+        mean, std = data["mean"][idx].float(), data["std"][idx].float()
+        latents = (mean + std * torch.randn_like(mean)) * scale
+        ids = data["input_ids"][data["combo"][idx]].clone()
+        drop = torch.rand(plan.unet_batch) < plan.caption_dropout
+        ids[drop] = data["empty_ids"]
+        noise = torch.randn_like(latents)
+        t = torch.randint(0, sched.config.num_train_timesteps, (plan.unet_batch,))
+        noisy = sched.add_noise(latents, noise, t)
+        cond = text_encoder(ids)[0]
+        pred = unet(noisy, t, encoder_hidden_states=cond).sample
+        per_sample = F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))
+        loss = (per_sample * weights[t]).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        seen += plan.unet_batch
+        loss_avg = loss.item() if loss_avg is None else 0.98 * loss_avg + 0.02 * loss.item()
+        done = step + 1
+        now = time.time()
+        spent += now - t_last  # evaluation and export time is not counted
+        t_last = now
+        elapsed = now - t0
+        if done % 50 == 0 or done == plan.unet_steps:
+            log(f"unet step {done}/{plan.unet_steps} loss {loss_avg:.4f} "
+                f"lr {opt.param_groups[0]['lr']:.2e} {seen / elapsed:.0f} samples/s, "
+                f"{spent / 60:.1f} min trained")
+        out_of_time = budget is not None and spent >= budget
+        if done % plan.unet_ckpt_every == 0 or done == plan.unet_steps or out_of_time:
+            save_checkpoint(
+                folder, done,
+                {"unet": unet.state_dict(), "text_encoder": text_encoder.state_dict(),
+                 "optimizer": opt.state_dict(), "train_seconds": spent},
+            )
+            checkpoint_export(
+                plan, run_dir, export_dir, vae, text_encoder, unet, tokenizer_dir, done,
+                command, seen / elapsed, spent,
+            )
+            unet.train()
+            text_encoder.train()
+            t_last = time.time()
+        if out_of_time:
+            log(f"unet: time budget used up at step {done} ({spent / 60:.1f} min trained)")
+            break
+    return text_encoder, unet
+
+
+def checkpoint_export(
+    plan: Plan, run_dir: Path, export_dir: Path, vae, text_encoder, unet, tokenizer_dir: Path,
+    step: int, command: str, rate: float, spent: float,
+) -> None:
+    from diffusers import StableDiffusionPipeline
+
+    unet.eval()
+    text_encoder.eval()
+    state = {
+        "unet_step": step,
+        "unet_steps_planned": plan.unet_steps,
+        "samples_seen": step * plan.unet_batch,
+        "plan": asdict(plan),
+        "command": command,
+        "samples_per_second": round(rate, 1),
+        "train_seconds": round(spent, 1),
+    }
+    pipe = StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=load_tokenizer(tokenizer_dir), unet=unet,
+        scheduler=make_scheduler("euler", SCHEDULER_CONFIG), safety_checker=None,
+        feature_extractor=None, requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    t0 = time.time()
+    captions = eval_captions(plan.eval_captions, offset=step)
+    acc, images = evaluate_txt2img(pipe, captions)
+    state["quick_eval"] = {"captions": len(captions), "steps": 20, "cfg": 7.5, **acc}
+    log(f"eval @ {step}: colour {acc['colour']:.3f} background {acc['background']:.3f} "
+        f"shape {acc['shape']:.3f} all {acc['all']:.3f} ({len(captions)} captions, "
+        f"{time.time() - t0:.0f} s)")
+    samples = run_dir / "samples"
+    samples.mkdir(parents=True, exist_ok=True)
+    image_grid(images[:64]).save(samples / f"unet_{step:07d}.png")
+    export_pipeline(export_dir, vae, text_encoder, unet, tokenizer_dir, state)
+    log(f"exported step {step} to {export_dir}")
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--run-dir", type=Path, default=DEFAULT_RUN_DIR)
+    ap.add_argument("--export-dir", type=Path, default=SHIPPED_DIR)
+    ap.add_argument("--smoke", action="store_true", help="a few steps of each stage, in seconds")
+    ap.add_argument("--resume-from-shipped", action="store_true",
+                    help="start the UNet stage from the exported weights when run-dir has none")
+    ap.add_argument("--unet-steps", type=int, help="override the planned number of UNet steps")
+    ap.add_argument("--vae-steps", type=int, help="override the planned number of VAE steps")
+    ap.add_argument("--budget-minutes", type=float,
+                    help="UNet training time budget (over all resumes): the learning rate decays "
+                    "with time as well as steps, and training stops when it is used up")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--evaluate", type=Path, metavar="FOLDER",
+                    help="only evaluate an exported folder (txt2img, img2img, samplers, speed)")
+    ap.add_argument("--eval-captions", type=int, default=168)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    command = " ".join([Path(sys.executable).name, *sys.argv]) if argv is None else " ".join(
+        ["train_model.py", *argv]
+    )
+    if args.evaluate:
+        return evaluate_folder(args.evaluate, args.eval_captions)
+
+    plan = Plan.smoke() if args.smoke else Plan()
+    if args.unet_steps:
+        plan.unet_steps = args.unet_steps
+    if args.vae_steps:
+        plan.vae_steps = args.vae_steps
+    run_dir = args.run_dir
+    if args.smoke and args.run_dir == DEFAULT_RUN_DIR:
+        run_dir = Path(tempfile.mkdtemp(prefix="nodegraph-smoke-"))
+    export_dir = args.export_dir
+    if args.smoke and args.export_dir == SHIPPED_DIR:
+        export_dir = run_dir / "model"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log(f"command: {command}")
+    log(f"run dir {run_dir}, export dir {export_dir}, plan {asdict(plan)}")
+    t_start = time.time()
+    torch.manual_seed(plan.seed)
+    tokenizer_dir = build_tokenizer(run_dir / "tokenizer")
+    tokenizer = load_tokenizer(tokenizer_dir)
+    vae = None
+    if args.resume_from_shipped and not (run_dir / "vae" / "final.pt").exists():
+        from diffusers import AutoencoderKL
+
+        vae = AutoencoderKL.from_pretrained(str(export_dir / "vae"), torch_dtype=torch.float32)
+        (run_dir / "vae").mkdir(parents=True, exist_ok=True)
+        payload = {"model": vae.state_dict(), "scaling_factor": vae.config.scaling_factor,
+                   "psnr": float("nan"), "latent_mean": float("nan")}
+        torch.save(payload, run_dir / "vae" / "final.pt")
+        log(f"vae: taken from {export_dir}")
+    t_vae = time.time()
+    vae = train_vae(plan, run_dir) if vae is None else vae
+    vae.eval()
+    vae.requires_grad_(False)
+    log(f"vae stage wall time {time.time() - t_vae:.0f} s")
+    t_unet = time.time()
+    train_unet(plan, run_dir, vae, tokenizer, tokenizer_dir, export_dir, args.resume_from_shipped,
+               command, args.budget_minutes)
+    log(f"unet stage wall time {time.time() - t_unet:.0f} s")
+    log(f"done: total wall time {time.time() - t_start:.0f} s; command: {command}")
+    return 0
+
+
+def evaluate_folder(folder: Path, n_captions: int) -> int:
+    """Full quality report of an exported folder, printed as JSON."""
+    report: dict = {"folder": str(folder)}
+    pipe = load_pipeline(folder, "euler")
+    captions = eval_captions(n_captions)
+    for cfg in (7.5, 5.0):
+        t0 = time.time()
+        acc, images = evaluate_txt2img(pipe, captions, cfg=cfg)
+        report[f"txt2img_cfg{cfg}"] = acc
+        log(f"txt2img cfg {cfg}: {acc} ({time.time() - t0:.0f} s)")
+    image_grid(images[:64]).save(Path(tempfile.gettempdir()) / "nodegraph_eval_grid.png")
+    for name in ("euler_ancestral", "ddim", "dpmpp_2m", "heun"):
+        pipe.scheduler = make_scheduler(name, pipe.scheduler.config)
+        acc, _ = evaluate_txt2img(pipe, captions[:56])
+        report[f"sampler_{name}"] = acc
+        log(f"sampler {name}: {acc}")
+    pipe.scheduler = make_scheduler("euler", pipe.scheduler.config)
+    report["img2img"] = evaluate_img2img(pipe, n=48)
+    log(f"img2img: {json.dumps(report['img2img'])}")
+    times = []
+    for k in range(4):
+        t0 = time.time()
+        pipe(captions[k], num_inference_steps=20, guidance_scale=7.5,
+             generator=torch.Generator().manual_seed(k), output_type="np")
+        times.append(time.time() - t0)
+    report["seconds_per_image_20_steps_cfg"] = round(min(times[1:]), 3)
+    log(f"one image, 20 steps with CFG: {min(times[1:]):.3f} s")
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        sys.exit(main())
