@@ -220,8 +220,10 @@ def coerce_literal(inp: InputSpec, value: Any) -> Any:
     key = (type(value), value)
     static = inp.dynamic_choices is None
     if static:  # literal values repeat a lot (sweeps, re-runs, big graphs): remember good ones
-        with contextlib.suppress(KeyError, TypeError):
+        try:
             return inp.memo[key]
+        except (KeyError, TypeError):  # not seen yet, or unhashable
+            pass
     try:
         coerced = inp.adapter.validator.validate_python(value)  # type: ignore[union-attr]
     except ValidationError as exc:
