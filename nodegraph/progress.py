@@ -34,8 +34,13 @@ class ConsoleDisplay:
                 self.current = f"[{self.done}/{self.total}] {class_type} ({node_id})"
             case events.Progress(value=value, max=total):
                 if self.bar is None:
-                    self.bar = tqdm(
-                        total=total, desc=self.current, file=self.stream, leave=False, unit="step"
+                    self.bar = tqdm(  # disable=None: no bar when the stream is not a terminal
+                        total=total,
+                        desc=self.current,
+                        file=self.stream,
+                        leave=False,
+                        unit="step",
+                        disable=None,
                     )
                 self.bar.total = total
                 self.bar.update(value - self.bar.n)
