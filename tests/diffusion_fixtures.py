@@ -161,13 +161,15 @@ def write_picture(path: Path, size: int = TINY_SIZE) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_sd(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The folder holding the tiny model (as a models folder); the model is named TINY_NAME.
-
-    Torch runs on one thread here: the tiny models gain nothing from two, and on a busy
-    2-core machine two threads spin against each other (tens of times slower).
-    """
+def one_thread() -> None:
+    """Torch on one thread: these small models gain nothing from two, and on a busy 2-core
+    machine two threads spin against each other (tens of times slower)."""
     torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def tiny_sd(tmp_path_factory: pytest.TempPathFactory, one_thread: None) -> Path:
+    """The folder holding the tiny model (as a models folder); the model is named TINY_NAME."""
     root = tmp_path_factory.mktemp("models")
     build_tiny_sd(root)
     nodes.models.use_model_dirs([root])

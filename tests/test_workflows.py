@@ -17,6 +17,7 @@ from tests import diffusion_fixtures as df
 from tests.diffusion_fixtures import TINY_NAME, write_picture
 
 tiny_sd = df.tiny_sd
+one_thread = df.one_thread
 WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows"
 NAMES = [
     "txt2img",
@@ -116,7 +117,7 @@ def test_strength_sweep_reruns_only_the_tail(name, tiny_sd, picture, tmp_path):
 @shipped
 @pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
-def test_workflow_runs_on_the_shipped_model(name, tmp_path, picture):
+def test_workflow_runs_on_the_shipped_model(name, tmp_path, picture, one_thread):
     wanted = shipped_picture(name)
     extra = overrides(name, SHIPPED_NAME, picture) if wanted is None and "img2img" in name else []
     report = run_cli(name, tmp_path, *extra)
@@ -126,7 +127,7 @@ def test_workflow_runs_on_the_shipped_model(name, tmp_path, picture):
 
 @shipped
 @pytest.mark.slow
-def test_main_job_strength_sweep_on_the_shipped_model(tmp_path, picture):
+def test_main_job_strength_sweep_on_the_shipped_model(tmp_path, one_thread):
     target, tail = SWEEPS["txt2img_img2img"]
     report = run_cli("txt2img_img2img", tmp_path, "--sweep", f"{target}=0.3,0.5,0.7")
     first, *rest = report["runs"]
