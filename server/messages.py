@@ -10,6 +10,9 @@ import traceback as tb
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
+from PIL import Image
+
 from nodegraph import events
 
 PREVIEW_IMAGE = 1
@@ -163,9 +166,13 @@ class RunMessages:
         )
 
 
-def preview_frame(image: Any, max_side: int = 512) -> bytes | None:
-    """ComfyUI's binary preview frame: type 1, format 1 (JPEG), then the JPEG bytes."""
+def preview_frame(preview: Any, max_side: int = 512) -> bytes | None:
+    """ComfyUI's binary preview frame: type 1, format 1 (JPEG), then the JPEG bytes.
+
+    `preview` is a PIL image, or an array (torch or numpy) that `as_image` can show cheaply.
+    """
     try:
+        image = preview if isinstance(preview, Image.Image) else as_image(preview)
         if max(image.size) > max_side:
             image = image.copy()
             image.thumbnail((max_side, max_side))
@@ -174,3 +181,29 @@ def preview_frame(image: Any, max_side: int = 512) -> bytes | None:
     except Exception:  # a node offered something that is not an image: skip the preview
         return None
     return struct.pack(">II", PREVIEW_IMAGE, JPEG) + buf.getvalue()
+
+
+def as_image(array: Any, upscale: int = 8) -> Image.Image:
+    """A quick look at an array. A picture ((H, W, 3) or (3, H, W), 0..1 or 0..255) shows as
+    it is; anything else with channels first (a latent: (B, C, h, w) or (C, h, w)) shows the
+    first three channels of its first item, each stretched to 0..255 and enlarged `upscale`
+    times (a latent is an eighth of the picture's size). Only the first item of a batch."""
+    if hasattr(array, "detach"):  # a torch tensor, on any device
+        array = array.detach().float().cpu().numpy()
+    data = np.asarray(array, dtype=np.float32)
+    if data.ndim == 4:
+        data = data[0]
+    if data.ndim != 3:
+        raise ValueError(f"cannot show an array of shape {data.shape}")
+    if data.shape[0] == 3:
+        data = data.transpose(1, 2, 0)
+    if data.shape[-1] in (3, 4) and data.shape[0] not in (3, 4):  # (H, W, C): a picture
+        pixels = data[..., :3]
+        scale = 255.0 if pixels.max() <= 1.0 else 1.0
+        return Image.fromarray(np.clip(pixels * scale, 0, 255).astype(np.uint8))
+    channels = data[:3] if data.shape[0] >= 3 else np.repeat(data[:1], 3, axis=0)
+    low = channels.min(axis=(1, 2), keepdims=True)
+    span = np.maximum(channels.max(axis=(1, 2), keepdims=True) - low, 1e-6)
+    pixels = ((channels - low) / span * 255).astype(np.uint8).transpose(1, 2, 0)
+    size = (pixels.shape[1] * upscale, pixels.shape[0] * upscale)
+    return Image.fromarray(pixels).resize(size, Image.NEAREST)

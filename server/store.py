@@ -319,7 +319,7 @@ class Store:
                     offset = max(total - max_items, 0)
                 sql += " LIMIT ? OFFSET ?"
                 args += [max_items, offset]
-            elif prompt_id is None and offset:
+            elif prompt_id is None and offset is not None and offset > 0:
                 sql += " LIMIT -1 OFFSET ?"
                 args.append(offset)
             rows = self._db.execute(sql, args).fetchall()

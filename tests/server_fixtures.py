@@ -16,9 +16,10 @@ import urllib.error
 import urllib.request
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
+import numpy as np
 from aiohttp import web
 from PIL import Image
 
@@ -43,14 +44,18 @@ class SlowCount(Node):
     category = "testing"
     steps: int = InputField(5, ge=0, le=10_000)
     delay: float = InputField(0.05, ge=0.0, le=10.0)
-    preview: bool = InputField(False)
+    preview: Literal["none", "image", "latent"] = InputField("none")
     tag: str = InputField("")
 
     def invoke(self, ctx: NodeContext) -> int:
         for i in range(self.steps):
             time.sleep(self.delay)
-            image = Image.new("RGB", (16, 16), (i * 10 % 256, 0, 0)) if self.preview else None
-            ctx.progress(i + 1, self.steps, preview=image)
+            preview = None
+            if self.preview == "image":
+                preview = Image.new("RGB", (16, 16), (i * 10 % 256, 0, 0))
+            elif self.preview == "latent":  # what a sampler holds: (batch, 4, h / 8, w / 8)
+                preview = np.random.default_rng(i).normal(size=(2, 4, 8, 8))
+            ctx.progress(i + 1, self.steps, preview=preview)
         return self.steps
 
 
@@ -121,7 +126,7 @@ def show(source: list[Any] | int, node_id: str = "9") -> dict[str, Any]:
     return {node_id: {"class_type": "ShowValue", "inputs": {"value": source}}}
 
 
-def slow(steps: int = 5, delay: float = 0.05, tag: str = "", preview: bool = False) -> dict:
+def slow(steps: int = 5, delay: float = 0.05, tag: str = "", preview: str = "none") -> dict:
     """A workflow: one SlowCount shown by a ShowValue."""
     return {
         "1": {

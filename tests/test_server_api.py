@@ -3,6 +3,7 @@ messages, history shapes, failures, interrupts and many clients at once."""
 
 from __future__ import annotations
 
+import io
 import json
 import struct
 import threading
@@ -11,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from tests.server_fixtures import (
     LiveServer,
@@ -267,13 +269,16 @@ def test_interrupt_stops_within_a_step_and_only_the_named_prompt(
     assert get_json(live.url, f"/history/{follower}")[follower]["status"]["status_str"] == "success"
 
 
-def test_previews_come_as_binary_frames(live: LiveServer, ws: WebSocket) -> None:
-    prompt_id = submit(live, slow(steps=3, delay=0.0, preview=True))
+@pytest.mark.parametrize("kind", ["image", "latent"])
+def test_previews_come_as_binary_frames(live: LiveServer, ws: WebSocket, kind: str) -> None:
+    prompt_id = submit(live, slow(steps=3, delay=0.0, preview=kind))
     frames = ws.messages_until_done(prompt_id)
     binary = [f for f in frames if isinstance(f, bytes)]
     assert len(binary) == 3
     event, fmt = struct.unpack(">II", binary[0][:8])
-    assert (event, fmt) == (1, 1) and binary[0][8:10] == b"\xff\xd8"  # a JPEG
+    assert (event, fmt) == (1, 1)  # a preview image, JPEG
+    picture = Image.open(io.BytesIO(binary[0][8:]))
+    assert picture.format == "JPEG" and picture.size == ((16, 16) if kind == "image" else (64, 64))
 
 
 def test_many_clients_get_only_their_own_events(live: LiveServer) -> None:
