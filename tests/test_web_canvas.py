@@ -266,6 +266,32 @@ def test_invalid_graph_shows_its_error_on_the_node_and_input(page: Page) -> None
     assert err.count() == 0
 
 
+def test_a_failing_node_shows_the_exception_on_the_node(page: Page, tmp_path: Path) -> None:
+    p = page
+    wf = {
+        "one": {"class_type": "PrimitiveInt", "inputs": {"value": 1}},
+        "div": {"class_type": "IntMath", "inputs": {"a": ["one", 0], "b": 0, "op": "div"}},
+        "show": {"class_type": "ShowValue", "inputs": {"value": ["div", 0]}},
+    }
+    path = tmp_path / "div-by-zero.json"
+    path.write_text(json.dumps(wf))
+    p.page.set_input_files("[data-testid=file-input]", str(path))
+    wait_until(p, "() => document.querySelectorAll('[data-testid=node]').length === 3")
+    runs = finished_runs(p)
+    p.page.click("[data-testid=queue-button]")
+    err = node(p, "div").locator("[data-testid=node-error]")
+    err.wait_for()
+    assert "zero" in err.inner_text()
+    assert node(p, "div").get_attribute("data-status") == "error"
+    assert "div" in p.page.inner_text("[data-testid=banner]")
+    wait_until(
+        p,
+        "(n) => Number(document.querySelector('[data-testid=app]').dataset.finishedRuns) > n",
+        runs,
+    )
+    p.shot("runtime-error")
+
+
 def test_save_reload_and_load_keep_values_and_layout(page: Page, tmp_path: Path) -> None:
     p = page
     enc = ids_of(workflow(p), "TextEncode") or ids_of(workflow(p), "CLIPTextEncode")
@@ -462,6 +488,7 @@ def test_two_hundred_nodes_stay_responsive(page: Page, tmp_path: Path) -> None:
             pytest.xfail(f"the server cuts bodies over one read chunk (server read_json): {exc}")
         raise
     results["run_200_nodes_s"] = round(time.perf_counter() - t0, 2)
+    assert node(p, "200").locator("[data-testid=node-text]").inner_text() == str(7 + 198)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     (ARTIFACTS / "perf.json").write_text(json.dumps(results, indent=2))
     print("200-node canvas:", json.dumps(results))

@@ -220,6 +220,16 @@ export function App() {
       if (prev && runStore.get(prev).status === 'executing') runStore.patch(prev, { status: 'done', progress: undefined });
       executingRef.current = null;
     };
+    // A prompt ends with `executing: null`, or with an error or an interruption (whichever
+    // the server sends, each prompt counts once).
+    const ended = new Set<string>();
+    const endRun = (promptId: unknown) => {
+      setRunning(false);
+      const key = String(promptId ?? `anon-${ended.size}`);
+      if (ended.has(key)) return;
+      ended.add(key);
+      setFinishedRuns((n) => n + 1);
+    };
     return connectSocket(clientId, {
       onState: setConnected,
       onPreview: (blob) => {
@@ -244,7 +254,7 @@ export function App() {
             setRunning(true);
             runStore.update((s) => {
               const out: Record<string, NodeRun> = {};
-              for (const [id, r] of Object.entries(s)) out[id] = { images: r.images, imagesKey: r.imagesKey };
+              for (const [id, r] of Object.entries(s)) out[id] = { images: r.images, imagesKey: r.imagesKey, texts: r.texts };
               return out;
             });
             break;
@@ -272,8 +282,7 @@ export function App() {
           case 'executing': {
             finishExecuting();
             if (data.node === null || data.node === undefined) {
-              setRunning(false);
-              setFinishedRuns((n) => n + 1);
+              endRun(data.prompt_id);
               previewTargets.current = [];
               clearPreviews();
               break;
@@ -312,6 +321,7 @@ export function App() {
             runStore.patch(id, {
               preview: undefined,
               ...(Array.isArray(images) ? { images, imagesKey: String(data.prompt_id ?? Date.now()) } : {}),
+              ...(Array.isArray(data.output?.text) ? { texts: data.output.text.map(String) } : {}),
             });
             break;
           }
@@ -321,10 +331,12 @@ export function App() {
             if (id) runStore.patch(id, { status: 'error', errors: [{ message: msg }], progress: undefined });
             setBanner({ kind: 'error', text: `Node #${id} (${data.node_type ?? '?'}) failed: ${msg}` });
             executingRef.current = null;
+            endRun(data.prompt_id);
             break;
           }
           case 'execution_interrupted':
             finishExecuting();
+            endRun(data.prompt_id);
             setBanner({ kind: 'info', text: 'Interrupted.' });
             break;
         }
@@ -504,6 +516,42 @@ export function App() {
       });
     },
     [socketTypes, createsCycle, remember],
+  );
+
+  // Dragging a link's end elsewhere moves it; dropping it on empty canvas removes it.
+  const reconnected = useRef(true);
+  const onReconnect = useCallback(
+    (old: GEdge, c: Connection) => {
+      reconnected.current = true;
+      const { out, inp } = socketTypes(c);
+      if (!out || !inp || !compatible(out, inp)) return;
+      remember();
+      const input = handleInput(c.targetHandle);
+      const edge = makeEdge(c.source, handleOutput(c.sourceHandle), c.target, input, out, typeColour(out));
+      setEdges((es) => {
+        const next = [
+          ...es.filter((e) => e.id !== old.id && !(e.target === c.target && handleInput(e.targetHandle) === input)),
+          edge,
+        ];
+        edgesRef.current = next;
+        return next;
+      });
+    },
+    [socketTypes, remember],
+  );
+  const onReconnectEnd = useCallback(
+    (_: MouseEvent | TouchEvent, old: GEdge) => {
+      if (!reconnected.current) {
+        remember();
+        setEdges((es) => {
+          const next = es.filter((e) => e.id !== old.id);
+          edgesRef.current = next;
+          return next;
+        });
+      }
+      reconnected.current = true;
+    },
+    [remember],
   );
 
   const onConnectEnd = useCallback((_: MouseEvent | TouchEvent, state: any) => {
@@ -733,6 +781,11 @@ export function App() {
               onEdgesChange={onEdgesChange}
               onConnect={onConnect}
               onConnectEnd={onConnectEnd}
+              onReconnectStart={() => {
+                reconnected.current = false;
+              }}
+              onReconnect={onReconnect}
+              onReconnectEnd={onReconnectEnd}
               isValidConnection={isValidConnection}
               onNodeDragStart={() => remember()}
               onSelectionDragStart={() => remember()}

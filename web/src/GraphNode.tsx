@@ -321,6 +321,11 @@ function GraphNodeView({ id, data, selected }: NodeProps<GNode>) {
           {e.message}
         </div>
       ))}
+      {run.texts?.map((t, k) => (
+        <pre className="gnode-text nodrag nowheel" key={k} data-testid="node-text">
+          {t}
+        </pre>
+      ))}
       {loadPreview && <img className="gnode-image" data-testid="input-image" src={loadPreview} alt="" draggable={false} />}
       {images.length > 0 && (
         <div className="gnode-images">

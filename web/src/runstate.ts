@@ -19,6 +19,8 @@ export interface NodeRun {
   images?: ImageRef[];
   imagesKey?: string;
   preview?: string;
+  /** Text a node shows (ShowValue's `text` output). */
+  texts?: string[];
   errors?: NodeIssue[];
 }
 
