@@ -75,7 +75,7 @@ class Executor:
         run_id: str | None = None,
     ) -> RunResult:
         """Validate (unless given a Plan) and run; node failures come back in the result."""
-        raw = workflow if isinstance(workflow, Plan) else unwrap(workflow)
+        raw = workflow.workflow if isinstance(workflow, Plan) else unwrap(workflow)
         plan = workflow if isinstance(workflow, Plan) else self.validate(raw)
         with self._lock:
             self._interrupt = interrupt or threading.Event()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import gc
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import networkx as nx
@@ -34,6 +34,8 @@ class Plan:
     order: list[str]
     """Every needed node, sources before the nodes they feed."""
     outputs: list[str]
+    workflow: dict[str, Any] = field(default_factory=dict)
+    """The API-format workflow the plan was made from (what nodes see as `ctx.run.workflow`)."""
 
 
 @contextlib.contextmanager

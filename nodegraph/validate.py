@@ -111,7 +111,7 @@ def validate(data: Any, registry: Registry, limits: Limits | None = None) -> Pla
             steps[node_id] = step
     if errors:
         raise ValidationFailed(errors, dependent_outputs(graph, errors, outputs))
-    return Plan(steps, ordered or [], outputs)
+    return Plan(steps, ordered or [], outputs, data)
 
 
 def dependent_outputs(
