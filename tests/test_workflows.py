@@ -100,7 +100,11 @@ def test_workflow_runs_on_the_tiny_model(name, tiny_sd, picture, tmp_path):
     assert run["status"] == "success" and run["outputs"]
     for path in run["outputs"]:
         with Image.open(path) as img:
-            assert img.size == (64, 64) and "prompt" in img.text
+            assert img.size == (64, 64)
+            embedded = json.loads(img.text["prompt"])  # the workflow as run, --set applied
+    assert embedded.keys() == load(name).keys()
+    loaders = [n for n in embedded.values() if n["class_type"].startswith("CheckpointLoader")]
+    assert TINY_NAME in loaders[0]["inputs"].values()
 
 
 @pytest.mark.parametrize("name", sorted(SWEEPS))
