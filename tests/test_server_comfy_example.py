@@ -21,10 +21,11 @@ from tests.server_fixtures import REPO, LiveServer, WebSocket
 
 pytest.importorskip("nodes.comfy", reason="the diffusion nodes are not there yet")
 
-from tests.diffusion_fixtures import TINY_NAME, TINY_SIZE, diffusion_registry, tiny_sd  # noqa: E402
+import tests.diffusion_fixtures as df  # noqa: E402
+from tests.diffusion_fixtures import TINY_NAME, TINY_SIZE, diffusion_registry  # noqa: E402
 
 SHIPPED = REPO / "nodes" / "shipped_model" / "model_index.json"
-__all__ = ["tiny_sd"]  # the session fixture, used by name
+tiny_sd, one_thread = df.tiny_sd, df.one_thread  # session fixtures, used by name
 
 
 def default_workflow(ckpt: str, size: int, steps: int, seed: int = 5) -> dict[str, Any]:
@@ -153,7 +154,9 @@ def test_the_published_client_runs_comfyui_nodes_on_a_tiny_model(
 
 @pytest.mark.slow
 @pytest.mark.skipif(not SHIPPED.is_file(), reason="the shipped model is not in nodes/shipped_model")
-def test_the_published_client_runs_comfyui_nodes_on_the_shipped_model(tmp_path: Path) -> None:
+def test_the_published_client_runs_comfyui_nodes_on_the_shipped_model(
+    tmp_path: Path, one_thread: None
+) -> None:
     from nodes.models import SHIPPED_NAME
 
     images, seen = run_example(tmp_path / "data", SHIPPED_NAME, 64, steps=8)
