@@ -213,10 +213,14 @@ class Server:
         client_id = body.get("client_id")
         extra = body.get("extra_data") or {}
         for name, value in (("prompt_id", prompt_id), ("client_id", client_id)):
-            if value is not None and (not isinstance(value, str) or len(value) > MAX_ID):
-                raise BadRequest(
-                    error_body("invalid_prompt", f"{name} must be a text of at most {MAX_ID}.")
-                )
+            if value is not None and not (
+                isinstance(value, str)
+                and len(value) <= MAX_ID
+                and value.isprintable()
+                and not set(value) & set("/?#%")
+            ):
+                text = f"{name} must be a printable text of at most {MAX_ID}, without / ? # %."
+                raise BadRequest(error_body("invalid_prompt", text))
         if not isinstance(extra, dict):
             raise BadRequest(error_body("invalid_prompt", "extra_data must be a JSON object."))
         number = body.get("number")

@@ -171,6 +171,8 @@ def test_duplicate_prompt_id_is_refused(live: LiveServer) -> None:
     assert submit(live, add(1, 1), prompt_id="same") == "same"
     status, body = post_json(live.url, "/prompt", {"prompt": add(1, 2), "prompt_id": "same"})
     assert status == 400 and "already used" in body["error"]["message"]
+    for bad in ("a/b", "x" * 300, "new\nline", 7):
+        assert post_json(live.url, "/prompt", {"prompt": add(1, 2), "prompt_id": bad})[0] == 400
 
 
 def test_queue_order_delete_clear_and_history_routes(live: LiveServer, ws: WebSocket) -> None:
