@@ -59,7 +59,9 @@ class KSampler(Node):
     category = "sampling"
     display_name = "KSampler"
     model: MODEL = InputField(description="The denoising model.")
-    seed: int = InputField(0, description="Noise seed.", ge=0, le=MAX_SEED)
+    seed: int = InputField(
+        0, description="Noise seed.", ge=0, le=MAX_SEED, control_after_generate=True
+    )
     steps: int = InputField(20, description="Model evaluations (sampler steps).", ge=1, le=1000)
     cfg: float = InputField(8.0, description="Guidance scale.", ge=0.0, le=100.0, step=0.1)
     sampler_name: SamplerName = InputField("euler", description="The sampler.")

@@ -199,7 +199,9 @@ class AddNoise(Node):
     strength: float = InputField(
         1.0, description="How much to change: 1 ignores the input.", ge=0.0, le=1.0, step=0.01
     )
-    seed: int = InputField(0, description="Noise seed.", ge=0, le=MAX_SEED)
+    seed: int = InputField(
+        0, description="Noise seed.", ge=0, le=MAX_SEED, control_after_generate=True
+    )
     steps: int = InputField(20, description="Steps of the whole schedule.", ge=1, le=1000)
     sampler: SamplerName = InputField("euler", description="The sampler.")
     scheduler: ScheduleName = InputField("normal", description="The timestep spacing.")
