@@ -168,8 +168,11 @@ def one_thread() -> None:
 
 
 @pytest.fixture(scope="session")
-def tiny_sd(tmp_path_factory: pytest.TempPathFactory, one_thread: None) -> Path:
-    """The folder holding the tiny model (as a models folder); the model is named TINY_NAME."""
+def tiny_sd(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The folder holding the tiny model (as a models folder); the model is named TINY_NAME.
+
+    Torch runs on one thread from here on (see `one_thread`)."""
+    torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("models")
     build_tiny_sd(root)
     nodes.models.use_model_dirs([root])
