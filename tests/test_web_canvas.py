@@ -485,6 +485,7 @@ def test_two_hundred_nodes_stay_responsive(page: Page, tmp_path: Path) -> None:
         queue_and_wait(p)
     except AssertionError as exc:
         if "not valid JSON" in str(exc):
+            p.allow_console("400")
             pytest.xfail(f"the server cuts bodies over one read chunk (server read_json): {exc}")
         raise
     results["run_200_nodes_s"] = round(time.perf_counter() - t0, 2)

@@ -96,7 +96,9 @@ def web_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     tmp = tmp_path_factory.mktemp("web-server")
     data = tmp / "data"
     dirs, shipped = _model_dirs(tmp)
-    env = dict(os.environ)
+    # Torch on one thread: the small models gain nothing from more, and on a busy 2-core
+    # machine threads spinning against each other make runs many times slower.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     if dirs:
         env["NODEGRAPH_MODELS"] = os.pathsep.join(dirs)
     port = _free_port()
@@ -173,6 +175,23 @@ class Page:
         return path
 
 
+def _wait_for_canvas(p: Page, timeout_s: float = 10) -> None:
+    """Until every node is measured and every link drawn (React Flow draws links after it has
+    measured the sockets)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        state = p.page.evaluate(
+            """() => ({ ...window.nodegraph.debug(),
+                drawn: document.querySelectorAll('.react-flow__edge').length })"""
+        )
+        if not state["unmeasured"] and not state["noHandles"] and state["drawn"] == state["edges"]:
+            return
+        if time.monotonic() > deadline:
+            p.shot("not-ready")
+            raise AssertionError(f"the canvas did not settle: {state}")
+        time.sleep(0.1)
+
+
 @pytest.fixture(name="page")
 def web_page(browser: Any, server: Server, request: pytest.FixtureRequest) -> Iterator[Page]:
     context = browser.new_context(viewport=VIEWPORT, accept_downloads=True)
@@ -180,6 +199,7 @@ def web_page(browser: Any, server: Server, request: pytest.FixtureRequest) -> It
     p.page.set_default_timeout(30_000)
     p.page.goto(server.url)
     p.page.wait_for_selector("[data-testid=node]")
+    _wait_for_canvas(p)
     try:
         yield p
         p.shot("end")

@@ -673,8 +673,15 @@ export function App() {
   }, [queue, undo, redo, copySelection, paste, save]);
 
   useEffect(() => {
-    window.nodegraph = { getWorkflow: () => toApi({ nodes: nodesRef.current, edges: edgesRef.current }, catRef.current) };
-  }, []);
+    window.nodegraph = {
+      getWorkflow: () => toApi({ nodes: nodesRef.current, edges: edgesRef.current }, catRef.current),
+      debug: () => ({
+        edges: rf.getEdges().length,
+        unmeasured: rf.getNodes().filter((n) => !n.measured?.width).map((n) => n.id),
+        noHandles: rf.getNodes().filter((n) => !rf.getInternalNode(n.id)?.internals.handleBounds).map((n) => n.id),
+      }),
+    };
+  }, [rf]);
 
   const openPaletteAt = useCallback(
     (sx: number, sy: number) => setPalette({ screen: { x: sx, y: sy }, flow: rf.screenToFlowPosition({ x: sx, y: sy }) }),
@@ -836,6 +843,6 @@ export function App() {
 // A small read-only hook for tests and power users: the current workflow as API JSON.
 declare global {
   interface Window {
-    nodegraph?: { getWorkflow: () => ApiWorkflow };
+    nodegraph?: { getWorkflow: () => ApiWorkflow; debug: () => unknown };
   }
 }
