@@ -149,3 +149,25 @@ def test_txt2img_and_img2img_equal_diffusers(
         outputs[strength] = image
     # The strengths really differ (the comparison is not between constant pictures).
     assert np.abs(outputs[0.3] - outputs[0.9]).max() > 0.01
+
+
+def test_a_batch_equals_the_pipelines_images_per_prompt(tiny_sd, diffusion_executor, settings):
+    """batch_size 2 draws one noise tensor for the batch, as num_images_per_prompt does."""
+    txt, _ = _pipelines(tiny_sd / TINY_NAME, "euler")
+    wf = workflow(None, 1.0, "euler")
+    wf["src"]["inputs"]["batch_size"] = 2
+    image = _run(diffusion_executor, wf, settings).outputs["decode"][0].cpu().numpy()
+    theirs = txt(
+        PROMPT,
+        negative_prompt="",
+        height=TINY_SIZE,
+        width=TINY_SIZE,
+        num_inference_steps=STEPS,
+        guidance_scale=CFG,
+        num_images_per_prompt=2,
+        generator=torch.Generator("cpu").manual_seed(SEED),
+        output_type="np",
+    ).images
+    assert image.shape == theirs.shape == (2, TINY_SIZE, TINY_SIZE, 3)
+    assert np.abs(image - theirs).max() <= TOLERANCE
+    assert np.abs(image[0] - image[1]).max() > 0.01  # two different pictures
