@@ -386,6 +386,26 @@ def test_editing_palette_undo_copy_paste_duplicate_delete(page: Page) -> None:
     for _ in range(7):
         p.page.keyboard.press("Control+z")
     assert len(workflow(p)) == n0
+    # A link dropped on empty canvas offers the nodes that take its type, and connects the pick.
+    decode = ids_of(workflow(p), "VAEDecode")[0]
+    src = handle(p, decode, "out:0").bounding_box()
+    p.page.mouse.move(src["x"] + src["width"] / 2, src["y"] + src["height"] / 2)
+    p.page.mouse.down()
+    p.page.mouse.move(640, 160, steps=10)
+    p.page.mouse.up()
+    p.page.wait_for_selector("[data-testid=palette]")
+    offered = p.page.locator("[data-testid=palette-item]").evaluate_all(
+        "(items) => items.map((i) => i.dataset.class)"
+    )
+    assert "PreviewImage" in offered and "SaveImage" in offered and "TextEncode" not in offered
+    before = set(workflow(p))
+    p.page.fill("[data-testid=palette-search]", "preview")
+    p.page.keyboard.press("Enter")
+    (added,) = set(workflow(p)) - before
+    assert workflow(p)[added]["inputs"]["images"] == [decode, 0]
+    p.page.keyboard.press("Control+z")
+    assert added not in workflow(p)
+
     # Multi-select two linked nodes (Ctrl+click), duplicate them: the link between them follows.
     wf = workflow(p)
     noise = next(i for i in ids_of(wf, "AddNoise") if wf[i]["inputs"]["strength"] >= 1)

@@ -42,6 +42,25 @@ const nodeTypes = { graph: GraphNode };
 const STORAGE_KEY = 'nodegraph.workflow';
 const clientId = `web-${Math.random().toString(36).slice(2, 10)}`;
 
+interface PendingLink {
+  nodeId: string;
+  handleId: string;
+  /** 'source' when dragged from an output, 'target' from an input. */
+  side: 'source' | 'target';
+  type: string;
+}
+
+/** The socket of `def` a pending link would attach to: the first compatible one. */
+function socketFor(def: NodeDef, link: PendingLink): { handle: string; index: number } | null {
+  if (link.side === 'source') {
+    const inputs = [...def.inputs.filter((i) => !i.literal), ...def.inputs.filter((i) => i.literal)];
+    const input = inputs.find((i) => compatible(link.type, i.type) && (link.type !== '*' || i.type === '*' || !i.literal));
+    return input ? { handle: `in:${input.name}`, index: -1 } : null;
+  }
+  const index = def.outputs.findIndex((o) => compatible(o.type, link.type));
+  return index >= 0 ? { handle: `out:${index}`, index } : null;
+}
+
 interface Banner {
   kind: 'error' | 'info';
   text: string;
@@ -69,7 +88,12 @@ export function App() {
   const [loadError, setLoadError] = useState<string | null>(null);
   const [nodes, setNodes] = useState<GNode[]>([]);
   const [edges, setEdges] = useState<GEdge[]>([]);
-  const [palette, setPalette] = useState<{ screen: { x: number; y: number }; flow: { x: number; y: number } } | null>(null);
+  const [palette, setPalette] = useState<{
+    screen: { x: number; y: number };
+    flow: { x: number; y: number };
+    /** Opened by dropping a link on empty canvas: the new node gets connected to it. */
+    link?: PendingLink;
+  } | null>(null);
   const [banner, setBanner] = useState<Banner | null>(null);
   const [queueRemaining, setQueueRemaining] = useState(0);
   const [connected, setConnected] = useState(false);
@@ -554,7 +578,28 @@ export function App() {
     [remember],
   );
 
-  const onConnectEnd = useCallback((_: MouseEvent | TouchEvent, state: any) => {
+  const onConnectEnd = useCallback((event: MouseEvent | TouchEvent, state: any) => {
+    if (!state?.isValid && !state?.toHandle && state?.fromHandle && state?.fromNode) {
+      // Dropped on empty canvas: offer the nodes that can take (or give) this link.
+      const side: 'source' | 'target' = state.fromHandle.type === 'source' ? 'source' : 'target';
+      const c =
+        side === 'source'
+          ? { source: state.fromNode.id, sourceHandle: state.fromHandle.id, target: '', targetHandle: '' }
+          : { source: '', sourceHandle: '', target: state.fromNode.id, targetHandle: state.fromHandle.id };
+      const { out, inp } = socketTypes(c);
+      const type = side === 'source' ? out : inp;
+      const point = 'changedTouches' in event ? event.changedTouches[0] : event;
+      const over = event.target as HTMLElement | null;
+      if (type && point && over?.closest?.('.react-flow__pane') && !over.closest('.react-flow__node')) {
+        const screen = { x: point.clientX, y: point.clientY };
+        setPalette({
+          screen,
+          flow: rf.screenToFlowPosition(screen),
+          link: { nodeId: state.fromNode.id, handleId: state.fromHandle.id, side, type },
+        });
+      }
+      return;
+    }
     if (state?.isValid === false && state?.toHandle) {
       const c = {
         source: state.fromHandle?.type === 'source' ? state.fromNode?.id : state.toNode?.id,
@@ -565,18 +610,32 @@ export function App() {
       const { out, inp } = socketTypes(c);
       setBanner({ kind: 'error', text: `Cannot connect ${out ?? '?'} to ${inp ?? '?'}: the types do not match.` });
     }
-  }, [socketTypes]);
+  }, [socketTypes, rf]);
 
   const addNode = useCallback(
-    (def: NodeDef, pos: { x: number; y: number }) => {
+    (def: NodeDef, pos: { x: number; y: number }, link?: PendingLink) => {
       remember();
       const id = nextId(nodesRef.current);
-      const node: GNode = { id, type: 'graph', position: pos, data: newNodeData(def), selected: true };
+      // A node added for a link dragged from an input goes to the left of the drop point.
+      const position = link?.side === 'target' ? { x: pos.x - 280, y: pos.y } : pos;
+      const node: GNode = { id, type: 'graph', position, data: newNodeData(def), selected: true };
       setNodes((ns) => {
         const out = [...ns.map((n) => (n.selected ? { ...n, selected: false } : n)), node];
         nodesRef.current = out;
         return out;
       });
+      const socket = link && socketFor(def, link);
+      if (link && socket) {
+        const edge =
+          link.side === 'source'
+            ? makeEdge(link.nodeId, handleOutput(link.handleId), id, handleInput(socket.handle), link.type, typeColour(link.type))
+            : makeEdge(id, socket.index, link.nodeId, handleInput(link.handleId), def.outputs[socket.index].type, typeColour(def.outputs[socket.index].type));
+        setEdges((es) => {
+          const next = [...es.filter((e) => !(e.target === edge.target && e.targetHandle === edge.targetHandle)), edge];
+          edgesRef.current = next;
+          return next;
+        });
+      }
     },
     [remember],
   );
@@ -825,9 +884,11 @@ export function App() {
         <Palette
           catalogue={catalogue}
           at={palette.screen}
+          filter={palette.link ? (def) => !!socketFor(def, palette.link!) : undefined}
+          title={palette.link ? `Nodes that ${palette.link.side === 'source' ? 'take' : 'give'} ${palette.link.type}` : undefined}
           onClose={() => setPalette(null)}
           onPick={(def) => {
-            addNode(def, palette.flow);
+            addNode(def, palette.flow, palette.link);
             setPalette(null);
           }}
         />

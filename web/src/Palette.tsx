@@ -6,6 +6,9 @@ interface Props {
   at: { x: number; y: number };
   onPick: (def: NodeDef) => void;
   onClose: () => void;
+  /** Only these nodes (e.g. those that can take a dragged link). */
+  filter?: (def: NodeDef) => boolean;
+  title?: string;
 }
 
 function score(def: NodeDef, q: string): number {
@@ -20,7 +23,7 @@ function score(def: NodeDef, q: string): number {
 }
 
 /** Searchable node list; opens at the pointer (double-click) or from the toolbar. */
-export function Palette({ catalogue, at, onPick, onClose }: Props) {
+export function Palette({ catalogue, at, onPick, onClose, filter, title }: Props) {
   const [query, setQuery] = useState('');
   const [active, setActive] = useState(0);
   const inputRef = useRef<HTMLInputElement>(null);
@@ -28,11 +31,12 @@ export function Palette({ catalogue, at, onPick, onClose }: Props) {
   const results = useMemo(() => {
     const q = query.trim().toLowerCase();
     return Object.values(catalogue)
+      .filter((d) => !filter || filter(d))
       .map((d) => [score(d, q), d] as const)
       .filter(([s]) => s > 0)
       .sort((a, b) => b[0] - a[0] || a[1].category.localeCompare(b[1].category) || a[1].displayName.localeCompare(b[1].displayName))
       .map(([, d]) => d);
-  }, [catalogue, query]);
+  }, [catalogue, query, filter]);
   useEffect(() => inputRef.current?.focus(), []);
   useEffect(() => setActive(0), [query]);
   useEffect(() => {
@@ -43,6 +47,7 @@ export function Palette({ catalogue, at, onPick, onClose }: Props) {
   return (
     <div className="palette-backdrop" onMouseDown={onClose}>
       <div className="palette" data-testid="palette" style={{ left, top }} onMouseDown={(e) => e.stopPropagation()}>
+        {title && <div className="palette-title">{title}</div>}
         <input
           ref={inputRef}
           data-testid="palette-search"
