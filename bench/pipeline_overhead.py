@@ -55,7 +55,7 @@ def direct_pipelines(path: str, device: torch.device):
 
     dtype = models.compute_dtype(device)
     txt = diffusers.StableDiffusionPipeline.from_pretrained(
-        path, local_files_only=True, safety_checker=None, torch_dtype=dtype
+        path, local_files_only=True, safety_checker=None, dtype=dtype
     ).to(device)
     scheduler = diffusers.EulerDiscreteScheduler.from_config(txt.scheduler.config)
     txt = diffusers.StableDiffusionPipeline(**{**txt.components, "scheduler": scheduler})

@@ -177,7 +177,7 @@ def _load_pipeline(path: Path, fmt: str, options: Mapping[str, Any]) -> Any:
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
     cls = _pipeline_class()
-    common = {"local_files_only": True, "torch_dtype": torch.float32}
+    common = {"local_files_only": True, "dtype": torch.float32}
     if fmt == "diffusers":
         return cls.from_pretrained(str(path), safety_checker=None, **common)
     if fmt == "pickle":
