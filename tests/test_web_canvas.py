@@ -6,6 +6,7 @@ to test-artifacts/web/.
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from pathlib import Path
@@ -120,12 +121,12 @@ def add_from_palette(p: Page, x: float, y: float, query: str, cls: str) -> str:
     return new
 
 
-def picture(path: Path) -> Path:
+def picture(path: Path, hue: float = 0.0) -> Path:
     import numpy as np
     from PIL import Image
 
     y, x = np.mgrid[0:64, 0:64] / 64
-    img = np.stack([0.2 + 0.6 * x, 0.3 * y, 0.9 - 0.5 * x], -1)
+    img = np.stack([0.2 + 0.6 * x, 0.3 * y + hue * 0.5, 0.9 - 0.5 * x], -1)
     img[(x - 0.5) ** 2 + (y - 0.5) ** 2 < 0.08] = (0.9, 0.8, 0.1)
     Image.fromarray((img * 255).astype(np.uint8)).save(path)
     return path
@@ -352,6 +353,31 @@ def test_build_a_small_graph_by_ui_with_an_upload_and_run_it(page: Page, tmp_pat
     queue_and_wait(p)
     assert images_loaded(p, preview) == 1
     p.shot("built")
+
+    # Rename a node: double-click its title.
+    node(p, preview).locator(".gnode-title").dblclick()
+    p.page.fill("[data-testid=rename]", "My preview")
+    p.page.keyboard.press("Enter")
+    assert workflow(p)[preview]["_meta"]["title"] == "My preview"
+    # A picture dropped on LoadImage is uploaded into it.
+    first = workflow(p)[load]["inputs"]["image"]
+    other = picture(tmp_path / "dropped.png", hue=0.6)
+    dt = p.page.evaluate_handle(
+        """(b64) => {
+            const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+            const dt = new DataTransfer();
+            dt.items.add(new File([bytes], 'dropped.png', { type: 'image/png' }));
+            return dt;
+        }""",
+        base64.b64encode(other.read_bytes()).decode(),
+    )
+    node(p, load).locator(".gnode-head").dispatch_event("drop", {"dataTransfer": dt})
+    wait_until(
+        p,
+        "([id, first]) => window.nodegraph.getWorkflow()[id].inputs.image !== first",
+        [load, first],
+    )
+    assert workflow(p)[load]["inputs"]["image"].startswith("dropped")
 
 
 def test_editing_palette_undo_copy_paste_duplicate_delete(page: Page) -> None:

@@ -445,6 +445,13 @@ export function App() {
         if (r.errors?.some((e) => e.input === input))
           runStore.patch(id, { errors: r.errors.filter((e) => e.input !== input) });
       },
+      setTitle: (id, title) => {
+        remember();
+        patchNode(id, (d) => {
+          const { title: _old, ...rest } = d;
+          return title.trim() ? { ...rest, title: title.trim() } : rest;
+        });
+      },
       setControl: (id, input, mode) => {
         remember();
         patchNode(id, (d) => ({ ...d, control: { ...(d.control ?? {}), [input]: mode } }));
@@ -471,6 +478,9 @@ export function App() {
     // uploads is read through a ref but must re-render dropdowns when it changes
     // eslint-disable-next-line react-hooks/exhaustive-deps
   }, [catalogue, remember, queue, uploads]);
+
+  const editorRef = useRef(editor);
+  editorRef.current = editor;
 
   const onNodesChange = useCallback((changes: NodeChange<GNode>[]) => {
     setNodes((ns) => {
@@ -752,6 +762,15 @@ export function App() {
       const file = e.dataTransfer.files?.[0];
       if (!file) return;
       e.preventDefault();
+      // A picture dropped on a node with an image input goes to that input (uploaded).
+      const target = (e.target as HTMLElement | null)?.closest?.('[data-testid=node]') as HTMLElement | null;
+      const id = target?.dataset.id;
+      const node = id ? nodesRef.current.find((n) => n.id === id) : undefined;
+      const imageInput = node && catRef.current[node.data.classType]?.inputs.find((i) => i.literal && (i.options.image_upload || (node.data.classType === 'LoadImage' && i.name === 'image')));
+      if (node && imageInput && file.type.startsWith('image/') && editorRef.current) {
+        void editorRef.current.upload(node.id, imageInput.name, file);
+        return;
+      }
       void loadFile(file);
     },
     [loadFile],

@@ -199,6 +199,7 @@ function UploadButton({ id, input }: { id: string; input: string }) {
 function GraphNodeView({ id, data, selected }: NodeProps<GNode>) {
   const ed = useEditor();
   const run = useNodeRun(id);
+  const [renaming, setRenaming] = useState(false);
   const def = ed.catalogue[data.classType];
   const connections = useNodeConnections({ handleType: 'target' });
   const linked = useMemo(() => new Set(connections.map((c) => handleInput(c.targetHandle))), [connections]);
@@ -233,7 +234,26 @@ function GraphNodeView({ id, data, selected }: NodeProps<GNode>) {
       data-status={run.status ?? ''}
     >
       <div className="gnode-head" title={def?.description || data.classType}>
-        <span className="gnode-title">{title}</span>
+        {renaming ? (
+          <input
+            className="nodrag gnode-rename"
+            data-testid="rename"
+            autoFocus
+            defaultValue={title}
+            onBlur={(e) => {
+              ed.setTitle(id, e.target.value);
+              setRenaming(false);
+            }}
+            onKeyDown={(e) => {
+              if (e.key === 'Enter') (e.target as HTMLInputElement).blur();
+              if (e.key === 'Escape') setRenaming(false);
+            }}
+          />
+        ) : (
+          <span className="gnode-title" title="Double-click to rename" onDoubleClick={() => setRenaming(true)}>
+            {title}
+          </span>
+        )}
         {run.status === 'cached' && <span className="badge cached" data-testid="badge-cached">cached</span>}
         {run.status === 'executing' && <span className="badge executing">running</span>}
         {run.status === 'done' && <span className="badge done">✓</span>}
