@@ -11,6 +11,7 @@ import platform
 import shutil
 import sys
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -130,6 +131,8 @@ class Server:
         self.worker: Worker | None = None
         self.hub = Hub()
         self._status_due = False
+        self._adding: Counter[str | None] = Counter()
+        """Submissions being committed now, by client (they count against the limits)."""
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -183,7 +186,13 @@ class Server:
             return web.json_response(exc.body, status=exc.status)
         prompt, prompt_id, client_id, extra, outputs, number, front = job
         try:
-            number = self.store.add(
+            self._check_queue_room(client_id)  # again: validation may have awaited
+        except BadRequest as exc:
+            return web.json_response(exc.body, status=exc.status)
+        self._adding[client_id] += 1  # counted as queued while the commit (an fsync) runs
+        try:
+            number = await asyncio.to_thread(
+                self.store.add,
                 prompt_id,
                 prompt,
                 client_id=client_id,
@@ -197,6 +206,8 @@ class Server:
                 error_body("invalid_prompt", f"prompt_id '{prompt_id}' is already used."),
                 status=400,
             )
+        finally:
+            self._adding[client_id] -= 1
         self.worker.wake()
         self.broadcast_status()
         shown = int(number) if float(number).is_integer() else number
@@ -249,12 +260,13 @@ class Server:
         """429 when the queue, or this client's share of it, is full."""
         assert self.store is not None
         limits = self.config.limits
-        if self.store.remaining() >= limits.max_queue_total:
+        if self.store.remaining() + self._adding.total() >= limits.max_queue_total:
             raise BadRequest(
                 error_body("queue_full", f"The queue is full ({limits.max_queue_total} jobs)."),
                 429,
             )
-        if client_id and self.store.remaining(client_id) >= limits.max_queue_per_client:
+        mine = self.store.remaining(client_id) + self._adding[client_id]
+        if client_id and mine >= limits.max_queue_per_client:
             text = f"This client has {limits.max_queue_per_client} jobs queued; wait for some."
             raise BadRequest(error_body("queue_full", text), 429)
 

@@ -8,6 +8,7 @@ import io
 import json
 import os
 import struct
+import threading
 import urllib.parse
 import zlib
 from collections.abc import Iterator
@@ -501,3 +502,25 @@ def test_the_web_canvas_is_served_with_a_strict_policy(tmp_path: Path) -> None:
     finally:
         live.close()
     assert os.path.exists(web / "index.html")
+
+
+def test_queue_limits_hold_under_concurrent_submissions(tmp_path: Path) -> None:
+    live = LiveServer(tmp_path / "data", limits=with_limits(max_queue_per_client=3))
+    try:
+        statuses: list[int] = []
+
+        def submit(n: int) -> None:
+            body = {"prompt": slow(steps=200, delay=0.02, tag=str(n)), "client_id": "greedy"}
+            statuses.append(post_json(live.url, "/prompt", body)[0])
+
+        threads = [threading.Thread(target=submit, args=(n,)) for n in range(12)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert sorted(statuses) == [200] * 3 + [429] * 9
+        assert get_json(live.url, "/prompt")["exec_info"]["queue_remaining"] == 3
+        post_json(live.url, "/queue", {"clear": True})
+        post_json(live.url, "/interrupt", {})
+    finally:
+        live.close()
