@@ -112,12 +112,12 @@ def add_noise(
     if not 0 <= keep <= steps:
         raise ValueError(f"cannot keep {keep} of {steps} steps")
     plan = plan_start(model, sampler, schedule, steps, keep)
-    latent = latent.to(device=model.device, dtype=model.dtype)
     common = {"sampler": sampler, "scheduler": schedule, "steps": steps, "keep": keep, "seed": seed}
-    if keep == 0:
+    if keep == 0:  # nothing to walk: the input passes through as it is
         empty = plan.timesteps[:0]
         noisy = Noisy(latent, start=plan.start, timesteps=empty, strength=strength, **common)
         return noisy, plan.warnings
+    latent = latent.to(device=model.device, dtype=model.dtype)
     noise = initial_noise(latent.shape, seed, model)
     if keep == steps:
         noised = noise * plan.scheduler.init_noise_sigma
