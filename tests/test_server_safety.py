@@ -454,7 +454,7 @@ def test_queue_and_connection_limits(tmp_path: Path) -> None:
     try:
 
         def submit(client: str, n: int) -> int:
-            body = {"prompt": slow(steps=100, delay=0.02, tag=f"{client}{n}"), "client_id": client}
+            body = {"prompt": slow(steps=1000, delay=0.02, tag=f"{client}{n}"), "client_id": client}
             return post_json(live.url, "/prompt", body)[0]
 
         assert [submit("a", 0), submit("a", 1), submit("a", 2)] == [200, 200, 429]
@@ -510,7 +510,7 @@ def test_queue_limits_hold_under_concurrent_submissions(tmp_path: Path) -> None:
         statuses: list[int] = []
 
         def submit(n: int) -> None:
-            body = {"prompt": slow(steps=200, delay=0.02, tag=str(n)), "client_id": "greedy"}
+            body = {"prompt": slow(steps=1000, delay=0.02, tag=str(n)), "client_id": "greedy"}
             statuses.append(post_json(live.url, "/prompt", body)[0])
 
         threads = [threading.Thread(target=submit, args=(n,)) for n in range(12)]
