@@ -67,6 +67,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--device", default="auto", help="auto (CUDA, MPS, CPU), cpu, cuda, ...")
     parser.add_argument("--cache-bytes", type=int, default=None, help="engine cache budget")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads for the worker (default: torch's; 1 suits a busy small machine)",
+    )
     parser.add_argument("--web", type=Path, default=DEFAULT_WEB_DIR, help="built web canvas")
     parser.add_argument(
         "--node-package",
@@ -130,6 +136,10 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     config.data_dir.mkdir(parents=True, exist_ok=True)
     lock = (config.data_dir / "server.lock").open("w")
     try:
