@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/server_load.py --clients 32 --prompts 10
     .venv/bin/python bench/server_load.py --crash-after 1.0    # kill -9 and restart midway
+    .venv/bin/python bench/server_load.py --shipped --clients 4 --prompts 3  # real diffusion
 
 Starts `python -m server` on a free loopback port with a fresh data folder (or uses --url),
 then prints submit latency p50/p99, completed jobs, lost jobs (the goal is none: every
@@ -36,6 +37,30 @@ RETRIES = 100
 """Attempts per request while the server is down (0.1 s apart)."""
 
 
+def shipped_workflow(client: int, n: int, steps: int) -> dict[str, Any]:
+    """ComfyUI's default text-to-image graph on the shipped model, a seed of its own."""
+    return {
+        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "nodegraph-shapes"}},
+        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64}},
+        "6": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["4", 1], "text": "a red circle"}},
+        "7": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["4", 1], "text": ""}},
+        "3": {
+            "class_type": "KSampler",
+            "inputs": {
+                "model": ["4", 0],
+                "seed": client * 1_000_000 + n,
+                "steps": steps,
+                "cfg": 7.0,
+                "positive": ["6", 0],
+                "negative": ["7", 0],
+                "latent_image": ["5", 0],
+            },
+        },
+        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
+        "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 0]}},
+    }
+
+
 def workflow(client: int, n: int, chain: int) -> dict[str, Any]:
     nodes: dict[str, Any] = {
         "0": {"class_type": "PrimitiveInt", "inputs": {"value": client * 1_000_000 + n}}
@@ -49,8 +74,8 @@ def workflow(client: int, n: int, chain: int) -> dict[str, Any]:
 class Server:
     """`python -m server` with the utility nodes, on a fixed port and data folder."""
 
-    def __init__(self, data: str, port: int, prompts: int) -> None:
-        self.data, self.port, self.prompts = data, port, prompts
+    def __init__(self, data: str, port: int, prompts: int, shipped: bool) -> None:
+        self.data, self.port, self.prompts, self.shipped = data, port, prompts, shipped
         self.url = f"http://127.0.0.1:{port}"
         self.proc: subprocess.Popen[str] | None = None
         self.peak_kb = 0
@@ -58,9 +83,12 @@ class Server:
     def start(self) -> None:
         cmd = [
             sys.executable, "-m", "server", "--port", str(self.port), "--data", self.data,
-            "--no-default-nodes", "--node-package", "nodes.utility",
             "--max-queue-per-client", str(max(self.prompts, 1)),
         ]  # fmt: skip
+        if self.shipped:
+            cmd += ["--threads", "1"]
+        else:
+            cmd += ["--no-default-nodes", "--node-package", "nodes.utility"]
         self.proc = subprocess.Popen(
             cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
         )
@@ -147,7 +175,12 @@ async def one_client(
     await asyncio.sleep(0.05)
     for n in range(args.prompts):
         prompt_id = f"{client_id}-{n}"
-        body = {"prompt": workflow(client, n, args.chain), "client_id": client_id}
+        prompt = (
+            shipped_workflow(client, n, args.steps)
+            if args.shipped
+            else workflow(client, n, args.chain)
+        )
+        body = {"prompt": prompt, "client_id": client_id}
         kind, latency, attempts = await submit(session, url, {**body, "prompt_id": prompt_id})
         outcome[kind].append(prompt_id)
         retried += attempts > 1
@@ -217,7 +250,12 @@ async def run(args: argparse.Namespace, url: str, server: Server | None) -> int:
     completed = {p for p in finished if history[p]["status"]["status_str"] == "success"}
     ended_on_ws = sum(len(r["ends"]) for r in results)
     lost = len(accepted) - len(finished)
-    print(f"clients {args.clients} x prompts {args.prompts} (IntMath chain of {args.chain})")
+    what = (
+        f"the shipped model, 64x64, {args.steps} steps"
+        if args.shipped
+        else f"IntMath chain of {args.chain}"
+    )
+    print(f"clients {args.clients} x prompts {args.prompts} ({what})")
     if crasher is not None:
         retried = sum(r["retried"] for r in results)
         print(
@@ -257,13 +295,17 @@ def main() -> int:
     parser.add_argument("--prompts", type=int, default=10, help="prompts per client")
     parser.add_argument("--chain", type=int, default=20, help="IntMath nodes per prompt")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for all")
+    parser.add_argument(
+        "--shipped", action="store_true", help="run ComfyUI's default graph on the shipped model"
+    )
+    parser.add_argument("--steps", type=int, default=4, help="sampler steps with --shipped")
     parser.add_argument("--crash-after", type=float, default=0.0, help="kill -9 after seconds")
     parser.add_argument("--url", default=None, help="a running server (default: start one)")
     args = parser.parse_args()
     if args.url:
         return asyncio.run(run(args, args.url.rstrip("/"), None))
     with tempfile.TemporaryDirectory(prefix="nodegraph-bench-") as data:
-        server = Server(data, free_port(), args.prompts)
+        server = Server(data, free_port(), args.prompts, args.shipped)
         server.start()
         try:
             return asyncio.run(run(args, server.url, server))
