@@ -370,6 +370,11 @@ class Server:
         self.hub.add(conn)
         try:
             conn.put(message("status", {"status": self.status(), "sid": client_id}))
+            running = self.worker.running_node() if self.worker else None
+            if running is not None and running[0].client_id == client_id:  # a reconnect
+                job, node = running
+                data = {"node": node, "display_node": node, "prompt_id": job.prompt_id}
+                conn.put(message("executing", data))
             async for _ in ws:  # clients may send feature flags; nothing to answer
                 pass
         finally:

@@ -39,6 +39,7 @@ class Worker:
         self._wake = threading.Condition()
         self._stopping = False
         self._current: Job | None = None
+        self._run_messages: RunMessages | None = None
         self._interrupt: threading.Event | None = None
         self._outbox: list[tuple[str, list[str | bytes]]] = []
         self._outbox_lock = threading.Lock()
@@ -48,6 +49,13 @@ class Worker:
     @property
     def current(self) -> Job | None:
         return self._current
+
+    def running_node(self) -> tuple[Job, str] | None:
+        """The running job and the node it is in now (for a client that reconnects)."""
+        job, run = self._current, self._run_messages
+        if job is None or run is None or run.current is None:
+            return None
+        return job, run.current[0]
 
     def start(self) -> None:
         self._thread.start()
@@ -127,11 +135,11 @@ class Worker:
                 log.exception("job %s could not be recorded", job.prompt_id)
             finally:
                 with self._wake:
-                    self._current = self._interrupt = None
+                    self._current = self._interrupt = self._run_messages = None
             self._changed()
 
     def _run(self, job: Job, interrupt: threading.Event) -> None:
-        run = RunMessages(job.prompt_id)
+        run = self._run_messages = RunMessages(job.prompt_id)
         client = job.client_id
 
         def on_event(event: events.Event) -> None:

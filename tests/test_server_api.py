@@ -271,6 +271,24 @@ def test_interrupt_stops_within_a_step_and_only_the_named_prompt(
     assert get_json(live.url, f"/history/{follower}")[follower]["status"]["status_str"] == "success"
 
 
+def test_a_client_that_reconnects_learns_the_running_node(live: LiveServer, ws: WebSocket) -> None:
+    prompt_id = submit(live, slow(steps=3000, delay=0.01))
+    for _ in range(100):
+        if json.loads(ws.recv())["type"] == "progress":
+            break
+    again = WebSocket(ws_url(live.url, "client-a"))
+    try:
+        assert json.loads(again.recv())["type"] == "status"
+        assert json.loads(again.recv()) == {
+            "type": "executing",
+            "data": {"node": "1", "display_node": "1", "prompt_id": prompt_id},
+        }
+        post_json(live.url, "/interrupt", {})
+        again.messages_until_done(prompt_id)
+    finally:
+        again.close()
+
+
 @pytest.mark.parametrize("kind", ["image", "latent"])
 def test_previews_come_as_binary_frames(live: LiveServer, ws: WebSocket, kind: str) -> None:
     prompt_id = submit(live, slow(steps=3, delay=0.0, preview=kind))
