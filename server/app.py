@@ -22,6 +22,7 @@ from nodegraph.cache import Cache
 from nodegraph.context import RunSettings
 from nodegraph.errors import ValidationFailed
 from nodegraph.executor import Executor
+from nodegraph.files import UnsafePath, confined
 from nodegraph.registry import Registry, default_registry, describe
 from nodegraph.validate import Limits as EngineLimits
 
@@ -394,8 +395,6 @@ class Server:
                     content_type="text/plain",
                 )
             return refuse(404, "Not found.")
-        from nodegraph.files import UnsafePath, confined
-
         try:
             path = confined(root, tail)
         except UnsafePath:
