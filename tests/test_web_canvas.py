@@ -149,8 +149,10 @@ def test_default_graph_runs_then_strength_rerun_uses_cache(page: Page, server: S
     # Watch the live state while it runs: a highlighted node, a progress bar, preview frames.
     p.page.evaluate(
         """() => {
-            const seen = (window.__seen = { executing: 0, progress: 0, preview: 0 });
+            const seen = (window.__seen = { executing: 0, progress: 0, preview: 0, queued: 0 });
             new MutationObserver(() => {
+                const q = parseInt(document.querySelector('[data-testid=queue-count]').innerText);
+                seen.queued = Math.max(seen.queued, q || 0);
                 if (document.querySelector('[data-status=executing]')) seen.executing++;
                 if (document.querySelector('[data-testid=progress]')) seen.progress++;
                 if (document.querySelector('[data-testid=preview-image]')) seen.preview++;
@@ -160,7 +162,7 @@ def test_default_graph_runs_then_strength_rerun_uses_cache(page: Page, server: S
     queue_and_wait(p)
     seen = p.page.evaluate("() => window.__seen")
     print("live state seen while running:", seen)
-    assert seen["executing"] and seen["progress"], seen
+    assert seen["executing"] and seen["progress"] and seen["queued"] >= 1, seen
     for sid in saves:
         assert images_loaded(p, sid) >= 1
     p.shot("run1")
@@ -467,13 +469,27 @@ FRAME_STATS = """() => {
 }"""
 
 
-def measure(p: Page, action: Any) -> dict[str, float]:
+def _main_thread(cdp: Any) -> dict[str, float]:
+    m = {x["name"]: x["value"] for x in cdp.send("Performance.getMetrics")["metrics"]}
+    return {"task": m["TaskDuration"], "script": m["ScriptDuration"]}
+
+
+def measure(p: Page, action: Any, events: int) -> dict[str, float]:
+    """Frame times while `action` runs, and the page's main-thread time (all work, and script
+    alone) per input event: the second is what the canvas costs, whatever else the machine does."""
+    cdp = p.page.context.new_cdp_session(p.page)
+    cdp.send("Performance.enable")
     p.page.evaluate(FRAME_MONITOR)
+    before = _main_thread(cdp)
     t0 = time.perf_counter()
     action()
     p.page.evaluate("() => new Promise((r) => requestAnimationFrame(() => r(null)))")
     stats = p.page.evaluate(FRAME_STATS)
     stats["wall_s"] = time.perf_counter() - t0
+    after = _main_thread(cdp)
+    stats["main_thread_ms_per_event"] = (after["task"] - before["task"]) * 1000 / events
+    stats["script_ms_per_event"] = (after["script"] - before["script"]) * 1000 / events
+    cdp.detach()
     return {k: round(v, 2) for k, v in stats.items()}
 
 
@@ -508,25 +524,76 @@ def test_two_hundred_nodes_stay_responsive(page: Page, tmp_path: Path) -> None:
             p.page.mouse.wheel(0, -120)
             p.page.wait_for_timeout(16)
 
+    def visible_head() -> Any:
+        vid = p.page.evaluate(
+            """() => {
+                const c = document.querySelector('main.canvas').getBoundingClientRect();
+                for (const n of document.querySelectorAll('[data-testid=node]')) {
+                    const r = n.querySelector('.gnode-head').getBoundingClientRect();
+                    if (r.left > c.left + 20 && r.right < c.right - 300 && r.top > c.top + 20
+                        && r.bottom < c.bottom - 250) return n.dataset.id;
+                }
+                return null;
+            }"""
+        )
+        assert vid, "no node in view"
+        return node(p, vid).locator(".gnode-head")
+
     def drag_node() -> None:
-        head = p.page.locator("[data-testid=node] .gnode-head").first
-        b = head.bounding_box()
+        b = visible_head().bounding_box()
         p.page.mouse.move(b["x"] + 10, b["y"] + b["height"] / 2)
         p.page.mouse.down()
         p.page.mouse.move(b["x"] + 210, b["y"] + 150, steps=40)
         p.page.mouse.up()
 
-    results = {"load_200_nodes_s": round(load_s, 2), "pan": measure(p, pan)}
-    results["zoom_in"] = measure(p, zoom)
-    results["drag_node"] = measure(p, drag_node)
+    def drag_all() -> None:
+        p.page.keyboard.press("Control+a")
+        drag_node()
+
+    results = {"load_200_nodes_s": round(load_s, 2), "pan": measure(p, pan, 40)}
+    results["zoom_in"] = measure(p, zoom, 10)
+    p.page.click("[data-testid=fit-view]")
+    p.page.wait_for_timeout(400)
+    before = workflow(p)
+
+    def moved() -> int:
+        return sum(n["_meta"]["pos"] != before[i]["_meta"]["pos"] for i, n in workflow(p).items())
+
+    results["drag_node"] = measure(p, drag_node, 40)
+    assert moved() == 1
+    results["drag_200_selected"] = measure(p, drag_all, 40)
+    assert moved() == 200
     t0 = time.perf_counter()
-    field = p.page.locator("[data-testid=node]").first.locator("[data-testid=input-value]")
+    p.page.keyboard.press("Control+z")
+    p.page.evaluate("() => new Promise((r) => requestAnimationFrame(() => r(null)))")
+    results["undo_s"] = round(time.perf_counter() - t0, 3)
+    assert len(workflow(p)) == 200
+    p.page.keyboard.press("Escape")
+    # Zoomed far out, widgets are drawn as text; zoom in on the first node to edit it.
+    field = node(p, "1").locator("[data-testid=input-value]")
+    assert field.count() == 0
+    b = node(p, "1").bounding_box()
+    p.page.mouse.move(b["x"] + b["width"] / 2, b["y"] + b["height"] / 2)
+    for _ in range(40):
+        if field.count():
+            break
+        p.page.mouse.wheel(0, -200)
+        p.page.wait_for_timeout(50)
+    t0 = time.perf_counter()
     field.fill("7")
     p.page.wait_for_timeout(0)
     results["edit_value_s"] = round(time.perf_counter() - t0, 3)
     assert workflow(p)["1"]["inputs"]["value"] == 7
     p.shot("200-zoomed")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    (ARTIFACTS / "perf.json").write_text(json.dumps(results, indent=2))
+    print("200-node canvas:", json.dumps(results))
+    assert load_s < 15
+    for k in ("pan", "zoom_in", "drag_node", "drag_200_selected"):
+        assert results[k]["frames"] > 5, results
+        assert results[k]["p50_ms"] < 200, results
     # It still runs: 200 nodes queued and executed.
+    t0 = time.perf_counter()
     try:
         queue_and_wait(p)
     except AssertionError as exc:
@@ -536,10 +603,5 @@ def test_two_hundred_nodes_stay_responsive(page: Page, tmp_path: Path) -> None:
         raise
     results["run_200_nodes_s"] = round(time.perf_counter() - t0, 2)
     assert node(p, "200").locator("[data-testid=node-text]").inner_text() == str(7 + 198)
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
     (ARTIFACTS / "perf.json").write_text(json.dumps(results, indent=2))
-    print("200-node canvas:", json.dumps(results))
-    assert load_s < 15
-    for k in ("pan", "zoom_in", "drag_node"):
-        assert results[k]["frames"] > 5, results
-        assert results[k]["p50_ms"] < 200, results
+    print("200-node run:", results["run_200_nodes_s"], "s")

@@ -39,6 +39,10 @@ import shippedWorkflow from '../../workflows/txt2img_img2img.json';
 export const DEFAULT_WORKFLOW = shippedWorkflow as unknown as ApiWorkflow;
 
 const nodeTypes = { graph: GraphNode };
+const DELETE_KEYS = ['Backspace', 'Delete'];
+const DEFAULT_EDGE_OPTIONS = { type: 'default' };
+const PRO_OPTIONS = { hideAttribution: true };
+const minimapColour = (n: { id: string }) => (runStore.get(n.id).status === 'error' ? '#e55353' : '#5c6b8a');
 const STORAGE_KEY = 'nodegraph.workflow';
 const clientId = `web-${Math.random().toString(36).slice(2, 10)}`;
 
@@ -776,6 +780,27 @@ export function App() {
     [loadFile],
   );
 
+  // Stable props: React Flow copies changed props into its store, and every store update
+  // re-runs the selectors of every node, socket and link on the canvas.
+  const flowHandlers = useMemo(
+    () => ({
+      onReconnectStart: () => {
+        reconnected.current = false;
+      },
+      onDragStart: () => remember(),
+      onBeforeDelete: async () => {
+        remember();
+        return true;
+      },
+      onDoubleClick: (e: React.MouseEvent) => {
+        if ((e.target as HTMLElement).classList.contains('react-flow__pane')) openPaletteAt(e.clientX, e.clientY);
+      },
+      onMoveStart: () => canvasRef.current?.classList.add('moving'),
+      onMoveEnd: () => canvasRef.current?.classList.remove('moving'),
+    }),
+    [remember, openPaletteAt],
+  );
+
   if (loadError) {
     return (
       <div className="fatal" data-testid="fatal">
@@ -866,33 +891,26 @@ export function App() {
               onEdgesChange={onEdgesChange}
               onConnect={onConnect}
               onConnectEnd={onConnectEnd}
-              onReconnectStart={() => {
-                reconnected.current = false;
-              }}
+              onReconnectStart={flowHandlers.onReconnectStart}
               onReconnect={onReconnect}
               onReconnectEnd={onReconnectEnd}
               isValidConnection={isValidConnection}
-              onNodeDragStart={() => remember()}
-              onSelectionDragStart={() => remember()}
-              onBeforeDelete={async () => {
-                remember();
-                return true;
-              }}
-              onDoubleClick={(e) => {
-                if ((e.target as HTMLElement).classList.contains('react-flow__pane')) openPaletteAt(e.clientX, e.clientY);
-              }}
+              onNodeDragStart={flowHandlers.onDragStart}
+              onSelectionDragStart={flowHandlers.onDragStart}
+              onBeforeDelete={flowHandlers.onBeforeDelete}
+              onDoubleClick={flowHandlers.onDoubleClick}
               zoomOnDoubleClick={false}
-              onMoveStart={() => canvasRef.current?.classList.add('moving')}
-              onMoveEnd={() => canvasRef.current?.classList.remove('moving')}
-              deleteKeyCode={['Backspace', 'Delete']}
+              onMoveStart={flowHandlers.onMoveStart}
+              onMoveEnd={flowHandlers.onMoveEnd}
+              deleteKeyCode={DELETE_KEYS}
               minZoom={0.05}
               maxZoom={3}
-              defaultEdgeOptions={{ type: 'default' }}
-              proOptions={{ hideAttribution: true }}
+              defaultEdgeOptions={DEFAULT_EDGE_OPTIONS}
+              proOptions={PRO_OPTIONS}
             >
               <Background variant={BackgroundVariant.Dots} gap={24} size={1} color="#3a3f4b" />
               <Controls showInteractive={false} />
-              <MiniMap pannable zoomable nodeColor={(n) => (runStore.get(n.id).status === 'error' ? '#e55353' : '#5c6b8a')} maskColor="rgba(20,22,28,0.6)" />
+              <MiniMap pannable zoomable nodeColor={minimapColour} maskColor="rgba(20,22,28,0.6)" />
             </ReactFlow>
           </EditorContext.Provider>
         ) : (

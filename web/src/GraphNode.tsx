@@ -1,5 +1,5 @@
 import { memo, useMemo, useRef, useState } from 'react';
-import { Handle, Position, useNodeConnections, type NodeProps } from '@xyflow/react';
+import { Handle, Position, useNodeConnections, useStore, type NodeProps } from '@xyflow/react';
 import { typeColour, type InputDef } from './catalogue';
 import { useEditor } from './editor-context';
 import { useNodeRun } from './runstate';
@@ -7,6 +7,7 @@ import { viewUrl } from './api';
 import { handleInput, inHandle, isSeedInput, outHandle, type GNode } from './workflow';
 
 const RELEASE_REQUEUE = new Set(['strength', 'denoise']);
+const LOD_ZOOM = 0.4;
 
 function NumberWidget({ id, node, input, value }: { id: string; node: GNode['data']; input: InputDef; value: unknown }) {
   const ed = useEditor();
@@ -196,10 +197,13 @@ function UploadButton({ id, input }: { id: string; input: string }) {
   );
 }
 
-function GraphNodeView({ id, data, selected }: NodeProps<GNode>) {
+function GraphNodeView({ id, data, selected }: { id: string; data: GNode['data']; selected: boolean }) {
   const ed = useEditor();
   const run = useNodeRun(id);
   const [renaming, setRenaming] = useState(false);
+  // Zoomed far out, widgets are drawn as plain text: form controls are the costliest part of a
+  // node to lay out and paint, and unreadable at that size anyway.
+  const zoomedOut = useStore((s) => s.transform[2] < LOD_ZOOM);
   const def = ed.catalogue[data.classType];
   const connections = useNodeConnections({ handleType: 'target' });
   const linked = useMemo(() => new Set(connections.map((c) => handleInput(c.targetHandle))), [connections]);
@@ -323,7 +327,13 @@ function GraphNodeView({ id, data, selected }: NodeProps<GNode>) {
             style={{ background: typeColour(input.type) }}
           />
           <label title={input.options.tooltip ?? ''}>{input.name}</label>
-          {linked.has(input.name) ? <span className="linked">linked</span> : <Widget id={id} node={data} input={input} />}
+          {linked.has(input.name) ? (
+            <span className="linked">linked</span>
+          ) : zoomedOut ? (
+            <span className={`lod-value ${input.options.multiline ? 'tall' : ''}`}>{String(data.values[input.name] ?? '')}</span>
+          ) : (
+            <Widget id={id} node={data} input={input} />
+          )}
           {issueFor(input.name).map((e, k) => (
             <div className="input-error" key={k} data-testid="input-error" data-input={input.name}>
               {e.message}
@@ -331,7 +341,7 @@ function GraphNodeView({ id, data, selected }: NodeProps<GNode>) {
           ))}
         </div>
       ))}
-      {imageInput && !linked.has(imageInput.name) && (
+      {imageInput && !linked.has(imageInput.name) && !zoomedOut && (
         <div className="gnode-upload">
           <UploadButton id={id} input={imageInput.name} />
         </div>
@@ -360,4 +370,10 @@ function GraphNodeView({ id, data, selected }: NodeProps<GNode>) {
   );
 }
 
-export const GraphNode = memo(GraphNodeView);
+// React Flow hands a node its position too; the body depends only on id, data and selection, so
+// moving nodes (200 selected ones included) re-renders none of their contents.
+const GraphNodeBody = memo(GraphNodeView);
+
+export const GraphNode = memo(function GraphNode({ id, data, selected }: NodeProps<GNode>) {
+  return <GraphNodeBody id={id} data={data} selected={!!selected} />;
+});
