@@ -6,8 +6,9 @@ Browsers are the threat here (a web page making the user's browser call the loca
 - an Origin (including `null`) that is not this server's own, or `Sec-Fetch-Site: cross-site`,
   means another site's page: refused, on the websocket handshake too;
 - a POST body must be JSON or multipart (415), which a cross-site form cannot send without a
-  preflight. Non-browser clients (no Origin, no Sec-Fetch-* headers) may send the form type that
-  Python's urllib adds by default, because ComfyUI's published client examples rely on it.
+  preflight. Non-browser clients (no Origin, no Sec-Fetch-* headers) may also send the form type
+  that Python's urllib adds by default, or no type at all (`requests.post(url, data=...)`),
+  because ComfyUI's published client examples and many scripts rely on that.
 Plain local clients (curl, scripts) send no Origin and pass.
 """
 
@@ -127,7 +128,8 @@ class Guard:
         browser = hdrs.ORIGIN in request.headers or any(
             h.lower().startswith("sec-fetch-") for h in request.headers
         )
-        return ctype == _URLLIB_DEFAULT and not browser
+        untyped = hdrs.CONTENT_TYPE not in request.headers  # requests.post(url, data=...)
+        return not browser and (ctype == _URLLIB_DEFAULT or untyped)
 
 
 def security_headers() -> dict[str, str]:

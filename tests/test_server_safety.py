@@ -12,6 +12,7 @@ import threading
 import urllib.parse
 import zlib
 from collections.abc import Iterator
+from http.client import HTTPConnection
 from pathlib import Path
 
 import aiohttp
@@ -191,8 +192,27 @@ def test_post_bodies_must_be_json_or_multipart(live: LiveServer) -> None:
     browser = {**form, "Origin": live.url, "Sec-Fetch-Mode": "no-cors"}
     assert http(live.url, "POST", "/prompt", data=body, headers=browser)[0] == 415
     assert get_json(live.url, "/queue")["queue_pending"] == []
-    # urllib's default type from a script (ComfyUI's published examples) is accepted
+    untyped = {**browser}
+    del untyped["Content-Type"]
+    assert raw_post(live, "/prompt", body, untyped) == 415
+    assert get_json(live.url, "/queue")["queue_pending"] == []
+    # urllib's default type from a script (ComfyUI's published examples) is accepted, and so is
+    # no type at all (requests.post(url, data=...))
     assert http(live.url, "POST", "/prompt", data=body, headers=form)[0] == 200
+    assert raw_post(live, "/prompt", body, {}) == 200
+
+
+def raw_post(live: LiveServer, path: str, body: bytes, headers: dict[str, str]) -> int:
+    """A POST with exactly these headers (urllib would add a Content-Type)."""
+    conn = HTTPConnection("127.0.0.1", live.port, timeout=30)
+    try:
+        conn.putrequest("POST", path)
+        for key, value in {**headers, "Content-Length": str(len(body))}.items():
+            conn.putheader(key, value)
+        conn.endheaders(body)
+        return conn.getresponse().status
+    finally:
+        conn.close()
 
 
 # -- files -----------------------------------------------------------------------------------------
