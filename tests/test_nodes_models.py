@@ -136,3 +136,15 @@ def test_unknown_model_name_is_a_validation_error(tiny_sd):
     }
     with pytest.raises(ValidationFailed, match="missing-model"):
         Executor(df.diffusion_registry()).validate(wf)
+
+
+def test_nodegraph_models_lists_them_as_json(single, capsys):
+    import json
+
+    from nodegraph.cli import main
+
+    assert main(["models", "--json", "--models", str(single)]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert {"name": "tiny.safetensors", "path": str(single / "tiny.safetensors"),
+            "format": "safetensors"} in listed  # fmt: skip
+    assert all(set(m) == {"name", "path", "format"} for m in listed)
