@@ -231,6 +231,50 @@ def queue_and_wait_from(p: Page, runs: int) -> None:
     assert state == "done", state
 
 
+def drop_bytes(p: Page, data: bytes, name: str, mime: str, target: str = "main.canvas") -> None:
+    """Drop a file with these bytes on `target`, as a file dragged from the desktop."""
+    dt = p.page.evaluate_handle(
+        """([b64, name, mime]) => {
+            const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+            const dt = new DataTransfer();
+            dt.items.add(new File([bytes], name, { type: mime }));
+            return dt;
+        }""",
+        [base64.b64encode(data).decode(), name, mime],
+    )
+    p.page.dispatch_event(target, "drop", {"dataTransfer": dt})
+
+
+def test_a_comfyui_workflow_dropped_as_json_runs_with_ksampler_progress(
+    page: Page, server: Server
+) -> None:
+    p = page
+    path = Path(__file__).resolve().parent.parent / "workflows" / "comfy_txt2img_img2img.json"
+    wf = json.loads(path.read_text())
+    drop_bytes(p, path.read_bytes(), path.name, "application/json")
+    wait_until(p, "(n) => Object.keys(window.nodegraph.getWorkflow()).length === n", len(wf))
+    loaded = workflow(p)
+    for nid, n in wf.items():
+        assert loaded[nid]["class_type"] == n["class_type"]
+        assert loaded[nid]["inputs"] == n["inputs"]
+    p.page.wait_for_timeout(300)
+    pick_model(p, server)
+    p.page.evaluate(
+        """() => {
+            const seen = (window.__seen = []);
+            new MutationObserver(() => {
+                for (const bar of document.querySelectorAll('[data-testid=progress]'))
+                    seen.push(bar.closest('[data-testid=node]').dataset.class);
+            }).observe(document.body, { subtree: true, childList: true, attributes: true });
+        }"""
+    )
+    queue_and_wait(p)
+    assert "KSampler" in p.page.evaluate("() => window.__seen")
+    for sid in ids_of(loaded, "SaveImage"):
+        assert images_loaded(p, sid) >= 1
+    p.shot("comfy-run")
+
+
 def test_mismatched_connection_is_refused_and_a_link_replaces_the_old(page: Page) -> None:
     p = page
     wf = workflow(p)
