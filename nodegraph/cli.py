@@ -79,6 +79,7 @@ def _parser() -> argparse.ArgumentParser:
     validate = sub.add_parser("validate", help="check a workflow without running it")
     validate.add_argument("workflow", type=Path)
     validate.add_argument("--json", action="store_true", help="errors in ComfyUI's JSON shape")
+    _add_model_options(validate)
     validate.set_defaults(command=cmd_validate)
 
     nodes = sub.add_parser("nodes", help="list the node classes")
@@ -123,8 +124,20 @@ def _missing(what: str, reason: str) -> int:
     raise UsageError(f"the {what} is not available: {reason}")
 
 
-def _registry() -> Registry:
-    return default_registry()
+def _options(args: argparse.Namespace) -> dict[str, Any]:
+    """Settings for the node library, from the command line."""
+    return {
+        "models": list(getattr(args, "models", [])),
+        "device": getattr(args, "device", "auto"),
+        "allow_pickle": getattr(args, "allow_pickle", False),
+        "threads": getattr(args, "threads", 0),
+    }
+
+
+def _registry(args: argparse.Namespace) -> Registry:
+    registry = default_registry()
+    registry.configure(_options(args))
+    return registry
 
 
 def _read_workflow(path: Path) -> dict[str, Any]:
@@ -195,7 +208,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     for combo in combos:  # check every sweep target before the first run
         for (node_id, name), value in combo.items():
             apply_value(json.loads(json.dumps(workflow)), node_id, name, value, "--sweep")
-    executor = Executor(_registry(), Cache(args.cache_mb * 1024 * 1024))
+    executor = Executor(_registry(args), Cache(args.cache_mb * 1024 * 1024))
     settings = _settings(args, args.workflow.resolve().parent)
     display = None if args.quiet else ConsoleDisplay(sys.stderr)
     interrupt = threading.Event()
@@ -296,7 +309,7 @@ def _run_report(
 def cmd_validate(args: argparse.Namespace) -> int:
     workflow = _read_workflow(args.workflow)
     try:
-        plan = Executor(_registry()).validate(workflow)
+        plan = Executor(_registry(args)).validate(workflow)
     except ValidationFailed as exc:
         if args.json:
             print(json.dumps(exc.comfy_body(), indent=2, default=str))
@@ -313,7 +326,7 @@ def _print_validation(exc: ValidationFailed) -> None:
 
 
 def cmd_nodes(args: argparse.Namespace) -> int:
-    catalogue = _registry().catalogue()
+    catalogue = _registry(args).catalogue()
     if args.json:
         print(json.dumps(catalogue, indent=2, default=str))
         return EXIT_OK

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import pkgutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from importlib.metadata import entry_points
 from types import ModuleType
 from typing import Any
@@ -21,6 +21,7 @@ class Registry:
 
     def __init__(self, nodes: Iterable[type[Node]] = ()) -> None:
         self._nodes: dict[str, type[Node]] = {}
+        self._modules: dict[str, ModuleType] = {}
         for cls in nodes:
             self.register(cls)
 
@@ -35,7 +36,8 @@ class Registry:
         return cls
 
     def register_module(self, module: ModuleType) -> None:
-        """Add every node class defined in `module`."""
+        """Add every node class defined in `module` (and remember it for `configure`)."""
+        self._modules[module.__name__] = module
         for obj in vars(module).values():
             if (
                 inspect.isclass(obj)
@@ -56,6 +58,17 @@ class Registry:
         """Add node modules that installed packages announce under the `nodegraph.nodes` group."""
         for ep in entry_points(group=PLUGIN_GROUP):
             self.register_module(ep.load())
+
+    def configure(self, options: Mapping[str, Any]) -> None:
+        """Hand the host's settings (model folders, device, threads, ...) to node modules.
+
+        A node module that needs them defines `configure(options)`; the CLI and the server call
+        this once before validating, so choices found at run time (models) see the settings.
+        """
+        for module in self._modules.values():
+            hook = getattr(module, "configure", None)
+            if callable(hook):
+                hook(options)
 
     def get(self, class_type: str) -> type[Node] | None:
         return self._nodes.get(class_type)

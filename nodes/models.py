@@ -52,6 +52,14 @@ def use_model_dirs(dirs: Iterable[str | os.PathLike[str]]) -> None:
                 _configured.append(str(d))
 
 
+def configure(options: Mapping[str, Any]) -> None:
+    """The host's settings (called through `Registry.configure` by the CLI and the server)."""
+    use_model_dirs(options.get("models", ()))
+    threads = int(options.get("threads") or 0)
+    if threads > 0:
+        torch.set_num_threads(threads)
+
+
 def model_dirs(extra_dirs: Iterable[str | os.PathLike[str]] = ()) -> list[Path]:
     """The folders searched for models, in order: given, configured, then the env variable."""
     env = [d for d in os.environ.get(ENV_VAR, "").split(os.pathsep) if d]

@@ -124,3 +124,16 @@ def test_default_registry_finds_utility_nodes() -> None:
     ):
         assert name in reg
     assert reg.catalogue()["ShowValue"]["input"]["required"]["value"][0] == ANY
+
+
+def test_configure_hands_host_settings_to_node_modules() -> None:
+    import types
+
+    module = types.ModuleType("plugin_with_settings")
+    seen: list[dict[str, Any]] = []
+    module.configure = seen.append  # type: ignore[attr-defined]
+    reg = Registry()
+    reg.register_module(module)
+    reg.register_module(core_nodes)  # has no configure: skipped
+    reg.configure({"models": ["/x"]})
+    assert seen == [{"models": ["/x"]}]
