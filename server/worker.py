@@ -128,6 +128,8 @@ class Worker:
             with self._wake:
                 self._current, self._interrupt = job, threading.Event()
                 interrupt = self._interrupt
+                if self._stopping:  # stop() came between the check and the claim
+                    interrupt.set()
             self._changed()
             try:
                 self._run(job, interrupt)
