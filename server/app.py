@@ -119,8 +119,9 @@ class Server:
             "models": [str(p) for p in config.model_dirs],
             "device": config.device or "auto",
             "allow_pickle": False,
+            "threads": config.threads or 0,
         }
-        _use_model_dirs(config.model_dirs)
+        self.registry.configure(options)  # model folders, device, threads for the node library
         self.settings = RunSettings(
             output_dir=config.output_dir,
             temp_dir=config.temp_dir,
@@ -426,17 +427,6 @@ async def _clear_or_delete(
     if isinstance(delete, list):
         remove([str(p) for p in delete])
     return web.Response(status=200)
-
-
-def _use_model_dirs(dirs: tuple[Path, ...]) -> None:
-    """Tell the model library about --models, so that choices and /models list them too."""
-    if not dirs:
-        return
-    try:
-        from nodes.models import use_model_dirs
-    except ImportError:
-        return
-    use_model_dirs(dirs)
 
 
 def _int_query(request: web.Request, name: str) -> int | None:

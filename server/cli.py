@@ -109,6 +109,7 @@ def config_from(args: argparse.Namespace) -> ServerConfig:
         model_dirs=tuple(args.models),
         device=args.device,
         cache_bytes=args.cache_bytes,
+        threads=args.threads,
         web_dir=args.web,
     )
 
@@ -136,10 +137,6 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
     config.data_dir.mkdir(parents=True, exist_ok=True)
     lock = (config.data_dir / "server.lock").open("w")
     try:

@@ -51,6 +51,8 @@ class ServerConfig:
     model_dirs: tuple[Path, ...] = ()
     device: str | None = None
     cache_bytes: int | None = None
+    threads: int | None = None
+    """Torch CPU threads (the node library applies it); None leaves torch's default."""
     web_dir: Path | None = DEFAULT_WEB_DIR
 
     @property
