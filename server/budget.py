@@ -17,12 +17,13 @@ from nodegraph.validate import dependent_outputs
 from .config import Limits
 
 
-def _value(plan: Plan, node_id: str, name: str, depth: int = 0) -> Any:
+def _value(plan: Plan, node_id: str, name: str) -> Any:
+    """A literal input's value, or a primitive's value one link away; None when unknown."""
     step = plan.steps[node_id]
     if name in step.literals and name not in step.linked_literals:
         return step.literals[name]
     link = step.links.get(name)
-    if link is None or depth > 32 or link.source not in plan.steps:
+    if link is None or link.source not in plan.steps:
         return step.literals.get(name)
     source = plan.steps[link.source]
     if "value" in source.literals and not source.links:
