@@ -162,7 +162,10 @@ def test_default_graph_runs_then_strength_rerun_uses_cache(page: Page, server: S
     queue_and_wait(p)
     seen = p.page.evaluate("() => window.__seen")
     print("live state seen while running:", seen)
-    assert seen["executing"] and seen["progress"] and seen["queued"] >= 1, seen
+    assert seen["executing"] and seen["queued"] >= 1, seen
+    for nid in ids_of(workflow(p), "Denoise"):
+        done, total = node(p, nid).get_attribute("data-progress").split("/")
+        assert done == total and int(total) > 0
     for sid in saves:
         assert images_loaded(p, sid) >= 1
     p.shot("run1")
@@ -259,17 +262,10 @@ def test_a_comfyui_workflow_dropped_as_json_runs_with_ksampler_progress(
         assert loaded[nid]["inputs"] == n["inputs"]
     p.page.wait_for_timeout(300)
     pick_model(p, server)
-    p.page.evaluate(
-        """() => {
-            const seen = (window.__seen = []);
-            new MutationObserver(() => {
-                for (const bar of document.querySelectorAll('[data-testid=progress]'))
-                    seen.push(bar.closest('[data-testid=node]').dataset.class);
-            }).observe(document.body, { subtree: true, childList: true, attributes: true });
-        }"""
-    )
     queue_and_wait(p)
-    assert "KSampler" in p.page.evaluate("() => window.__seen")
+    for nid in ids_of(loaded, "KSampler"):  # the last progress report stays on the node
+        done, total = node(p, nid).get_attribute("data-progress").split("/")
+        assert done == total and int(total) > 0
     for sid in ids_of(loaded, "SaveImage"):
         assert images_loaded(p, sid) >= 1
     p.shot("comfy-run")

@@ -245,7 +245,7 @@ export function App() {
     };
     const finishExecuting = () => {
       const prev = executingRef.current;
-      if (prev && runStore.get(prev).status === 'executing') runStore.patch(prev, { status: 'done', progress: undefined });
+      if (prev && runStore.get(prev).status === 'executing') runStore.patch(prev, { status: 'done' });
       executingRef.current = null;
     };
     // A prompt ends with `executing: null`, or with an error or an interruption (whichever

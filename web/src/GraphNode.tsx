@@ -236,6 +236,7 @@ function GraphNodeView({ id, data, selected }: { id: string; data: GNode['data']
       data-id={id}
       data-class={data.classType}
       data-status={run.status ?? ''}
+      data-progress={run.progress ? `${run.progress.value}/${run.progress.max}` : undefined}
     >
       <div className="gnode-head" title={def?.description || data.classType}>
         {renaming ? (
