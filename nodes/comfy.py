@@ -10,7 +10,14 @@ from nodegraph import InputField, Node, NodeContext
 
 from .conditioning import encode_text
 from .models import SHIPPED_NAME, Checkpoint, load_checkpoint, model_names
-from .sampling import MAX_SEED, SamplerName, ScheduleName, add_noise, denoise
+from .sampling import (
+    MAX_SEED,
+    SamplerName,
+    ScheduleName,
+    add_noise,
+    denoise,
+    progress_with_preview,
+)
 from .values import CLIP, CONDITIONING, LATENT, MODEL
 
 
@@ -95,4 +102,5 @@ class KSampler(Node):
             ctx.warn(w)
         if keep == 0:
             ctx.warn("denoise is 0: the latent passes through unchanged")
-        return denoise(self.model, noisy, self.positive, self.negative, self.cfg, ctx.progress)
+        on_step = progress_with_preview(ctx, self.model)
+        return denoise(self.model, noisy, self.positive, self.negative, self.cfg, on_step)

@@ -26,6 +26,7 @@ import torch
 
 from nodegraph import InputField, Node, NodeContext, Outputs
 
+from .preview import fit_latent_rgb
 from .values import CLIP, MODEL, VAE, Clip, Model, Vae
 
 SHIPPED_NAME = "nodegraph-shapes"
@@ -266,10 +267,11 @@ def _bundle(name: str, pipe: Any, device: torch.device) -> tuple[Model, Clip, Va
     vae_dtype = torch.float32 if getattr(pipe.vae.config, "force_upcast", False) else dtype
     vae = _place(pipe.vae, device, vae_dtype)
     config = dict(pipe.scheduler.config)
+    vae_bundle = Vae(vae, device, vae_dtype, name)
     return (
-        Model(unet, config, device, dtype, name),
+        Model(unet, config, device, dtype, name, fit_latent_rgb(vae_bundle)),
         Clip(pipe.tokenizer, text_encoder, device, dtype, name),
-        Vae(vae, device, vae_dtype, name),
+        vae_bundle,
     )
 
 

@@ -12,6 +12,7 @@ drawing from that generator, as the diffusers pipelines do.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -19,6 +20,7 @@ import torch
 
 from nodegraph import InputField, Node, NodeContext
 
+from .preview import latent_preview
 from .values import CONDITIONING, LATENT, MODEL, NOISY_LATENT, Model, Noisy
 
 SAMPLERS: dict[str, str] = {
@@ -153,7 +155,8 @@ def denoise(
     """Walk the remaining schedule with classifier-free guidance; returns the clean latent.
 
     One batched model evaluation per scheduler step (negative and positive together, as the
-    diffusers pipelines do); `on_step(i, total)` is called after each step.
+    diffusers pipelines do); `on_step(i, total, estimate)` is called after each step with the
+    scheduler's estimate of the clean latent where it gives one (else the current latent).
     """
     if noisy.remaining == 0:
         return noisy.latent
@@ -183,9 +186,11 @@ def denoise(
         if guided:
             uncond, text = pred.chunk(2)
             pred = uncond + cfg * (text - uncond)
-        latents = scheduler.step(pred, t, latents, **kwargs, return_dict=False)[0]
+        out = scheduler.step(pred, t, latents, **kwargs)
+        latents = out.prev_sample
         if on_step is not None:
-            on_step(i + 1, total)
+            estimate = getattr(out, "pred_original_sample", None)
+            on_step(i + 1, total, latents if estimate is None else estimate)
     return latents
 
 
@@ -240,4 +245,16 @@ class Denoise(Node):
     cfg: float = InputField(7.5, description="Guidance scale.", ge=0.0, le=100.0, step=0.1)
 
     def invoke(self, ctx: NodeContext) -> LATENT:
-        return denoise(self.model, self.noisy, self.positive, self.negative, self.cfg, ctx.progress)
+        on_step = progress_with_preview(ctx, self.model)
+        return denoise(self.model, self.noisy, self.positive, self.negative, self.cfg, on_step)
+
+
+def progress_with_preview(ctx: NodeContext, model: Model) -> Callable[[int, int, Any], None]:
+    """Per-step progress carrying a cheap preview of the image so far (when the model has one)."""
+
+    def report(step: int, total: int, estimate: torch.Tensor) -> None:
+        factors = model.preview_factors
+        preview = None if factors is None else latent_preview(estimate, factors)
+        ctx.progress(step, total, preview=preview)
+
+    return report

@@ -25,6 +25,8 @@ class Model:
     device: torch.device
     dtype: torch.dtype
     name: str
+    preview_factors: torch.Tensor | None = None
+    """Latent -> RGB map for live previews (nodes.preview), fitted to the checkpoint's VAE."""
 
     def cache_nbytes(self) -> int:
         return 0  # the weights belong to the model store, not to the run cache

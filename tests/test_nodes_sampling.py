@@ -7,6 +7,7 @@ import threading
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -182,6 +183,8 @@ def test_denoise_reports_each_step_and_stops_when_interrupted(
     seen.clear()
     result = diffusion_executor.run(wf, settings, on_event=on_event)
     assert result.ok and [e.value for e in seen] == list(range(1, 9))
+    # each step carries a live preview, 8x the latent's size
+    assert all(e.preview is not None and e.preview.size == (64, 64) for e in seen)
 
 
 def test_cache_hands_back_the_same_tensors_and_sweeps_rerun_only_the_tail(
