@@ -335,6 +335,27 @@ def test_a_failing_node_shows_the_exception_on_the_node(page: Page, tmp_path: Pa
     p.shot("runtime-error")
 
 
+def test_stop_interrupts_a_running_prompt(page: Page, server: Server) -> None:
+    p = page
+    pick_model(p, server)
+    noise = ids_of(workflow(p), "AddNoise")[0]
+    node(p, noise).locator("[data-testid=input-steps]").fill("1000")
+    node(p, noise).locator("[data-testid=input-seed]").fill("12345")
+    runs = finished_runs(p)
+    p.page.click("[data-testid=queue-button]")
+    p.page.wait_for_selector("[data-class=Denoise][data-status=executing]", timeout=60_000)
+    p.page.click("[data-testid=interrupt-button]")
+    wait_until(
+        p,
+        "(n) => Number(document.querySelector('[data-testid=app]').dataset.finishedRuns) > n",
+        runs,
+        60_000,
+    )
+    assert "Interrupted" in p.page.inner_text("[data-testid=banner]")
+    assert p.page.locator("[data-status=executing]").count() == 0
+    assert p.page.is_disabled("[data-testid=interrupt-button]")
+
+
 def test_save_reload_and_load_keep_values_and_layout(page: Page, tmp_path: Path) -> None:
     p = page
     enc = ids_of(workflow(p), "TextEncode") or ids_of(workflow(p), "CLIPTextEncode")
