@@ -194,7 +194,10 @@ export function fromApi(api: ApiWorkflow, catalogue: Catalogue, colour: (t: stri
     const values: Record<string, unknown> = {};
     for (const [name, v] of Object.entries(n.inputs ?? {})) {
       const input = def?.inputs.find((i) => i.name === name);
-      if (isLink(v) && api[String(v[0])] && !(input?.literal === 'COMBO' && input.choices.includes(v as any))) {
+      if (isLink(v) && !api[String(v[0])]) {
+        // A link to a node the file lacks: leave the input unconnected (validation will say so).
+        if (input?.literal) values[name] = defaultValue(input);
+      } else if (isLink(v)) {
         const src = api[String(v[0])];
         const srcDef = catalogue[src.class_type];
         const type = srcDef?.outputs[v[1]]?.type ?? input?.type ?? '*';
