@@ -39,7 +39,7 @@ def test_committed_bundle_matches_a_fresh_build(tmp_path: Path) -> None:
     if (REPO / "workflows").is_dir():
         shutil.copytree(REPO / "workflows", work / "workflows")
     env = {**os.environ, "npm_config_audit": "false", "npm_config_fund": "false"}
-    for cmd in ([npm, "ci", "--no-audit", "--no-fund"], [npm, "run", "build"]):
+    for cmd in ([npm, "ci", "--no-audit", "--no-fund", "--prefer-offline"], [npm, "run", "build"]):
         res = subprocess.run(
             cmd, cwd=work / "web", env=env, capture_output=True, text=True, timeout=600
         )
