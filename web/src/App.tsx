@@ -10,6 +10,7 @@ import {
   useReactFlow,
   type Connection,
   type EdgeChange,
+  type FinalConnectionState,
   type NodeChange,
 } from '@xyflow/react';
 import { parseCatalogue, compatible, typeColour, type Catalogue, type NodeDef } from './catalogue';
@@ -479,8 +480,7 @@ export function App() {
       },
       extraChoices: (cls, input) => uploadsRef.current[`${cls}/${input}`] ?? [],
     };
-    // uploads is read through a ref but must re-render dropdowns when it changes
-    // eslint-disable-next-line react-hooks/exhaustive-deps
+    // `uploads` is read through a ref; it is a dependency so that dropdowns show new uploads.
   }, [catalogue, remember, queue, uploads]);
 
   const editorRef = useRef(editor);
@@ -592,7 +592,7 @@ export function App() {
     [remember],
   );
 
-  const onConnectEnd = useCallback((event: MouseEvent | TouchEvent, state: any) => {
+  const onConnectEnd = useCallback((event: MouseEvent | TouchEvent, state: FinalConnectionState) => {
     if (!state?.isValid && !state?.toHandle && state?.fromHandle && state?.fromNode) {
       // Dropped on empty canvas: offer the nodes that can take (or give) this link.
       const side: 'source' | 'target' = state.fromHandle.type === 'source' ? 'source' : 'target';
@@ -609,17 +609,18 @@ export function App() {
         setPalette({
           screen,
           flow: rf.screenToFlowPosition(screen),
-          link: { nodeId: state.fromNode.id, handleId: state.fromHandle.id, side, type },
+          link: { nodeId: state.fromNode.id, handleId: state.fromHandle.id ?? '', side, type },
         });
       }
       return;
     }
-    if (state?.isValid === false && state?.toHandle) {
+    if (state?.isValid === false && state.toHandle && state.fromHandle && state.fromNode && state.toNode) {
+      const fromOutput = state.fromHandle.type === 'source';
       const c = {
-        source: state.fromHandle?.type === 'source' ? state.fromNode?.id : state.toNode?.id,
-        sourceHandle: state.fromHandle?.type === 'source' ? state.fromHandle?.id : state.toHandle?.id,
-        target: state.fromHandle?.type === 'source' ? state.toNode?.id : state.fromNode?.id,
-        targetHandle: state.fromHandle?.type === 'source' ? state.toHandle?.id : state.fromHandle?.id,
+        source: fromOutput ? state.fromNode.id : state.toNode.id,
+        sourceHandle: fromOutput ? state.fromHandle.id : state.toHandle.id,
+        target: fromOutput ? state.toNode.id : state.fromNode.id,
+        targetHandle: fromOutput ? state.toHandle.id : state.fromHandle.id,
       };
       const { out, inp } = socketTypes(c);
       setBanner({ kind: 'error', text: `Cannot connect ${out ?? '?'} to ${inp ?? '?'}: the types do not match.` });
