@@ -18,7 +18,8 @@ function score(def: NodeDef, q: string): number {
   if (name === q || cls === q) return 100;
   if (name.startsWith(q) || cls.startsWith(q)) return 50;
   if (name.includes(q) || cls.includes(q)) return 20;
-  const hay = `${name} ${cls} ${def.category.toLowerCase()} ${def.description.toLowerCase()}`;
+  const types = [...def.inputs.map((i) => i.type), ...def.outputs.map((o) => o.type)].join(' ').toLowerCase();
+  const hay = `${name} ${cls} ${def.category.toLowerCase()} ${def.description.toLowerCase()} ${types}`;
   return q.split(/\s+/).every((w) => hay.includes(w)) ? 5 : 0;
 }
 
