@@ -30,6 +30,7 @@ class RunResult:
     seconds: float
     executed: list[str] = field(default_factory=list)
     cached: list[str] = field(default_factory=list)
+    """Nodes not executed because the cache holds their results (as ComfyUI's execution_cached)."""
     node_seconds: dict[str, float] = field(default_factory=dict)
     ui: dict[str, Mapping[str, Any]] = field(default_factory=dict)
     outputs: dict[str, tuple[Any, ...]] = field(default_factory=dict)
@@ -128,9 +129,10 @@ class _Run:
                     self.keys[node_id] = self._key(current)
                 current = None
                 to_run = self._select()
+                cached = set(result.cached)
             self.emit(
                 events.RunStarted,
-                planned=tuple(n for n in self.plan.order if n in to_run or n in self._served),
+                planned=tuple(n for n in self.plan.order if n in to_run or n in cached),
             )
             if result.cached:
                 self.emit(events.NodesCached, node_ids=tuple(result.cached))
@@ -217,7 +219,14 @@ class _Run:
                     self._twins.setdefault(first_of_key[key], []).append(node_id)
                 else:
                     first_of_key[key] = node_id
-        self.result.cached = [n for n in self.plan.order if n in self._served]
+        # as ComfyUI reports: every node not executed whose result the cache holds (those the
+        # run reads, and their ancestors, which it did not need to look at)
+        cache = self.cache
+        self.result.cached = [
+            n
+            for n in self.plan.order
+            if n in self._served or (n not in to_run and self.keys[n] in cache)
+        ]
         return to_run
 
     def _report_cached(self, node_id: str) -> None:

@@ -52,7 +52,7 @@ def test_runs_in_dependency_order_and_only_what_outputs_need(
 def test_changing_one_literal_reruns_exactly_its_downstream_cone(executor: Executor) -> None:
     executor.run(image_graph())
     again = executor.run(image_graph())
-    assert again.executed == [] and set(again.cached) == {"r", "r2"}
+    assert again.executed == [] and set(again.cached) == {"c", "f", "i", "m", "r", "c2", "r2"}
     changed = executor.run(image_graph(mode="one_minus"))
     assert sorted(changed.executed) == ["i", "m", "r"]
     assert changed.ui["r"] == {"text": ["0.5"]}
@@ -117,6 +117,7 @@ def test_several_named_outputs_feed_different_inputs(executor: Executor) -> None
 def test_eviction_under_a_small_budget(registry: Registry, calls: Counter) -> None:
     one_image = 64 * 64 * 4
     executor = Executor(registry, Cache(budget_bytes=int(2.5 * one_image)))
+
     def big(level):
         return {
             "c": n("Const", value=level),
@@ -125,6 +126,7 @@ def test_eviction_under_a_small_budget(registry: Registry, calls: Counter) -> No
             "m": n("Mean", image=["i", 0]),
             "r": n("Record", value=["m", 0]),
         }
+
     executor.run(big(1.0))
     stats = executor.cache.stats()
     assert stats.bytes <= stats.budget and stats.evictions == 0 and stats.bytes == 2 * one_image
@@ -279,7 +281,11 @@ def test_event_stream(executor: Executor) -> None:
         "NodeFinished",
         "RunFinished",
     ]
-    assert seen[1].node_ids == ("r",) and seen[2].cached is True and seen[2].ui == {"text": ["1.0"]}
+    assert (
+        seen[1].node_ids == ("c", "w", "s", "r")
+        and seen[2].cached is True
+        and seen[2].ui == {"text": ["1.0"]}
+    )
 
 
 def test_fingerprint_reruns_when_the_file_changes(
