@@ -102,7 +102,7 @@ def test_a_prompt_runs_and_sends_comfyui_messages(live: LiveServer, ws: WebSocke
         "execution_success",
         "executing",
     ]
-    assert frames[1]["data"]["nodes"] == ["9"]  # the output's cached value needs no ancestors
+    assert frames[1]["data"]["nodes"] == ["1", "9"]  # as ComfyUI: every node the cache holds
 
 
 def test_every_route_is_also_under_api(live: LiveServer) -> None:
