@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import struct
 import urllib.parse
 import urllib.request
 import uuid
@@ -73,6 +74,7 @@ class ExampleClient:
         self.client_id = str(uuid.uuid4())
         self.ws = WebSocket(f"ws://{address}/ws?clientId={self.client_id}")
         self.seen: list[Any] = []
+        self.previews: list[bytes] = []
 
     def queue_prompt(self, prompt: dict[str, Any], prompt_id: str) -> None:
         payload = {"prompt": prompt, "client_id": self.client_id, "prompt_id": prompt_id}
@@ -91,7 +93,8 @@ class ExampleClient:
         for _ in range(100_000):  # bounded: a run sends far fewer frames
             frame = self.ws.recv(timeout=300)
             if not isinstance(frame, str):
-                continue  # binary previews
+                self.previews.append(frame)  # binary previews: the example skips them
+                continue
             message = json.loads(frame)
             self.seen.append(message)
             data = message["data"]
@@ -113,12 +116,12 @@ class ExampleClient:
         self.ws.close()
 
 
-def run_example(data: Path, ckpt: str, size: int, steps: int) -> tuple[dict, list]:
+def run_example(data: Path, ckpt: str, size: int, steps: int) -> tuple[dict, list, list]:
     live = LiveServer(data, registry=diffusion_registry())
     client = ExampleClient(f"127.0.0.1:{live.port}")
     try:
         images = client.get_images(default_workflow(ckpt, size, steps))
-        return images, client.seen
+        return images, client.seen, client.previews
     finally:
         client.close()
         live.close()
@@ -144,7 +147,7 @@ def models(tiny_sd: Path) -> Iterator[Path]:
 def test_the_published_client_runs_comfyui_nodes_on_a_tiny_model(
     models: Path, tmp_path: Path
 ) -> None:
-    images, seen = run_example(tmp_path / "data", TINY_NAME, TINY_SIZE, steps=3)
+    images, seen, _ = run_example(tmp_path / "data", TINY_NAME, TINY_SIZE, steps=3)
     check_pngs(images, TINY_SIZE)
     kinds = [m["type"] for m in seen]
     assert kinds[0] == "status" and "execution_start" in kinds and "execution_success" in kinds
@@ -159,12 +162,17 @@ def test_the_published_client_runs_comfyui_nodes_on_the_shipped_model(
 ) -> None:
     from nodes.models import SHIPPED_NAME
 
-    images, seen = run_example(tmp_path / "data", SHIPPED_NAME, 64, steps=8)
+    images, seen, previews = run_example(tmp_path / "data", SHIPPED_NAME, 64, steps=8)
     pictures = check_pngs(images, 64)
     for picture in pictures:  # a picture, not a flat colour or noise-free blank
         low, high = zip(*picture.getextrema(), strict=True)
         assert max(high) - min(low) > 32
     assert seen[-1]["type"] == "executing" and seen[-1]["data"]["node"] is None
+    assert len(previews) == 8  # one per sampler step, in ComfyUI's binary framing
+    for frame in previews:
+        kind, fmt = struct.unpack(">II", frame[:8])
+        assert kind == 1 and fmt in (1, 2)
+        Image.open(io.BytesIO(frame[8:])).verify()
 
 
 def test_interrupting_the_sampler_stops_it_and_the_next_run_works(
