@@ -54,11 +54,14 @@ class Executor:
         self.limits = limits or Limits()
         self._lock = threading.Lock()
         self._interrupt: threading.Event | None = None
+        self._last: tuple[Plan, dict[str, str]] | None = None
+        """The last plan run and its cache keys: a re-run or sweep redoes only what changed."""
 
     def validate(self, workflow: Any) -> Plan:
         """Check a workflow (API-format dict); raises ValidationFailed listing every error."""
+        previous = self._last[0] if self._last is not None else None
         with gc_paused():
-            return validate(workflow, self.registry, self.limits)
+            return validate(workflow, self.registry, self.limits, previous)
 
     def interrupt(self) -> None:
         """Ask the run in progress to stop at its next node or progress tick."""
@@ -102,10 +105,12 @@ class _Run:
     """The state of one run: keys, values pinned for it, and what happened."""
 
     def __init__(self, executor: Executor, plan: Plan, ctx: RunContext, listening: bool) -> None:
-        self.cache = executor.cache
+        self.executor, self.cache = executor, executor.cache
         self.plan, self.ctx, self.listening = plan, ctx, listening
         self._listener, ctx.emit = ctx.emit, self._dispatch
         self.keys: dict[str, str] = {}
+        self.current: Step | None = None
+        """The node being keyed or executed (named by failures and interrupts)."""
         self.values: dict[str, Entry] = {}
         self.result = RunResult(ctx.run_id, "success", 0.0)
 
@@ -121,60 +126,80 @@ class _Run:
     def execute(self) -> RunResult:
         start = time.perf_counter()
         result = self.result
-        current: Step | None = None
         try:
             with gc_paused():
-                for node_id in self.plan.order:
-                    current = self.plan.steps[node_id]
-                    self.keys[node_id] = self._key(current)
-                current = None
+                self._compute_keys()
                 to_run = self._select()
-                cached = set(result.cached)
-            self.emit(
-                events.RunStarted,
-                planned=tuple(n for n in self.plan.order if n in to_run or n in cached),
-            )
+            cached = set(result.cached)
+            planned = tuple(n for n in self.plan.order if n in to_run or n in cached)
+            self.emit(events.RunStarted, planned=planned)
             if result.cached:
                 self.emit(events.NodesCached, node_ids=tuple(result.cached))
             for node_id in result.cached:
-                self._report_cached(node_id)
+                if node_id in self._served:
+                    self._report_cached(node_id)
             for node_id in self.plan.order:
-                if node_id not in to_run:
-                    continue
-                self.ctx.check_interrupt()
-                current = self.plan.steps[node_id]
-                self._execute(current)
-            current = None
+                if node_id in to_run:
+                    self.ctx.check_interrupt()
+                    self._execute(self.plan.steps[node_id])
+            self.current = None
         except Interrupted:
             result.status = "interrupted"
             self.emit(
                 events.RunInterrupted,
-                node_id=current and current.id,
-                class_type=current and current.cls.spec.type_name,
+                node_id=self.current and self.current.id,
+                class_type=self.current and self.current.cls.spec.type_name,
                 executed=tuple(result.executed),
             )
         except Exception as exc:
             result.status = "failed"
-            node_id = current.id if current else None
-            class_type = current.cls.spec.type_name if current else None
-            if isinstance(exc, NodeFailed):
-                message, kind = exc.message, "NodeFailed"
-            else:
-                message, kind = f"{exc}" or type(exc).__name__, type(exc).__name__
-            result.error = events.RunFailed(
-                run_id=self.ctx.run_id,
-                node_id=node_id,
-                class_type=class_type,
-                message=message,
-                exception_type=kind,
-                traceback=traceback.format_exc(),
-                executed=tuple(result.executed),
-            )
+            result.error = self._failure(exc)
             self._listener(result.error)
         result.seconds = time.perf_counter() - start
         if result.status == "success":
             self.emit(events.RunFinished, seconds=result.seconds)
         return result
+
+    def _failure(self, exc: Exception) -> events.RunFailed:
+        """The RunFailed event for an exception raised by the current node (or the run)."""
+        step = self.current
+        if isinstance(exc, NodeFailed):
+            message, kind = exc.message, "NodeFailed"
+        else:
+            message, kind = f"{exc}" or type(exc).__name__, type(exc).__name__
+        return events.RunFailed(
+            run_id=self.ctx.run_id,
+            node_id=step.id if step else None,
+            class_type=step.cls.spec.type_name if step else None,
+            message=message,
+            exception_type=kind,
+            traceback=traceback.format_exc(),
+            executed=tuple(self.result.executed),
+        )
+
+    def _compute_keys(self) -> None:
+        """Every node's key; a node unchanged since the last plan (same Step, no fingerprint,
+        no source whose key changed) keeps its last key without hashing anything."""
+        last_plan, last_keys = self.executor._last or (None, {})
+        last_steps = last_plan.steps if last_plan is not None else {}
+        keys, changed = self.keys, set()
+        for node_id in self.plan.order:
+            step = self.plan.steps[node_id]
+            old = last_keys.get(node_id)
+            if (
+                old is not None
+                and last_steps.get(node_id) is step
+                and not step.cls.spec.has_fingerprint
+                and not any(link.source in changed for link in step.links.values())
+            ):
+                keys[node_id] = old
+                continue
+            self.current = step  # a fingerprint that raises is this node's failure
+            keys[node_id] = key = self._key(step)
+            if key != old:
+                changed.add(node_id)
+        self.current = None
+        self.executor._last = (self.plan, keys)
 
     def _key(self, step: Step) -> str:
         spec = step.cls.spec
@@ -261,6 +286,7 @@ class _Run:
         return kwargs
 
     def _execute(self, step: Step) -> None:
+        self.current = step
         spec = step.cls.spec
         self.emit(events.NodeStarted, node_id=step.id, class_type=spec.type_name)
         started = time.perf_counter()

@@ -127,6 +127,12 @@ class NodeSpec:
     """The Outputs model of a node with several outputs, else None."""
     has_fingerprint: bool
 
+    @property
+    def dynamic(self) -> bool:
+        """Whether validity can change with no change to the workflow (choices found at run
+        time): such nodes are checked again on every run."""
+        return any(i.dynamic_choices is not None for i in self.inputs.values())
+
 
 class Node(BaseModel):
     """Base class of every node. Subclass it; fields are inputs; `invoke` computes outputs."""

@@ -36,6 +36,8 @@ class Plan:
     outputs: list[str]
     workflow: dict[str, Any] = field(default_factory=dict)
     """The API-format workflow the plan was made from (what nodes see as `ctx.run.workflow`)."""
+    nodes: dict[str, WorkflowNode] = field(default_factory=dict)
+    """The parsed nodes (to check a similar workflow against, see validate's `previous`)."""
 
 
 @contextlib.contextmanager

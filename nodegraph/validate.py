@@ -55,8 +55,15 @@ _KIND_WORDS = {
 }
 
 
-def validate(data: Any, registry: Registry, limits: Limits | None = None) -> Plan:
-    """Check an API-format workflow and plan its run; raises ValidationFailed with every error."""
+def validate(
+    data: Any, registry: Registry, limits: Limits | None = None, previous: Plan | None = None
+) -> Plan:
+    """Check an API-format workflow and plan its run; raises ValidationFailed with every error.
+
+    With the `previous` plan of a workflow of the same shape (same nodes, classes and links; a
+    re-run or a sweep), its order is reused and so are the checks of nodes whose literal inputs
+    did not change: only what changed is checked again.
+    """
     data = unwrap(data)
     limits = limits or Limits()
     if len(data) > limits.max_nodes:
@@ -86,6 +93,11 @@ def validate(data: Any, registry: Registry, limits: Limits | None = None) -> Pla
         )
         raise ValidationFailed([*errors, NodeError("prompt_no_outputs", message)])
 
+    if not errors and previous is not None and same_shape(known, previous.nodes):
+        plan = _recheck(previous, known, classes, data)
+        if plan is not None:
+            return plan  # else a changed literal is wrong: the full path below reports it
+
     edges = [(link.source, i) for i, n in known.items() for link in n.links.values()]
     graph = build_graph((e for e in edges if e[0] in known), known)
     ordered = order(graph)
@@ -111,7 +123,36 @@ def validate(data: Any, registry: Registry, limits: Limits | None = None) -> Pla
             steps[node_id] = step
     if errors:
         raise ValidationFailed(errors, dependent_outputs(graph, errors, outputs))
-    return Plan(steps, ordered or [], outputs, data)
+    return Plan(steps, ordered or [], outputs, data, known)
+
+
+def _recheck(
+    previous: Plan, known: dict[str, WorkflowNode], classes: dict[str, type[Node]], data: Any
+) -> Plan | None:
+    """The previous plan with only the nodes whose literals changed checked again (or None)."""
+    steps = {}
+    errors: list[NodeError] = []
+    for node_id in previous.order:
+        node, old = known[node_id], previous.steps[node_id]
+        if node.literals == previous.nodes[node_id].literals and not old.cls.spec.dynamic:
+            steps[node_id] = old
+        else:
+            step = _check_node(node, classes, errors)
+            if step is None:
+                return None
+            steps[node_id] = step
+    return Plan(steps, previous.order, previous.outputs, data, known)
+
+
+def same_shape(nodes: dict[str, WorkflowNode], before: dict[str, WorkflowNode]) -> bool:
+    """Whether two parsed workflows have the same nodes, classes and links (literals aside)."""
+    if nodes.keys() != before.keys():
+        return False
+    for node_id, node in nodes.items():
+        old = before[node_id]
+        if node.class_type != old.class_type or node.links != old.links or node.malformed:
+            return False
+    return True
 
 
 def dependent_outputs(

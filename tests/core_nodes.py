@@ -148,10 +148,13 @@ class ReadFile(Node):
         return float(len(ctx.settings.resolve_input(self.path).read_bytes()))
 
 
+PICK_CHOICES = ["a", "b", "c"]
+
+
 class Pick(Node):
     """A choice found at run time."""
 
-    name: str = InputField("a", choices=lambda: ["a", "b", "c"])
+    name: str = InputField("a", choices=lambda: list(PICK_CHOICES))
 
     def invoke(self, ctx: NodeContext) -> str:
         return self.name

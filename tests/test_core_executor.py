@@ -13,8 +13,10 @@ import pytest
 from nodegraph import Node, NodeContext, RunSettings
 from nodegraph import events as ev
 from nodegraph.cache import Cache, size_of
+from nodegraph.errors import ValidationFailed
 from nodegraph.executor import Executor
 from nodegraph.registry import Registry
+from tests import core_nodes
 from tests.core_nodes import Split
 
 
@@ -352,3 +354,59 @@ def test_utility_nodes(executor: Executor) -> None:
     wf = {"z": n("IntMath", a=1, b=0, op="div"), "o3": n("ShowValue", value=["z", 0])}
     result = executor.run(wf)
     assert result.status == "failed" and "by zero" in result.error.message
+
+
+def test_reruns_check_again_only_what_changed(executor: Executor, calls: Counter) -> None:
+    first = executor.validate(image_graph())
+    executor.run(first)
+    again = executor.validate(image_graph(label="x"))
+    assert again.steps["f"] is first.steps["f"]  # unchanged nodes keep their checked step
+    assert again.steps["r"] is not first.steps["r"]
+    assert executor.run(again).executed == ["r"]
+
+
+def test_a_changed_literal_is_still_checked_on_a_rerun(executor: Executor) -> None:
+    executor.run(image_graph())
+    bad = image_graph()
+    bad["f"]["inputs"]["width"] = 1000
+    with pytest.raises(ValidationFailed) as caught:
+        executor.validate(bad)
+    (error,) = caught.value.errors
+    assert (error.node_id, error.type) == ("f", "value_bigger_than_max")
+    assert caught.value.dependent_outputs["f"] == ["r"]
+
+
+def test_a_source_that_changed_class_is_checked_again(executor: Executor) -> None:
+    wf = {
+        "c": n("Const"),
+        "f": n("Fill", level=["c", 0]),
+        "m": n("Mean", image=["f", 0]),
+        "r": n("Record", value=["m", 0]),
+    }
+    executor.run(wf)
+    wf["c"] = n("IntOut")  # same id and links, an INT output now: Fill.level wants NUMBER
+    with pytest.raises(ValidationFailed) as caught:
+        executor.validate(wf)
+    assert [(e.node_id, e.type) for e in caught.value.errors] == [("f", "return_type_mismatch")]
+
+
+def test_choices_found_at_run_time_are_checked_on_every_run(executor: Executor) -> None:
+    wf = {"p": n("Pick", name="c"), "s": n("ShowValue", value=["p", 0])}
+    assert executor.run(wf).ok
+    core_nodes.PICK_CHOICES.remove("c")
+    try:
+        with pytest.raises(ValidationFailed) as caught:
+            executor.validate(wf)
+        assert caught.value.errors[0].type == "value_not_in_list"
+    finally:
+        core_nodes.PICK_CHOICES.append("c")
+
+
+def test_keys_of_a_rerun_match_a_fresh_executor(registry: Registry) -> None:
+    warm = Executor(registry)
+    warm.run(image_graph())
+    changed = image_graph(mode="one_minus", label="y")
+    warm_result = warm.run(changed)
+    fresh = Executor(registry, warm.cache)  # same cache, no memory of the last plan
+    fresh_result = fresh.run(changed)
+    assert fresh_result.executed == [] and warm_result.ui == fresh_result.ui
