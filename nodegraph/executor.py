@@ -276,7 +276,7 @@ class _Run:
             kwargs[name] = self.values[self.keys[link.source]].outputs[link.output]
         for name in step.linked_literals:
             try:
-                kwargs[name] = coerce_literal(step.cls.spec.inputs[name], kwargs[name])
+                kwargs[name] = coerce_literal(step.cls.spec.inputs[name], kwargs[name], False)
             except LiteralProblem as problem:
                 raise NodeFailed(
                     step.id,

@@ -256,11 +256,15 @@ class LiteralProblem(ValueError):
         self.kind, self.message = kind, message
 
 
-def coerce_literal(inp: InputSpec, value: Any) -> Any:
-    """The value a literal input gets from `value`; raises LiteralProblem if it does not fit."""
+def coerce_literal(inp: InputSpec, value: Any, remember: bool = True) -> Any:
+    """The value a literal input gets from `value`; raises LiteralProblem if it does not fit.
+
+    Good values of literals in workflows are remembered (they repeat across runs); values that
+    arrive over links at run time are not (`remember=False`): they rarely repeat.
+    """
     key = (type(value), value)
-    static = inp.dynamic_choices is None
-    if static:  # literal values repeat a lot (sweeps, re-runs, big graphs): remember good ones
+    remember = remember and inp.dynamic_choices is None  # dynamic choices: look them up again
+    if remember:
         try:
             return inp.memo[key]
         except (KeyError, TypeError):  # not seen yet, or unhashable
@@ -269,17 +273,17 @@ def coerce_literal(inp: InputSpec, value: Any) -> Any:
         coerced = inp.adapter.validator.validate_python(value)  # type: ignore[union-attr]
     except ValidationError as exc:
         raise LiteralProblem(*_explain(inp, value, exc.errors()[0])) from None
-    if not static:
+    if inp.dynamic_choices is not None:
         choices = inp.choices() or ()
         if coerced not in choices:
             shown = ", ".join(map(repr, choices[:20])) or "none are available"
             message = f"{coerced!r} is not one of the choices: {shown}."
             raise LiteralProblem("value_not_in_list", message)
-        return coerced
-    with contextlib.suppress(TypeError):  # unhashable values are not remembered
-        if len(inp.memo) >= _MEMO_SIZE:
-            inp.memo.clear()
-        inp.memo[key] = coerced
+    if remember:
+        with contextlib.suppress(TypeError):  # unhashable values are not remembered
+            if len(inp.memo) >= _MEMO_SIZE:
+                inp.memo.clear()
+            inp.memo[key] = coerced
     return coerced
 
 
