@@ -77,12 +77,16 @@ class Plan:
     """Sizes and step counts of one run."""
 
     seed: int = 0
-    vae_steps: int = 1500
+    vae_steps: int = 1100
     vae_batch: int = 32
     vae_lr: float = 1e-3
     vae_ckpt_every: int = 500
     vae_full_fraction: float = 0.15  # the last part of the VAE steps sees whole pictures
     latent_images: int = 168 * 360
+    decoder_steps: int = 3000  # decoder fine-tuning on whole pictures, encoder frozen
+    decoder_batch: int = 16
+    decoder_lr: float = 5e-4
+    decoder_ckpt_every: int = 250
     unet_steps: int = 6000
     unet_batch: int = 128
     unet_lr: float = 1e-3
@@ -95,7 +99,8 @@ class Plan:
     @classmethod
     def smoke(cls) -> Plan:
         return cls(
-            vae_steps=4, vae_batch=4, vae_ckpt_every=2, latent_images=168, unet_steps=4,
+            vae_steps=4, vae_batch=4, vae_ckpt_every=2, latent_images=168, decoder_steps=2,
+            decoder_batch=2, decoder_ckpt_every=1, unet_steps=4,
             unet_batch=8, unet_warmup=2, unet_ckpt_every=2, eval_captions=4,
         )
 
@@ -541,7 +546,7 @@ def train_vae(plan: Plan, run_dir: Path):
             payload = {"model": vae.state_dict(), "optimizer": opt.state_dict()}
             save_checkpoint(folder, done, payload)
     vae.eval()
-    psnr, std, mean = measure_vae(vae, plan)
+    psnr, std, mean = measure_vae(vae, plan, n=32 if plan.vae_steps < 10 else 512)
     vae.register_to_config(scaling_factor=float(1.0 / std))
     folder.mkdir(parents=True, exist_ok=True)
     torch.save(
@@ -601,6 +606,133 @@ def cache_latents(vae, plan: Plan, run_dir: Path, tokenizer) -> dict:
     torch.save(data, path)
     log(f"latents: encoded {plan.latent_images} pictures in {time.time() - t0:.0f} s")
     return data
+
+
+# --------------------------------------------------------------------------- stage 2b: decoder
+
+
+def finetune_decoder(
+    plan: Plan, run_dir: Path, vae, data: dict, budget_minutes: float | None
+) -> bool:
+    """Sharpen the VAE decoder on whole pictures with the encoder (so the latent space) frozen.
+
+    It reads the cached latents and redraws their pictures, so it never runs the encoder, and
+    it can run before, during or after the UNet stage: the UNet never sees the decoder.
+    Returns whether it trained now (False: it had finished earlier).
+    """
+    folder = run_dir / "decoder"
+    final = folder / "final.pt"
+    if final.exists():
+        payload = torch.load(final, weights_only=False)
+        vae.decoder.load_state_dict(payload["decoder"])
+        vae.post_quant_conv.load_state_dict(payload["post_quant_conv"])
+        log(f"decoder: done earlier (psnr {payload['psnr']:.2f} dB)")
+        return False
+    params = [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()]
+    opt = torch.optim.AdamW(params, lr=plan.decoder_lr, weight_decay=0.0)
+    start, spent = 0, 0.0
+    ckpt = latest_checkpoint(folder)
+    if ckpt is not None:
+        payload = torch.load(ckpt, weights_only=False)
+        vae.decoder.load_state_dict(payload["decoder"])
+        vae.post_quant_conv.load_state_dict(payload["post_quant_conv"])
+        opt.load_state_dict(payload["optimizer"])
+        torch.set_rng_state(payload["torch_rng"])
+        start, spent = payload["step"], float(payload.get("train_seconds", 0.0))
+        log(f"decoder: resumed from {ckpt} at step {start}")
+    else:
+        torch.manual_seed(plan.seed + 5)
+    budget = budget_minutes * 60 if budget_minutes else None
+    log(f"decoder: {plan.decoder_steps} steps of {plan.decoder_batch}"
+        + (f", time budget {budget_minutes} min" if budget else ""))
+    for p in params:
+        p.requires_grad_(True)
+    vae.decoder.train()
+    n = len(data["mean"])
+    t0 = t_last = time.time()
+    loss_avg = None
+    for step in range(start, plan.decoder_steps):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, plan.decoder_lr, 50, plan.decoder_steps,
+                                progress=spent / budget if budget else 0.0)
+        idx = torch.randint(0, n, (plan.decoder_batch,))
+        images = np.stack([
+            shapes.generate_sample(int(i), seed=plan.seed + 2).image for i in idx
+        ])
+        x = to_model_images(images)
+        mean, std = data["mean"][idx].float(), data["std"][idx].float()
+        rec = vae.decode(mean + std * torch.randn_like(mean)).sample
+        # Edges (where the picture changes within 2 pixels) weigh 5x: they carry the shape.
+        spread = F.max_pool2d(x, 5, 1, 2) + F.max_pool2d(-x, 5, 1, 2)
+        weight = 1.0 + 4.0 * (spread.amax(dim=1, keepdim=True) > 0.2).float()
+        err = (rec - x).abs() + (rec - x).square()
+        loss = (err * weight).mean() / weight.mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        loss_avg = loss.item() if loss_avg is None else 0.98 * loss_avg + 0.02 * loss.item()
+        now = time.time()
+        spent, t_last = spent + now - t_last, now
+        done = step + 1
+        if done % 50 == 0:
+            log(f"decoder step {done}/{plan.decoder_steps} loss {loss_avg:.4f} "
+                f"{(done - start) * plan.decoder_batch / (now - t0):.0f} img/s")
+        out_of_time = budget is not None and spent >= budget
+        if done % plan.decoder_ckpt_every == 0 or out_of_time:
+            payload = {"decoder": vae.decoder.state_dict(),
+                       "post_quant_conv": vae.post_quant_conv.state_dict(),
+                       "optimizer": opt.state_dict(), "train_seconds": spent}
+            save_checkpoint(folder, done, payload)
+        if out_of_time:
+            log(f"decoder: time budget used up at step {done}")
+            break
+    vae.eval()
+    vae.requires_grad_(False)
+    psnr, _, _ = measure_vae(vae, plan, n=32 if plan.vae_steps < 10 else 512)
+    torch.save({"decoder": vae.decoder.state_dict(),
+                "post_quant_conv": vae.post_quant_conv.state_dict(), "psnr": psnr}, final)
+    log(f"decoder: psnr {psnr:.2f} dB on held-out pictures")
+    return True
+
+
+def use_finished_decoder(vae, run_dir: Path) -> None:
+    """Put the fine-tuned decoder into ``vae`` once the decoder stage has finished."""
+    dec = run_dir / "decoder" / "final.pt"
+    if dec.exists() and getattr(vae, "_decoder_from", None) != dec:
+        payload = torch.load(dec, weights_only=False)
+        vae.decoder.load_state_dict(payload["decoder"])
+        vae.post_quant_conv.load_state_dict(payload["post_quant_conv"])
+        vae._decoder_from = dec
+        log(f"vae: using the fine-tuned decoder from {dec}")
+
+
+def load_finished_vae(run_dir: Path):
+    """The VAE of a run: trained weights, measured scaling factor, fine-tuned decoder if any."""
+    vae = make_vae()
+    payload = torch.load(run_dir / "vae" / "final.pt", weights_only=False)
+    vae.load_state_dict(payload["model"])
+    vae.register_to_config(scaling_factor=payload["scaling_factor"])
+    use_finished_decoder(vae, run_dir)
+    vae.eval()
+    vae.requires_grad_(False)
+    return vae
+
+
+def export_latest(plan: Plan, run_dir: Path, export_dir: Path, tokenizer_dir: Path, command: str):
+    """Export the latest UNet checkpoint with the finished VAE (and evaluate it quickly)."""
+    tokenizer = load_tokenizer(tokenizer_dir)
+    vae = load_finished_vae(run_dir)
+    ckpt = latest_checkpoint(run_dir / "unet")
+    if ckpt is None:
+        raise SystemExit(f"no UNet checkpoint under {run_dir / 'unet'}")
+    payload = torch.load(ckpt, weights_only=False)
+    text_encoder, unet = make_text_encoder(tokenizer), make_unet()
+    unet.load_state_dict(payload["unet"])
+    text_encoder.load_state_dict(payload["text_encoder"])
+    log(f"export: {ckpt}")
+    checkpoint_export(plan, run_dir, export_dir, vae, text_encoder, unet, tokenizer_dir,
+                      payload["step"], command, float("nan"), payload.get("train_seconds", 0.0))
 
 
 # --------------------------------------------------------------------------- stage 3: UNet
@@ -729,6 +861,7 @@ def checkpoint_export(
 
     unet.eval()
     text_encoder.eval()
+    use_finished_decoder(vae, run_dir)
     state = {
         "unet_step": step,
         "unet_steps_planned": plan.unet_steps,
@@ -773,6 +906,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget-minutes", type=float,
                     help="UNet training time budget (over all resumes): the learning rate decays "
                     "with time as well as steps, and training stops when it is used up")
+    ap.add_argument("--decoder-minutes", type=float,
+                    help="time budget of the decoder fine-tuning stage")
+    ap.add_argument("--only", choices=["decoder", "export"],
+                    help="run just the decoder fine-tuning stage (needs the VAE and latents), "
+                    "or just export the latest UNet checkpoint with the finished VAE")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--evaluate", type=Path, metavar="FOLDER",
                     help="only evaluate an exported folder (txt2img, img2img, samplers, speed)")
@@ -814,14 +952,24 @@ def main(argv: list[str] | None = None) -> int:
         torch.save(payload, run_dir / "vae" / "final.pt")
         log(f"vae: taken from {export_dir}")
     t_vae = time.time()
+    if args.only == "export":
+        export_latest(plan, run_dir, export_dir, tokenizer_dir, command)
+        return 0
     vae = train_vae(plan, run_dir) if vae is None else vae
     vae.eval()
     vae.requires_grad_(False)
     log(f"vae stage wall time {time.time() - t_vae:.0f} s")
-    t_unet = time.time()
-    train_unet(plan, run_dir, vae, tokenizer, tokenizer_dir, export_dir, args.resume_from_shipped,
-               command, args.budget_minutes)
-    log(f"unet stage wall time {time.time() - t_unet:.0f} s")
+    if args.only != "decoder":
+        t_unet = time.time()
+        train_unet(plan, run_dir, vae, tokenizer, tokenizer_dir, export_dir,
+                   args.resume_from_shipped, command, args.budget_minutes)
+        log(f"unet stage wall time {time.time() - t_unet:.0f} s")
+    t_dec = time.time()
+    trained = finetune_decoder(plan, run_dir, vae, cache_latents(vae, plan, run_dir, tokenizer),
+                               args.decoder_minutes)
+    log(f"decoder stage wall time {time.time() - t_dec:.0f} s")
+    if args.only != "decoder" and trained:  # the last export still has the old decoder
+        export_latest(plan, run_dir, export_dir, tokenizer_dir, command)
     log(f"done: total wall time {time.time() - t_start:.0f} s; command: {command}")
     return 0
 
