@@ -3,7 +3,7 @@
 ComfyUI ships hand-made linear latent-to-RGB factors per model family; we fit ours once per loaded
 checkpoint instead, so they suit any VAE (the shipped model's as well as SD's): encode solid
 colours, then solve the least-squares map from quadratic features of the mean latent back to the
-colour. A preview costs a few hundred multiply-adds per latent pixel, no decoder run.
+colour (a ridge fit). A preview costs a few hundred multiply-adds per latent pixel, no decoder run.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from PIL import Image
 from .values import Vae
 
 LEVELS = (0.0, 1 / 3, 2 / 3, 1.0)
+RIDGE = 1e-2
 
 
 def _features(z: torch.Tensor) -> torch.Tensor:
@@ -35,6 +36,10 @@ def fit_latent_rgb(vae: Vae) -> torch.Tensor:
     pixels = colours[:, None, None, :].expand(len(colours), side, side, 3)
     latents, _ = vae_encode(vae, pixels)
     features = _features(latents.float().mean(dim=(2, 3)).cpu())
+    # ridge regression (a little weight decay keeps the quadratic fit well conditioned)
+    n = features.shape[1]
+    features = torch.cat([features, RIDGE**0.5 * torch.eye(n)])
+    colours = torch.cat([colours, torch.zeros(n, 3)])
     return torch.linalg.lstsq(features, colours).solution
 
 
