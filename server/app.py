@@ -88,9 +88,13 @@ def _refuse_constant(name: str) -> Any:
 async def read_json(request: web.Request, *, empty_ok: bool = True) -> Any:
     """The JSON body (NaN, infinities and oversized bodies refused), or {} for an empty one."""
     limit = request.app[CONFIG].limits.max_body_bytes
-    body = await request.content.read(limit + 1)
-    if len(body) > limit:
-        raise BadRequest(error_body("invalid_prompt", f"The body is over {limit} bytes."), 413)
+    chunks, size = [], 0
+    async for chunk in request.content.iter_any():  # the whole body, however it arrives
+        size += len(chunk)
+        if size > limit:
+            raise BadRequest(error_body("invalid_prompt", f"The body is over {limit} bytes."), 413)
+        chunks.append(chunk)
+    body = b"".join(chunks)
     if not body.strip():
         if empty_ok:
             return {}

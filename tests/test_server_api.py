@@ -358,3 +358,25 @@ def test_outputs_are_listed_and_viewable(live: LiveServer, ws: WebSocket) -> Non
             assert body.startswith(b"\x89PNG")
             names.append(image["filename"])
     assert len(set(names)) == 2  # names do not collide
+
+
+def test_a_body_that_arrives_in_pieces_is_read_whole(live: LiveServer) -> None:
+    import socket
+    import time
+
+    body = json.dumps({"prompt": add(2, 3), "client_id": "pieces", "pad": "x" * 30_000}).encode()
+    head = (
+        f"POST /prompt HTTP/1.1\r\nHost: 127.0.0.1:{live.port}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        "Connection: close\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", live.port), timeout=10) as conn:
+        conn.sendall(head + body[:10_000])
+        time.sleep(0.2)  # the rest comes later, as from a slow network
+        conn.sendall(body[10_000:])
+        answer = b""
+        while chunk := conn.recv(65536):
+            answer += chunk
+    status_line, _, rest = answer.partition(b"\r\n")
+    assert b" 200 " in status_line, answer[:300]
+    assert "prompt_id" in json.loads(rest.partition(b"\r\n\r\n")[2])
