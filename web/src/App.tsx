@@ -390,8 +390,10 @@ export function App() {
     try {
       // The prompt keeps `_meta` (title, layout): the engine ignores it, and SaveImage embeds the
       // prompt, so a saved picture restores the canvas as it was.
-      await queuePrompt(api, clientId, api);
+      // Clear an old error before queueing: a run that fails fast may report its own error
+      // before the queue request has even answered.
       setBanner((b) => (b?.kind === 'error' ? null : b));
+      await queuePrompt(api, clientId, api);
       // Seeds set to change after each queue.
       const next = nodesRef.current.map((n) => {
         const ctl = n.data.control;
