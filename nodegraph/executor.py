@@ -14,7 +14,7 @@ from . import events
 from .cache import Cache, Entry, signature, size_of
 from .context import NodeContext, RunContext, RunSettings
 from .errors import Interrupted, NodeFailed
-from .plan import Plan, Step, gc_paused
+from .plan import Plan, Step, gc_frozen, gc_paused
 from .registry import Registry
 from .validate import Limits, LiteralProblem, coerce_literal, validate
 from .workflow import unwrap
@@ -138,10 +138,11 @@ class _Run:
             for node_id in result.cached:
                 if node_id in self._served:
                     self._report_cached(node_id)
-            for node_id in self.plan.order:
-                if node_id in to_run:
-                    self.ctx.check_interrupt()
-                    self._execute(self.plan.steps[node_id])
+            with gc_frozen():
+                for node_id in self.plan.order:
+                    if node_id in to_run:
+                        self.ctx.check_interrupt()
+                        self._execute(self.plan.steps[node_id])
             self.current = None
         except Interrupted:
             result.status = "interrupted"
