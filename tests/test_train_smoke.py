@@ -4,23 +4,28 @@ model folder."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "tools" / "train_model.py"
-
 
 def _train(run_dir: Path, export_dir: Path, *extra: str) -> str:
-    cmd = [sys.executable, str(SCRIPT), "--smoke", "--run-dir", str(run_dir),
-           "--export-dir", str(export_dir), "--threads", "1", *extra]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=180, cwd=ROOT)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return done.stdout
+    """Run the training script in-process (saves re-importing torch) and return what it printed."""
+    import torch
+
+    from tools import train_model
+
+    argv = ["--smoke", "--run-dir", str(run_dir), "--export-dir", str(export_dir), *extra]
+    threads, out = torch.get_num_threads(), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out):
+            assert train_model.main(argv) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return out.getvalue()
 
 
 @pytest.fixture(scope="module")

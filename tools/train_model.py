@@ -93,6 +93,11 @@ class Plan:
     unet_warmup: int = 300
     unet_ckpt_every: int = 600
     caption_dropout: float = 0.1
+    # At low noise a wrong caption replaces the right one with probability
+    # mismatch_max * (1 - t / mismatch_until): the model learns to trust a clear picture over
+    # the text, so img2img at low strength keeps the picture even with CFG.
+    mismatch_max: float = 0.5
+    mismatch_until: int = 500
     min_snr_gamma: float = 5.0
     eval_captions: int = 168
 
@@ -424,9 +429,11 @@ def evaluate_img2img(
             prompts, image=inputs, strength=strength, num_inference_steps=steps,
             guidance_scale=cfg, generator=gen, output_type="np",
         ).images
-        follow = kept_shape = moved = 0.0
+        follow = kept_shape = moved = distance = 0.0
         for image, (sample, new) in zip(out, truths, strict=True):
-            res = shapes.check_image((np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8))
+            pixels = (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)
+            distance += float(np.abs(pixels.astype(np.float32) - sample.image).mean() / 255.0)
+            res = shapes.check_image(pixels)
             follow += res.colour == new
             kept_shape += res.shape == sample.shape
             if res.centroid is not None:
@@ -438,6 +445,7 @@ def evaluate_img2img(
             "colour_follows_prompt": follow / n,
             "shape_kept": kept_shape / n,
             "centroid_shift": moved / n,
+            "pixel_distance": distance / n,
         }
     return results
 
@@ -809,10 +817,15 @@ def train_unet(
         mean, std = data["mean"][idx].float(), data["std"][idx].float()
         latents = (mean + std * torch.randn_like(mean)) * scale
         ids = data["input_ids"][data["combo"][idx]].clone()
+        t = torch.randint(0, sched.config.num_train_timesteps, (plan.unet_batch,))
+        if plan.mismatch_max > 0:
+            p_wrong = plan.mismatch_max * (1 - t.float() / plan.mismatch_until).clamp(0, 1)
+            wrong = torch.rand(plan.unet_batch) < p_wrong
+            others = torch.randint(0, len(data["input_ids"]), (plan.unet_batch,))
+            ids[wrong] = data["input_ids"][others[wrong]]
         drop = torch.rand(plan.unet_batch) < plan.caption_dropout
         ids[drop] = data["empty_ids"]
         noise = torch.randn_like(latents)
-        t = torch.randint(0, sched.config.num_train_timesteps, (plan.unet_batch,))
         noisy = sched.add_noise(latents, noise, t)
         cond = text_encoder(ids)[0]
         pred = unet(noisy, t, encoder_hidden_states=cond).sample
