@@ -112,6 +112,11 @@ class _Run:
         self.current: Step | None = None
         """The node being keyed or executed (named by failures and interrupts)."""
         self.values: dict[str, Entry] = {}
+        """Entries this run reads, by key: pinned, so eviction cannot take them mid-run."""
+        self._served: set[str] = set()
+        """Nodes whose results come from the cache or from an identical node in this run."""
+        self._twins: dict[str, list[str]] = {}
+        """For a node that executes: the identical nodes that share its result."""
         self.result = RunResult(ctx.run_id, "success", 0.0)
 
     def _dispatch(self, event: events.Event) -> None:
@@ -218,8 +223,6 @@ class _Run:
         nodes with equal keys, the first in order executes and the others share its result.
         """
         to_run: set[str] = set()
-        self._served: set[str] = set()
-        self._twins: dict[str, list[str]] = {}
         first_of_key: dict[str, str] = {}
         stack = list(self.plan.outputs)
         seen: set[str] = set()
