@@ -160,8 +160,16 @@ def compute_dtype(device: torch.device) -> torch.dtype:
 
 
 def _pipeline_class() -> Any:
-    from diffusers import StableDiffusionPipeline
+    import transformers
 
+    # Importing the pipeline imports the safety checker's image processors, which warn that
+    # torchvision is missing: we load no safety checker, so the warning only misleads users.
+    verbosity = transformers.utils.logging.get_verbosity()
+    transformers.utils.logging.set_verbosity_error()
+    try:
+        from diffusers import StableDiffusionPipeline
+    finally:
+        transformers.utils.logging.set_verbosity(verbosity)
     return StableDiffusionPipeline
 
 
