@@ -200,11 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's own)")
     args = parser.parse_args(argv)
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    models.use_model_dirs(args.models)
+    models.configure({"models": args.models, "threads": args.threads})
     args.out.mkdir(parents=True, exist_ok=True)
     executor = Executor(default_registry())
     with tempfile.TemporaryDirectory() as tmp:

@@ -142,9 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's own)")
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    models.use_model_dirs(args.models)
+    models.configure({"models": args.models, "threads": args.threads})
     found = models.find_model(args.model, args.models)
     if found["format"] != "diffusers":
         raise SystemExit("the direct comparison needs a diffusers folder")
