@@ -67,7 +67,12 @@ class Hub:
                 del self.clients[conn.client_id]
 
     def send(self, client_id: str | None, frames: list[str | bytes]) -> None:
-        for conn in self.clients.get(client_id, ()) if client_id else ():
+        """Frames of one prompt to its client; as in ComfyUI, to every client when it has none."""
+        if client_id:
+            conns = self.clients.get(client_id, ())
+        else:
+            conns = [c for cs in self.clients.values() for c in cs]
+        for conn in conns:
             for frame in frames:
                 conn.put(frame)
 

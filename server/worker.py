@@ -89,7 +89,7 @@ class Worker:
 
     def _post(self, client_id: str | None, frames: list[str | bytes]) -> None:
         """Hand frames to the loop; frames posted before the loop got to them go in one call."""
-        if not (frames and client_id):
+        if not frames:
             return
         with self._outbox_lock:
             self._outbox.append((client_id, frames))

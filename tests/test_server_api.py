@@ -338,6 +338,23 @@ def test_many_clients_get_only_their_own_events(live: LiveServer) -> None:
             sock.close()
 
 
+def test_a_prompt_without_client_id_reaches_every_client(live: LiveServer) -> None:
+    sockets = [WebSocket(ws_url(live.url, name)) for name in ("x", "y")]
+    try:
+        status, body = post_json(live.url, "/prompt", {"prompt": add(4, 5)})
+        assert status == 200, body
+        for sock in sockets:
+            frames = [
+                f for f in sock.messages_until_done(body["prompt_id"]) if f["type"] != "status"
+            ]
+            assert types(frames)[0] == "execution_start"
+            executed = [f["data"] for f in frames if f["type"] == "executed"]
+            assert executed[0]["output"] == {"text": ["9"]}
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
 def test_outputs_are_listed_and_viewable(live: LiveServer, ws: WebSocket) -> None:
     prompt = {"1": {"class_type": "WriteOutput", "inputs": {"value": 1}}}
     first, second = (
