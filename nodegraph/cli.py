@@ -222,7 +222,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             label = ", ".join(f"{k[0]}.{k[1]}={v}" for k, v in combo.items())
             if display and label:
                 display.heading(f"run {index + 1}/{len(combos)}: {label}")
-            plan = executor.validate(current)
+            plan = executor.validate(current, settings)
             result = executor.run(
                 plan,
                 settings,
@@ -309,7 +309,8 @@ def _run_report(
 def cmd_validate(args: argparse.Namespace) -> int:
     workflow = _read_workflow(args.workflow)
     try:
-        plan = Executor(_registry(args)).validate(workflow)
+        settings = RunSettings(base_dir=args.workflow.resolve().parent)
+        plan = Executor(_registry(args)).validate(workflow, settings)
     except ValidationFailed as exc:
         if args.json:
             print(json.dumps(exc.comfy_body(), indent=2, default=str))

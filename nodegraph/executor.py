@@ -16,7 +16,7 @@ from .context import NodeContext, RunContext, RunSettings
 from .errors import Interrupted, NodeFailed
 from .plan import Plan, Step, gc_frozen, gc_paused
 from .registry import Registry
-from .validate import Limits, LiteralProblem, coerce_literal, validate
+from .validate import Limits, LiteralProblem, check_host, coerce_literal, validate
 from .workflow import unwrap
 
 Listener = Callable[[events.Event], None]
@@ -57,11 +57,18 @@ class Executor:
         self._last: tuple[Plan, dict[str, str]] | None = None
         """The last plan run and its cache keys: a re-run or sweep redoes only what changed."""
 
-    def validate(self, workflow: Any) -> Plan:
-        """Check a workflow (API-format dict); raises ValidationFailed listing every error."""
+    def validate(self, workflow: Any, settings: RunSettings | None = None) -> Plan:
+        """Check a workflow (API-format dict); raises ValidationFailed listing every error.
+
+        With the host's `settings`, the nodes' own checks against the host run too (files that
+        must exist): the settings a run will use.
+        """
         previous = self._last[0] if self._last is not None else None
         with gc_paused():
-            return validate(workflow, self.registry, self.limits, previous)
+            plan = validate(workflow, self.registry, self.limits, previous)
+        if settings is not None:
+            check_host(plan, settings)
+        return plan
 
     def interrupt(self) -> None:
         """Ask the run in progress to stop at its next node or progress tick."""
@@ -80,13 +87,14 @@ class Executor:
     ) -> RunResult:
         """Validate (unless given a Plan) and run; node failures come back in the result."""
         raw = workflow.workflow if isinstance(workflow, Plan) else unwrap(workflow)
-        plan = workflow if isinstance(workflow, Plan) else self.validate(raw)
+        settings = settings or RunSettings()
+        plan = workflow if isinstance(workflow, Plan) else self.validate(raw, settings)
         with self._lock:
             self._interrupt = interrupt or threading.Event()
             try:
                 ctx = RunContext(
                     run_id or uuid.uuid4().hex,
-                    settings or RunSettings(),
+                    settings,
                     raw if isinstance(raw, dict) else {},
                     extra or {},
                     on_event or _ignore,

@@ -23,7 +23,7 @@ import inspect
 import sys
 import types
 import typing
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
 
@@ -35,7 +35,7 @@ from pydantic_core import PydanticUndefined
 from . import types as T  # noqa: N812
 
 if typing.TYPE_CHECKING:
-    from .context import NodeContext, RunContext
+    from .context import NodeContext, RunContext, RunSettings
 
 LITERAL_TYPES: dict[type, str] = {bool: T.BOOLEAN, int: T.INT, float: T.FLOAT, str: T.STRING}
 INT_MIN, INT_MAX = -(2**63), 2**64 - 1
@@ -126,6 +126,8 @@ class NodeSpec:
     returns: type[Outputs] | None
     """The Outputs model of a node with several outputs, else None."""
     has_fingerprint: bool
+    has_check: bool = False
+    """Whether the class checks its literals against the host (`Node.check`)."""
 
     @property
     def dynamic(self) -> bool:
@@ -164,6 +166,12 @@ class Node(BaseModel):
         return None
 
     @classmethod
+    def check(cls, literals: Mapping[str, Any], settings: RunSettings) -> Iterable[tuple[str, str]]:
+        """Override to check literals against the host (a file that must exist, a folder it
+        must stay in) when a workflow is validated for a run: the problems as (input, message)."""
+        return ()
+
+    @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
         super().__pydantic_init_subclass__(**kwargs)
         if cls.invoke is not Node.invoke:  # intermediate bases without invoke get no spec
@@ -175,7 +183,8 @@ def _derive_spec(cls: type[Node]) -> NodeSpec:
     inputs = {name: _input_spec(cls, name, info) for name, info in cls.model_fields.items()}
     outputs, returns = _output_specs(cls)
     has_fp = cls.fingerprint.__func__ is not Node.fingerprint.__func__  # type: ignore[attr-defined]
-    return NodeSpec(type_name, inputs, outputs, returns, has_fp)
+    has_check = cls.check.__func__ is not Node.check.__func__  # type: ignore[attr-defined]
+    return NodeSpec(type_name, inputs, outputs, returns, has_fp, has_check)
 
 
 def _strip_optional(annotation: Any) -> tuple[Any, bool]:

@@ -11,6 +11,7 @@ import networkx as nx
 from pydantic import ValidationError
 
 from . import types as T  # noqa: N812
+from .context import RunSettings
 from .errors import NodeError, ValidationFailed
 from .node import InputSpec, Node
 from .plan import (
@@ -153,6 +154,32 @@ def same_shape(nodes: dict[str, WorkflowNode], before: dict[str, WorkflowNode]) 
         if node.class_type != old.class_type or node.links != old.links or node.malformed:
             return False
     return True
+
+
+def check_host(plan: Plan, settings: RunSettings) -> None:
+    """Run the nodes' checks against the host (`Node.check`: files that must exist, folders
+    they must stay in); raises ValidationFailed with every problem."""
+    errors = [
+        NodeError(
+            "custom_validation_failed",
+            message,
+            step.id,
+            step.cls.spec.type_name,
+            name,
+            _short(step.literals.get(name)),
+        )
+        for step in plan.steps.values()
+        if step.cls.spec.has_check
+        for name, message in step.cls.check(step.literals, settings)
+    ]
+    if errors:
+        raise ValidationFailed(errors, plan_dependents(plan, errors))
+
+
+def plan_dependents(plan: Plan, errors: list[NodeError]) -> dict[str, list[str]]:
+    """For each node of a plan with an error, the output nodes that need it."""
+    edges = [(link.source, s.id) for s in plan.steps.values() for link in s.links.values()]
+    return dependent_outputs(build_graph(edges, plan.steps), errors, plan.outputs)
 
 
 def dependent_outputs(

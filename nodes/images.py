@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, PngImagePlugin
 
-from nodegraph import InputField, Node, NodeContext, Outputs
+from nodegraph import InputField, Node, NodeContext, Outputs, RunSettings
 from nodegraph.files import atomic_write, claim_unique, confined
 
 from .models import resolve_device
@@ -74,6 +74,14 @@ class LoadImage(Node):
             return (str(path), file_digest(path))
         except (OSError, ValueError):
             return ("missing", literals.get("image"))
+
+    @classmethod
+    def check(cls, literals: Mapping[str, Any], settings: RunSettings) -> list[tuple[str, str]]:
+        try:
+            path = settings.resolve_input(literals["image"])
+        except ValueError as exc:  # UnsafePath: outside the input folder
+            return [("image", str(exc))]
+        return [] if path.is_file() else [("image", f"There is no picture at {path}.")]
 
     def invoke(self, ctx: NodeContext) -> Loaded:
         path = ctx.settings.resolve_input(self.image)

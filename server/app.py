@@ -25,6 +25,7 @@ from nodegraph.executor import Executor
 from nodegraph.files import UnsafePath, confined
 from nodegraph.registry import Registry, default_registry, describe
 from nodegraph.validate import Limits as EngineLimits
+from nodegraph.validate import plan_dependents
 
 from . import budget, files
 from .config import CONFIG, ServerConfig
@@ -278,7 +279,7 @@ class Server:
 
     def _validate(self, prompt: Any) -> Any:
         try:
-            plan = self.executor.validate(prompt)
+            plan = self.executor.validate(prompt, self.settings)
         except ValidationFailed as exc:
             raise BadRequest(exc.comfy_body()) from None
         except RecursionError:
@@ -288,7 +289,7 @@ class Server:
         problems = budget.check(plan, self.config.limits)
         if problems:
             raise BadRequest(
-                ValidationFailed(problems, budget.dependents(plan, problems)).comfy_body()
+                ValidationFailed(problems, plan_dependents(plan, problems)).comfy_body()
             )
         return plan
 

@@ -11,8 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from nodegraph.errors import NodeError
-from nodegraph.plan import Plan, build_graph
-from nodegraph.validate import dependent_outputs
+from nodegraph.plan import Plan
 
 from .config import Limits
 
@@ -77,9 +76,3 @@ def check(plan: Plan, limits: Limits) -> list[NodeError]:
             )
         )
     return errors
-
-
-def dependents(plan: Plan, errors: list[NodeError]) -> dict[str, list[str]]:
-    """For each node with an error, the output nodes that need it."""
-    edges = [(link.source, s.id) for s in plan.steps.values() for link in s.links.values()]
-    return dependent_outputs(build_graph(edges, plan.steps), errors, plan.outputs)

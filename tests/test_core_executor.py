@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from nodegraph.errors import ValidationFailed
 from nodegraph.executor import Executor
 from nodegraph.registry import Registry
 from tests import core_nodes
-from tests.core_nodes import Split
+from tests.core_nodes import Number, Split
 
 
 def n(class_type: str, **inputs: Any) -> dict[str, Any]:
@@ -309,6 +310,40 @@ def test_fingerprint_failure_is_a_node_failure(registry: Registry, tmp_path: Pat
     result = Executor(registry).run(wf, RunSettings(base_dir=tmp_path))
     assert result.status == "failed" and result.error.node_id == "f"
     assert "missing.txt" in result.error.message
+
+
+def test_host_checks_run_when_the_host_settings_are_known(
+    registry: Registry, tmp_path: Path
+) -> None:
+    class NeedsFile(Node):
+        path: str = "data.txt"
+        other: int = 0
+
+        @classmethod
+        def check(cls, literals: Mapping[str, Any], settings: RunSettings) -> list[tuple[str, str]]:
+            found = settings.resolve_input(literals["path"]).is_file()
+            return [] if found else [("path", f"no file {literals['path']}")]
+
+        def invoke(self, ctx: NodeContext) -> Number:
+            return 1.0
+
+    registry.register(NeedsFile)
+    executor, settings = Executor(registry), RunSettings(base_dir=tmp_path)
+    wf = {"f": n("NeedsFile", path="gone.txt"), "r": n("Record", value=["f", 0])}
+    executor.validate(wf)  # no host: nothing to check against
+    with pytest.raises(ValidationFailed) as caught:
+        executor.run(wf, settings)
+    body = caught.value.comfy_body()["node_errors"]["f"]
+    assert body["dependent_outputs"] == ["r"]
+    assert [(e["type"], e["extra_info"]["input_name"], e["message"]) for e in body["errors"]] == [
+        ("custom_validation_failed", "path", "no file gone.txt")
+    ]
+    (tmp_path / "gone.txt").write_text("x")
+    assert executor.run(wf, settings).ui["r"] == {"text": ["1.0"]}
+    (tmp_path / "gone.txt").unlink()  # a re-run of the same plan shape checks the host again
+    wf["f"]["inputs"]["other"] = 1
+    with pytest.raises(ValidationFailed):
+        executor.run(wf, settings)
 
 
 def test_linked_literals_are_checked_when_they_arrive(executor: Executor) -> None:

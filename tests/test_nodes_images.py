@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from nodegraph import RunSettings
+from nodegraph.errors import ValidationFailed
 from nodegraph.executor import Executor
 from tests.diffusion_fixtures import diffusion_registry
 
@@ -74,8 +75,24 @@ def test_editing_the_file_reruns_loadimage(executor, settings, tmp_path):
     assert result.outputs["load"][0][0, 0, 0, 0] == pytest.approx(200 / 255)
 
 
-def test_missing_picture_fails_the_node(executor, settings):
-    result = executor.run(save_workflow("nowhere.png"), settings)
+def test_missing_picture_is_refused_at_validation(executor, settings):
+    with pytest.raises(ValidationFailed) as caught:
+        executor.run(save_workflow("nowhere.png"), settings)
+    (error,) = caught.value.errors
+    assert (error.node_id, error.input_name, error.type) == (
+        "load",
+        "image",
+        "custom_validation_failed",
+    )
+    assert "no picture" in error.message and "nowhere.png" in error.message
+    assert caught.value.comfy_body()["node_errors"]["load"]["dependent_outputs"] == ["save"]
+
+
+def test_picture_gone_between_validation_and_run_fails_the_node(executor, settings, tmp_path):
+    Image.new("RGB", (8, 8)).save(tmp_path / "brief.png")
+    plan = executor.validate(save_workflow("brief.png"), settings)
+    (tmp_path / "brief.png").unlink()
+    result = executor.run(plan, settings)
     assert result.status == "failed" and "no picture" in result.error.message
     assert result.error.node_id == "load"
 
@@ -137,5 +154,12 @@ def test_server_mode_confines_loadimage_to_the_input_folder(executor, tmp_path):
     settings = RunSettings(
         output_dir=tmp_path / "out", input_dir=tmp_path / "in", confine_inputs=True
     )
-    result = executor.run(save_workflow(str(tmp_path / "secret.png")), settings)
+    for name in (str(tmp_path / "secret.png"), "../secret.png"):
+        with pytest.raises(ValidationFailed) as caught:
+            executor.run(save_workflow(name), settings)
+        (error,) = caught.value.errors
+        assert (error.node_id, error.input_name) == ("load", "image")
+        assert "folder" in error.message or "relative" in error.message, error.message
+    # checked again when it runs: a plan validated without the host's settings is still refused
+    result = executor.run(executor.validate(save_workflow("../secret.png")), settings)
     assert result.status == "failed" and result.error.node_id == "load"

@@ -398,15 +398,10 @@ def test_load_image_refuses_names_outside_the_input_folder(tmp_path: Path) -> No
                 "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}},
             }
             status, body = post_json(live.url, "/prompt", {"prompt": prompt})
-            if status == 200:  # refused at run time instead: the job must fail
-                pid = body["prompt_id"]
-                wait_until(lambda pid=pid: get_json(live.url, f"/history/{pid}"))
-                entry = get_json(live.url, f"/history/{pid}")[pid]
-                assert entry["status"]["status_str"] == "error", name
-                error = entry["status"]["messages"][-1][1]["exception_message"]
-                assert "folder" in error or "relative" in error, error  # refused, not unreadable
-            else:
-                assert status == 400, (name, body)
+            assert status == 400, (name, body)
+            (error,) = body["node_errors"]["1"]["errors"]
+            assert error["extra_info"]["input_name"] == "image", error
+            assert "folder" in error["message"] or "relative" in error["message"], error
         assert files_under(live.config.temp_dir) == set()
     finally:
         live.close()
