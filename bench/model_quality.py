@@ -1,7 +1,7 @@
 """How well the shipped model follows its captions, through our engine, graded by the analytic
 checker of tools/shapes.py (no model involved in grading).
 
-    .venv/bin/python bench/model_quality.py [--out bench/out] [--captions 200] [--seeds 4]
+    .venv/bin/python bench/model_quality.py [--out bench/out] [--captions 200] [--seeds 8]
         [--model nodegraph-shapes] [--models DIR] [--steps 20] [--device auto]
 
 1. Text-to-image over `--captions` captions (cycling through all 168 combinations, fixed seeds):
@@ -13,6 +13,7 @@ checker of tools/shapes.py (no model involved in grading).
    foreground takes the prompt's colour, and the mean centroid shift (fraction of the width).
    Saves a contact sheet per picture (rows = strength, columns = seeds, the input first) and a
    plot of the three measures, as PNG under --out; and a JSON summary.
+3. Each goal of issue #4, met or not.
 """
 
 from __future__ import annotations
@@ -189,11 +190,36 @@ def plot(summary: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def goals_met(txt: dict, sweep: dict) -> dict[str, bool]:
+    """Issue #4's bar, goal by goal."""
+    by = {float(s): v for s, v in sweep.items()}
+    rising = list(by.values())
+    shifts = [v["centroid_shift"] for s, v in by.items() if s <= 0.6]
+    return {
+        "txt2img foreground colour, background and shape each >= 90 %": min(
+            txt["colour_accuracy"], txt["background_accuracy"], txt["shape_accuracy"]
+        )
+        >= 0.9,
+        "one 20-step image under 1 s": txt["seconds_per_image"] < 1.0,
+        "distance rises with strength": all(
+            a["distance"] <= b["distance"] for a, b in zip(rising, rising[1:], strict=False)
+        ),
+        "prompt-colour share rises with strength": all(
+            a["colour_share"] <= b["colour_share"] for a, b in zip(rising, rising[1:], strict=False)
+        ),
+        "at 0.2 the picture is kept (prompt colour < 20 %)": by[0.2]["colour_share"] < 0.2,
+        "at 0.8 the colour follows the prompt (>= 80 %)": by[0.8]["colour_share"] >= 0.8,
+        "up to 0.6 the centroid moves < 6 % of the width": all(
+            s is not None and s < 0.06 for s in shifts
+        ),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
     parser.add_argument("--captions", type=int, default=200)
-    parser.add_argument("--seeds", type=int, default=4)
+    parser.add_argument("--seeds", type=int, default=8)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--model", default=models.SHIPPED_NAME)
     parser.add_argument("--models", action="append", default=[])
@@ -221,8 +247,11 @@ def main(argv: list[str] | None = None) -> int:
     for strength, v in sweep.items():
         shift = "-" if v["centroid_shift"] is None else f"{v['centroid_shift']:.3f}"
         print(f"  {strength:>14}  {v['distance']:8.3f}  {v['colour_share']:19.1%}  {shift:>14}")
+    goals = goals_met(txt, sweep)
+    for goal, met in goals.items():
+        print(f"{'met    ' if met else 'MISSED '} {goal}")
     (args.out / "model_quality.json").write_text(
-        json.dumps({"txt2img": txt, "img2img": sweep}, indent=2) + "\n"
+        json.dumps({"txt2img": txt, "img2img": sweep, "goals": goals}, indent=2) + "\n"
     )
     print(f"contact sheets, plot and summary in {args.out}")
     return 0
