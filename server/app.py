@@ -125,6 +125,8 @@ class Server:
             "device": config.device or "auto",
             "allow_pickle": False,
             "threads": config.threads or 0,
+            # sizes only known at run time (a resize keeping the aspect ratio) are held to it too
+            "max_image_pixels": config.limits.max_image_pixels,
         }
         self.registry.configure(options)  # model folders, device, threads for the node library
         self.settings = RunSettings(

@@ -21,6 +21,7 @@ import nodes.conditioning
 import nodes.images
 import nodes.latents
 import nodes.models
+import nodes.resize
 import nodes.sampling
 import nodes.utility
 from nodegraph.executor import Executor
@@ -35,6 +36,7 @@ DIFFUSION_MODULES = (
     nodes.latents,
     nodes.sampling,
     nodes.images,
+    nodes.resize,
     nodes.comfy,
     nodes.utility,
 )

@@ -407,6 +407,46 @@ def test_load_image_refuses_names_outside_the_input_folder(tmp_path: Path) -> No
         live.close()
 
 
+def test_a_resize_past_the_pixel_limit_fails_its_job_only(tmp_path: Path) -> None:
+    images = pytest.importorskip("nodes.images", reason="the diffusion nodes are not there yet")
+    from nodegraph.registry import Registry
+    from nodes import resize
+
+    live = LiveServer(tmp_path / "data", limits=with_limits(max_image_pixels=64 * 64))
+    try:
+        registry = Registry()
+        for module in (images, resize):
+            registry.register_module(module)
+        live.server.registry = registry
+        live.server.executor.registry = registry
+        (live.config.input_dir / "tall.png").write_bytes(png_bytes(size=(4, 40)))
+
+        def resized(width: int, height: int) -> dict:
+            return {
+                "1": {"class_type": "LoadImage", "inputs": {"image": "tall.png"}},
+                "2": {
+                    "class_type": "ImageScale",
+                    "inputs": {"image": ["1", 0], "width": width, "height": height},
+                },
+                "3": {"class_type": "PreviewImage", "inputs": {"images": ["2", 0]}},
+            }
+
+        status, body = post_json(live.url, "/prompt", {"prompt": resized(128, 128)})
+        assert status == 400 and "max-image-pixels" in json.dumps(body)  # known at validation
+        ids = [
+            post_json(live.url, "/prompt", {"prompt": resized(w, 0)})[1]["prompt_id"]
+            for w in (32, 6)
+        ]
+        for pid in ids:
+            wait_until(lambda pid=pid: get_json(live.url, f"/history/{pid}"))
+        big, small = (get_json(live.url, f"/history/{pid}")[pid]["status"] for pid in ids)
+        assert big["status_str"] == "error"  # 32 x 320 pixels: found when it runs
+        assert "the limit is 4096" in big["messages"][-1][1]["exception_message"]
+        assert small["status_str"] == "success"  # 6 x 60
+    finally:
+        live.close()
+
+
 # -- limits ----------------------------------------------------------------------------------------
 
 
