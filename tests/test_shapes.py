@@ -105,3 +105,15 @@ def test_save_sample_picture(tmp_path):
     image = Image.open(path)
     assert image.size == (64, 64)
     assert shapes.check_image(image).matches("triangle", "yellow", "purple")
+
+
+def test_a_recoloured_twin_keeps_the_picture_but_its_colour() -> None:
+    sample = shapes.generate_sample(11, seed=3)
+    twin = shapes.generate_sample(11, seed=3, colour="white")
+    assert sample.colour != "white" and twin.colour == "white"
+    assert (twin.shape, twin.background, twin.centre, twin.size) == (
+        sample.shape, sample.background, sample.centre, sample.size
+    )
+    moved = np.any(sample.image != twin.image, axis=-1)
+    assert shapes.check_image(twin.image).colour == "white"
+    assert moved.any() and not moved[0].any()  # only the shape changed; the border did not

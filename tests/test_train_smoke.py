@@ -103,3 +103,27 @@ def test_smoke_resumes_from_shipped_weights(smoke_run, tmp_path):
     assert "vae: taken from" in out
     assert f"resumed from the shipped weights in {copy_dir} at step {step}" in out
     assert json.loads((copy_dir / "training_state.json").read_text())["unet_step"] == step + 2
+
+
+def test_smoke_runs_the_latent_alignment_and_recolour_options(tmp_path):
+    out = _train(tmp_path / "run", tmp_path / "model", "--vae-align", "0.5", "--recolour", "0.5")
+    assert "recolour geometry" in out and "twins: encoded 168 recoloured pictures" in out
+    plan = json.loads((tmp_path / "model" / "training_state.json").read_text())["plan"]
+    assert plan["vae_align"] == 0.5 and plan["recolour_max"] == 0.5
+
+
+def test_recolour_geometry_of_the_pixels_themselves_is_one():
+    from types import SimpleNamespace
+
+    from tools.train_model import recolour_geometry
+
+    class Pixels:
+        def encode(self, x):
+            return SimpleNamespace(latent_dist=SimpleNamespace(mean=x))
+
+    class OnlyRed:  # a code that sees the red channel only: blind to some recolourings
+        def encode(self, x):
+            return SimpleNamespace(latent_dist=SimpleNamespace(mean=x[:, :1]))
+
+    assert recolour_geometry(Pixels()) == 1.0
+    assert recolour_geometry(OnlyRed()) < 1.0

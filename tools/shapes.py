@@ -193,9 +193,15 @@ def _shape_centroid(shape: str, centre: tuple[float, float], size: float) -> tup
     return centre
 
 
-def generate_sample(index: int, seed: int = 0, resolution: int = 64) -> Sample:
-    """Sample ``index`` of the dataset with ``seed``: combination ``index % 168``, seeded layout."""
-    shape, colour, background = combination(index)
+def generate_sample(
+    index: int, seed: int = 0, resolution: int = 64, colour: str | None = None
+) -> Sample:
+    """Sample ``index`` of the dataset with ``seed``: combination ``index % 168``, seeded layout.
+
+    With ``colour``, its recoloured twin: the same picture with another foreground colour.
+    """
+    shape, own_colour, background = combination(index)
+    colour = colour or own_colour
     rng = np.random.default_rng([seed, index])
     centre, size = sample_geometry(rng)
     image = draw_shape(shape, colour, background, resolution, centre, size, rng)
