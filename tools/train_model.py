@@ -649,14 +649,22 @@ def recolour_geometry(vae, shift: float = 0.15) -> float:
 # --------------------------------------------------------------------------- stage 2: latents
 
 
+def _cached(path: Path, count: int, what: str) -> dict | None:
+    """A latent cache saved earlier, if it holds `count` pictures."""
+    if path.exists():
+        data = torch.load(path, weights_only=False)
+        if len(data["mean"]) == count:
+            log(f"{what}: {count} cached")
+            return data
+    return None
+
+
 @torch.no_grad()
 def cache_latents(vae, plan: Plan, run_dir: Path, tokenizer) -> dict:
     path = run_dir / "latents.pt"
-    if path.exists():
-        data = torch.load(path, weights_only=False)
-        if len(data["mean"]) == plan.latent_images:
-            log(f"latents: {len(data['mean'])} cached")
-            return data
+    cached = _cached(path, plan.latent_images, "latents")
+    if cached is not None:
+        return cached
     t0 = time.time()
     means, stds, combo = [], [], []
     for i in range(0, plan.latent_images, 256):
@@ -682,11 +690,9 @@ def cache_latents(vae, plan: Plan, run_dir: Path, tokenizer) -> dict:
 def cache_twins(vae, plan: Plan, run_dir: Path) -> dict:
     """Latents of each cached picture's recoloured twin (another foreground colour, seeded)."""
     path = run_dir / "twins.pt"
-    if path.exists():
-        data = torch.load(path, weights_only=False)
-        if len(data["mean"]) == plan.latent_images:
-            log(f"twins: {len(data['mean'])} cached")
-            return data
+    cached = _cached(path, plan.latent_images, "twins")
+    if cached is not None:
+        return cached
     t0 = time.time()
     rng = np.random.default_rng(plan.seed + 7)
     means, stds = [], []
