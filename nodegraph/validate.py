@@ -159,19 +159,25 @@ def same_shape(nodes: dict[str, WorkflowNode], before: dict[str, WorkflowNode]) 
 def check_host(plan: Plan, settings: RunSettings) -> None:
     """Run the nodes' checks against the host (`Node.check`: files that must exist, folders
     they must stay in); raises ValidationFailed with every problem."""
-    errors = [
-        NodeError(
-            "custom_validation_failed",
-            message,
-            step.id,
-            step.cls.spec.type_name,
-            name,
-            _short(step.literals.get(name)),
-        )
-        for step in plan.steps.values()
-        if step.cls.spec.has_check
-        for name, message in step.cls.check(step.literals, settings)
-    ]
+    errors = []
+    for step in plan.steps.values():
+        if not step.cls.spec.has_check:
+            continue
+        try:
+            problems = list(step.cls.check(step.literals, settings))
+        except Exception as exc:  # a faulty check is the node's problem, not a crash
+            problems = [(None, f"The node's check failed: {type(exc).__name__}: {exc}")]
+        errors += [
+            NodeError(
+                "custom_validation_failed",
+                message,
+                step.id,
+                step.cls.spec.type_name,
+                name,
+                _short(step.literals.get(name)) if name else None,
+            )
+            for name, message in problems
+        ]
     if errors:
         raise ValidationFailed(errors, plan_dependents(plan, errors))
 

@@ -346,6 +346,26 @@ def test_host_checks_run_when_the_host_settings_are_known(
         executor.run(wf, settings)
 
 
+def test_a_check_that_raises_is_reported_not_crashed(registry: Registry) -> None:
+    class BadCheck(Node):
+        x: int = 0
+
+        @classmethod
+        def check(cls, literals: Mapping[str, Any], settings: RunSettings) -> list[tuple[str, str]]:
+            raise OSError("disk on fire")
+
+        def invoke(self, ctx: NodeContext) -> Number:
+            return 1.0
+
+    registry.register(BadCheck)
+    wf = {"b": n("BadCheck"), "r": n("Record", value=["b", 0])}
+    with pytest.raises(ValidationFailed) as caught:
+        Executor(registry).run(wf, RunSettings())
+    (error,) = caught.value.errors
+    assert (error.node_id, error.type) == ("b", "custom_validation_failed")
+    assert "OSError: disk on fire" in error.message
+
+
 def test_linked_literals_are_checked_when_they_arrive(executor: Executor) -> None:
     wf = {"p": n("PrimitiveFloat", value=2.0), "f": n("FloatIn", value=["p", 0])}
     result = executor.run(wf)
