@@ -631,7 +631,7 @@ def recolour_geometry(vae, shift: float = 0.15) -> float:
     width, the share where that also holds between their latents.
 
     Below 1, the ideal denoiser prefers moving a shape to recolouring it in place where pixels
-    would not (img2img drifts); the VAE stage's latent-colour alignment is there to keep it at 1.
+    would not (img2img drifts); the VAE stage's latent-colour alignment (`vae_align`) raises it.
     """
     colours = list(shapes.PALETTE)
     pictures = [
