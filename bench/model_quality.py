@@ -2,7 +2,7 @@
 checker of tools/shapes.py (no model involved in grading).
 
     .venv/bin/python bench/model_quality.py [--out bench/out] [--captions 200] [--seeds 8]
-        [--model nodegraph-shapes] [--models DIR] [--steps 20] [--device auto]
+        [--model nodegraph-shapes] [--models DIR] [--steps 20] [--cfg 7.5] [--device auto]
 
 1. Text-to-image over `--captions` captions (cycling through all 168 combinations, fixed seeds):
    foreground colour, background colour, shape and all-three accuracy; and the time per
@@ -43,11 +43,13 @@ PICTURES = WORKFLOWS / "images"
 STRENGTHS = tuple(round(0.1 * i, 1) for i in range(1, 11))
 
 
-def workflow(name: str, model: str, steps: int) -> dict:
-    """A workflow file with the model and step count set and a preview instead of saving."""
+def workflow(name: str, model: str, steps: int, cfg: float | None) -> dict:
+    """A workflow file with the model, step count (and CFG) set and a preview instead of saving."""
     wf = json.loads((WORKFLOWS / name).read_text())
     wf["checkpoint"]["inputs"]["name"] = model
     wf["noise"]["inputs"]["steps"] = steps
+    if cfg is not None:
+        wf["denoise"]["inputs"]["cfg"] = cfg
     save = wf.pop("save")
     wf["preview"] = {"class_type": "PreviewImage", "inputs": {"images": save["inputs"]["images"]}}
     return wf
@@ -65,9 +67,9 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
 
 
 def txt2img_accuracy(
-    executor: Executor, settings: RunSettings, model: str, n: int, steps: int
+    executor: Executor, settings: RunSettings, model: str, n: int, steps: int, cfg: float | None
 ) -> dict:
-    wf = workflow("txt2img.json", model, steps)
+    wf = workflow("txt2img.json", model, steps, cfg)
     hits = {"shape": 0, "colour": 0, "background": 0, "all": 0}
     seconds = []
     for i in range(n):
@@ -89,6 +91,7 @@ def txt2img_accuracy(
     return {
         "captions": n,
         "steps": steps,
+        "cfg": wf["denoise"]["inputs"]["cfg"],
         **{f"{k}_accuracy": v / n for k, v in hits.items()},
         # The first run includes the text encoder's first pass; the median is the steady state.
         "seconds_per_image": float(np.median(seconds)),
@@ -104,9 +107,15 @@ def other_colour(colour: str, background: str) -> str:
 
 
 def img2img_sweep(
-    executor: Executor, settings: RunSettings, model: str, seeds: int, steps: int, out: Path
+    executor: Executor,
+    settings: RunSettings,
+    model: str,
+    seeds: int,
+    steps: int,
+    cfg: float | None,
+    out: Path,
 ) -> dict:
-    wf = workflow("img2img.json", model, steps)
+    wf = workflow("img2img.json", model, steps, cfg)
     per_strength: dict[float, dict[str, list[float]]] = {
         s: {"distance": [], "colour": [], "shift": []} for s in STRENGTHS
     }
@@ -221,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--captions", type=int, default=200)
     parser.add_argument("--seeds", type=int, default=8)
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--cfg", type=float, help="CFG scale (default: the workflows' own)")
     parser.add_argument("--model", default=models.SHIPPED_NAME)
     parser.add_argument("--models", action="append", default=[])
     parser.add_argument("--device", default="auto")
@@ -235,14 +245,17 @@ def main(argv: list[str] | None = None) -> int:
             temp_dir=Path(tmp) / "temp",
             options={"models": args.models, "device": args.device},
         )
-        txt = txt2img_accuracy(executor, settings, args.model, args.captions, args.steps)
+        txt = txt2img_accuracy(executor, settings, args.model, args.captions, args.steps, args.cfg)
         print(
-            f"txt2img over {txt['captions']} captions, {txt['steps']} steps: foreground colour "
+            f"txt2img over {txt['captions']} captions, {txt['steps']} steps, CFG {txt['cfg']}: "
+            f"foreground colour "
             f"{txt['colour_accuracy']:.1%}, background colour {txt['background_accuracy']:.1%}, "
             f"shape {txt['shape_accuracy']:.1%}, all three {txt['all_accuracy']:.1%}; "
             f"{txt['seconds_per_image']:.3f} s per image"
         )
-        sweep = img2img_sweep(executor, settings, args.model, args.seeds, args.steps, args.out)
+        sweep = img2img_sweep(
+            executor, settings, args.model, args.seeds, args.steps, args.cfg, args.out
+        )
     print("img2img strength  distance  prompt-colour share  centroid shift")
     for strength, v in sweep.items():
         shift = "-" if v["centroid_shift"] is None else f"{v['centroid_shift']:.3f}"

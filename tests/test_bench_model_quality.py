@@ -62,10 +62,10 @@ def test_the_goal_check_names_what_is_missed(txt: dict, result: dict, missed: st
     not (SHIPPED_DIR / "model_index.json").is_file(), reason="the shipped model is not there yet"
 )
 def test_the_bench_runs_and_writes_its_report(tmp_path: Path, capsys) -> None:
-    args = ["--out", str(tmp_path), "--captions", "3", "--seeds", "1", "--steps", "4"]
+    args = ["--out", str(tmp_path), "--captions", "3", "--seeds", "1", "--steps", "4", "--cfg", "5"]
     assert model_quality.main([*args, "--threads", "1"]) == 0
     report = json.loads((tmp_path / "model_quality.json").read_text())
-    assert report["txt2img"]["captions"] == 3
+    assert report["txt2img"]["captions"] == 3 and report["txt2img"]["cfg"] == 5.0
     assert list(report["img2img"]) == STRENGTHS
     assert all(v["outputs"] == 4 for v in report["img2img"].values())  # 4 pictures x 1 seed
     # a full re-draw moves further from the input than a touch-up
