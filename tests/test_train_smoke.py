@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -106,10 +107,22 @@ def test_smoke_resumes_from_shipped_weights(smoke_run, tmp_path):
 
 
 def test_smoke_runs_the_latent_alignment_and_recolour_options(tmp_path):
-    out = _train(tmp_path / "run", tmp_path / "model", "--vae-align", "0.5", "--recolour", "0.5")
+    out = _train(
+        tmp_path / "run", tmp_path / "model",
+        "--vae-align", "0.5", "--recolour", "0.5", "--recolour-range", "300", "700",
+    )
     assert "recolour geometry" in out and "twins: encoded 168 recoloured pictures" in out
     plan = json.loads((tmp_path / "model" / "training_state.json").read_text())["plan"]
     assert plan["vae_align"] == 0.5 and plan["recolour_max"] == 0.5
+    assert (plan["recolour_from"], plan["recolour_until"]) == (300, 700)
+
+
+def test_the_default_plan_is_the_shipped_models():
+    from tools.train_model import Plan
+
+    state = Path(__file__).resolve().parents[1] / "nodes" / "shipped_model" / "training_state.json"
+    shipped = json.loads(state.read_text())["plan"]
+    assert asdict(Plan()) == shipped
 
 
 def test_recolour_geometry_of_the_pixels_themselves_is_one():

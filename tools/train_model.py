@@ -7,15 +7,19 @@ its latest checkpoint when the script is run again:
 1. ``vae``: an ``AutoencoderKL`` with Stable Diffusion's geometry (8x downsampling, 4 latent
    channels), trained on freshly drawn pictures; then ``scaling_factor`` = 1 / std of latents.
 2. ``latents``: a fixed data set of drawn pictures is encoded once (mean and std of each
-   latent), so the diffusion stage never runs the VAE.
+   latent), so the diffusion stage never runs the VAE; so are their recoloured twins (same
+   shape and place, another foreground colour).
 3. ``unet``: a ``CLIPTextModel`` (tiny) and a ``UNet2DConditionModel`` trained together
-   (epsilon prediction, SD's scaled-linear betas, min-SNR weighting, 10% caption dropout).
+   (epsilon prediction, SD's scaled-linear betas, min-SNR weighting, 10% caption dropout,
+   wrong captions at low noise and recoloured-twin inputs at mid noise for img2img).
    After each checkpoint the weights are exported as a diffusers folder (default
    ``nodes/shipped_model``) and quickly evaluated with the analytic checker.
+4. ``decoder``: the VAE decoder alone is fine-tuned on whole pictures (edge-weighted loss),
+   the latent space left as it is; then the final export.
 
 Usage::
 
-    nice -n 5 .venv/bin/python tools/train_model.py            # full run, resumable
+    nice -n 5 .venv/bin/python tools/train_model.py --budget-minutes 72 --decoder-minutes 30
     .venv/bin/python tools/train_model.py --resume-from-shipped  # continue from shipped weights
     .venv/bin/python tools/train_model.py --smoke --run-dir /tmp/x --export-dir /tmp/x/model
     .venv/bin/python tools/train_model.py --evaluate nodes/shipped_model
@@ -110,12 +114,12 @@ class Plan:
     # made from the picture's recoloured twin (same shape and place, another foreground colour)
     # while the target stays the picture: at those noise levels the model learns that the
     # foreground colour it sees is unreliable and the layout is not, so img2img towards another
-    # colour recolours the shape where it is instead of drawing it anew elsewhere. Off by
-    # default (the shipped model has none): 0.5 over t 300-900, as a 30-minute continuation of
-    # the shipped UNet, kept shapes nearer their place (centroid shift 0.08 / 0.10 at strength
-    # 0.5 / 0.6, shipped 0.13 / 0.15) but broke strong strengths (prompt colour in 50 % at 0.8)
-    # and txt2img backgrounds (90.5 %).
-    recolour_max: float = 0.0
+    # colour recolours the shape where it is instead of drawing it anew elsewhere. The shipped
+    # model was trained from scratch with 0.3 over t 400-850: centroid shift 0.060 / 0.069 /
+    # 0.086 at strength 0.4 / 0.5 / 0.6 (without it 0.059 / 0.127 / 0.144) and better txt2img
+    # shapes. 0.5 broke strong strengths (prompt colour in about half the outputs at 0.8), both
+    # from scratch over t 400-850 and as a continuation over t 300-900.
+    recolour_max: float = 0.3
     recolour_from: int = 400
     recolour_until: int = 850
     min_snr_gamma: float = 5.0
@@ -1027,6 +1031,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--vae-align", type=float, help="weight of the latent-colour alignment")
     ap.add_argument("--recolour", type=float,
                     help="probability of the recoloured-twin input at mid noise levels")
+    ap.add_argument("--recolour-range", type=int, nargs=2, metavar=("FROM", "UNTIL"),
+                    help="the timesteps where the recoloured twin may be used (default 400 850)")
     ap.add_argument("--budget-minutes", type=float,
                     help="UNet training time budget (over all resumes): the learning rate decays "
                     "with time as well as steps, and training stops when it is used up")
@@ -1056,6 +1062,8 @@ def main(argv: list[str] | None = None) -> int:
         plan.vae_align = args.vae_align
     if args.recolour is not None:
         plan.recolour_max = args.recolour
+    if args.recolour_range:
+        plan.recolour_from, plan.recolour_until = args.recolour_range
     run_dir = args.run_dir
     if args.smoke and args.run_dir == DEFAULT_RUN_DIR:
         run_dir = Path(tempfile.mkdtemp(prefix="nodegraph-smoke-"))
