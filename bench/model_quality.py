@@ -161,17 +161,18 @@ def img2img_sweep(
     return summary
 
 
-def contact_sheet(rows: list[list[np.ndarray]], labels: list[str], scale: int = 2) -> Image.Image:
-    h, w = rows[0][0].shape[:2]
-    h, w = h * scale, w * scale
+def contact_sheet(rows: list[list[np.ndarray]], labels: list[str], tile: int = 128) -> Image.Image:
+    """Pictures in a grid, each scaled (nearest neighbour) to ``tile`` pixels high."""
+    h0, w0 = rows[0][0].shape[:2]
+    h, w = tile, round(w0 * tile / h0)
     margin = 36
     sheet = Image.new("RGB", (margin + w * len(rows[0]), h * len(rows)), "white")
     draw = ImageDraw.Draw(sheet)
     for r, row in enumerate(rows):
         draw.text((4, r * h + h // 2 - 5), labels[r], fill="black")
         for c, image in enumerate(row):
-            tile = Image.fromarray(image).resize((w, h), Image.Resampling.NEAREST)
-            sheet.paste(tile, (margin + c * w, r * h))
+            scaled = Image.fromarray(image).resize((w, h), Image.Resampling.NEAREST)
+            sheet.paste(scaled, (margin + c * w, r * h))
     return sheet
 
 

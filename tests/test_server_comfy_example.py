@@ -23,7 +23,12 @@ from tests.server_fixtures import REPO, LiveServer, WebSocket
 pytest.importorskip("nodes.comfy", reason="the diffusion nodes are not there yet")
 
 import tests.diffusion_fixtures as df  # noqa: E402
-from tests.diffusion_fixtures import TINY_NAME, TINY_SIZE, diffusion_registry  # noqa: E402
+from tests.diffusion_fixtures import (  # noqa: E402
+    TINY_NAME,
+    TINY_SIZE,
+    diffusion_registry,
+    shipped_size,
+)
 
 SHIPPED = REPO / "nodes" / "shipped_model" / "model_index.json"
 tiny_sd, one_thread = df.tiny_sd, df.one_thread  # session fixtures, used by name
@@ -162,8 +167,9 @@ def test_the_published_client_runs_comfyui_nodes_on_the_shipped_model(
 ) -> None:
     from nodes.models import SHIPPED_NAME
 
-    images, seen, previews = run_example(tmp_path / "data", SHIPPED_NAME, 64, steps=8)
-    pictures = check_pngs(images, 64)
+    size = shipped_size()
+    images, seen, previews = run_example(tmp_path / "data", SHIPPED_NAME, size, steps=8)
+    pictures = check_pngs(images, size)
     for picture in pictures:  # a picture, not a flat colour or noise-free blank
         low, high = zip(*picture.getextrema(), strict=True)
         assert max(high) - min(low) > 32

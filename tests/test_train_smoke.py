@@ -64,7 +64,8 @@ def test_smoke_folder_loads_and_generates(smoke_run):
     assert pipe.vae.config.latent_channels == 4
     image = pipe("a red circle on a blue background", num_inference_steps=2,
                  generator=torch.Generator().manual_seed(0)).images[0]
-    assert image.size == (64, 64)
+    size = json.loads((export_dir / "training_state.json").read_text())["plan"]["resolution"]
+    assert image.size == (size, size)
 
 
 def test_tokenizer_has_one_token_per_word(smoke_run):
@@ -106,15 +107,24 @@ def test_smoke_resumes_from_shipped_weights(smoke_run, tmp_path):
     assert json.loads((copy_dir / "training_state.json").read_text())["unet_step"] == step + 2
 
 
-def test_smoke_runs_the_latent_alignment_and_recolour_options(tmp_path):
+def test_smoke_runs_the_resolution_alignment_and_recolour_options(tmp_path):
+    from tools.train_model import Plan
+
+    other = 128 if Plan().resolution == 64 else 64
     out = _train(
-        tmp_path / "run", tmp_path / "model",
+        tmp_path / "run", tmp_path / "model", "--resolution", str(other),
         "--vae-align", "0.5", "--recolour", "0.5", "--recolour-range", "300", "700",
     )
     assert "recolour geometry" in out and "twins: encoded 168 recoloured pictures" in out
     plan = json.loads((tmp_path / "model" / "training_state.json").read_text())["plan"]
     assert plan["vae_align"] == 0.5 and plan["recolour_max"] == 0.5
     assert (plan["recolour_from"], plan["recolour_until"]) == (300, 700)
+    assert plan["resolution"] == other
+    unet = json.loads((tmp_path / "model" / "unet" / "config.json").read_text())
+    assert unet["sample_size"] * 8 == other
+    # cross-attention at the 8x8 and 4x4 latent levels, a plain level in front per doubling
+    levels = {64: ["CrossAttnDownBlock2D"] * 2, 128: ["DownBlock2D", *["CrossAttnDownBlock2D"] * 2]}
+    assert unet["down_block_types"] == levels[other]
 
 
 def test_the_default_plan_is_the_shipped_models():
@@ -138,5 +148,6 @@ def test_recolour_geometry_of_the_pixels_themselves_is_one():
         def encode(self, x):
             return SimpleNamespace(latent_dist=SimpleNamespace(mean=x[:, :1]))
 
-    assert recolour_geometry(Pixels()) == 1.0
-    assert recolour_geometry(OnlyRed()) < 1.0
+    for resolution in (64, 128):
+        assert recolour_geometry(Pixels(), resolution) == 1.0
+        assert recolour_geometry(OnlyRed(), resolution) < 1.0

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -15,6 +16,7 @@ from nodegraph.registry import default_registry
 from nodes.models import SHIPPED_DIR, SHIPPED_NAME
 from tests import diffusion_fixtures as df
 from tests.diffusion_fixtures import TINY_NAME, write_picture
+from tools import shapes
 
 tiny_sd = df.tiny_sd
 one_thread = df.one_thread
@@ -45,8 +47,8 @@ def load(name: str) -> dict:
     return json.loads((WORKFLOWS / f"{name}.json").read_text())
 
 
-def overrides(name: str, model: str, picture: Path | None) -> list[str]:
-    """--set arguments: the model to use and, where given, another picture."""
+def overrides(name: str, model: str, picture: Path | None, size: int | None = None) -> list[str]:
+    """--set arguments: the model to use and, where given, another picture and latent size."""
     wf = load(name)
     sets = []
     for node_id, node in wf.items():
@@ -56,6 +58,8 @@ def overrides(name: str, model: str, picture: Path | None) -> list[str]:
                 sets += ["--set", f"{node_id}.{key}={model}"]
         if node["class_type"] == "LoadImage" and picture is not None:
             sets += ["--set", f"{node_id}.image={picture}"]
+        if node["class_type"] == "EmptyLatentImage" and size is not None:
+            sets += ["--set", f"{node_id}.width={size}", "--set", f"{node_id}.height={size}"]
     return sets
 
 
@@ -77,6 +81,15 @@ def shipped_picture(name: str) -> Path | None:
     return None
 
 
+@shipped
+def test_shipped_pictures_are_the_test_pictures_at_the_models_size(tmp_path):
+    drawn = shapes.write_test_pictures(tmp_path, df.shipped_size())
+    assert sorted(p.name for p in drawn) == sorted(p.name for p in (WORKFLOWS / "images").iterdir())
+    for path in drawn:
+        with Image.open(path) as new, Image.open(WORKFLOWS / "images" / path.name) as ours:
+            assert np.array_equal(np.asarray(new), np.asarray(ours)), path.name
+
+
 @pytest.fixture(scope="module")
 def picture(tmp_path_factory) -> Path:
     return write_picture(tmp_path_factory.mktemp("pictures") / "disc.png")
@@ -95,12 +108,12 @@ def test_workflows_are_valid_and_name_the_shipped_model():
 
 @pytest.mark.parametrize("name", NAMES)
 def test_workflow_runs_on_the_tiny_model(name, tiny_sd, picture, tmp_path):
-    report = run_cli(name, tmp_path, *overrides(name, TINY_NAME, picture))
+    report = run_cli(name, tmp_path, *overrides(name, TINY_NAME, picture, df.TINY_SIZE))
     (run,) = report["runs"]
     assert run["status"] == "success" and run["outputs"]
     for path in run["outputs"]:
         with Image.open(path) as img:
-            assert img.size == (64, 64)
+            assert img.size == (df.TINY_SIZE, df.TINY_SIZE)
             embedded = json.loads(img.text["prompt"])  # the workflow as run, --set applied
     assert embedded.keys() == load(name).keys()
     loaders = [n for n in embedded.values() if n["class_type"].startswith("CheckpointLoader")]
@@ -110,7 +123,7 @@ def test_workflow_runs_on_the_tiny_model(name, tiny_sd, picture, tmp_path):
 @pytest.mark.parametrize("name", sorted(SWEEPS))
 def test_strength_sweep_reruns_only_the_tail(name, tiny_sd, picture, tmp_path):
     target, tail = SWEEPS[name]
-    sets = overrides(name, TINY_NAME, picture)
+    sets = overrides(name, TINY_NAME, picture, df.TINY_SIZE)
     report = run_cli(name, tmp_path, *sets, "--sweep", f"{target}=0.3,0.5,0.7")
     first, *rest = report["runs"]
     assert len(rest) == 2 and tail <= set(first["executed"])
@@ -127,6 +140,11 @@ def test_workflow_runs_on_the_shipped_model(name, tmp_path, picture, one_thread)
     report = run_cli(name, tmp_path, *extra)
     (run,) = report["runs"]
     assert run["status"] == "success" and run["outputs"]
+    if not extra:  # the workflow as shipped works at the model's native size
+        native = df.shipped_size()
+        for path in run["outputs"]:
+            with Image.open(path) as img:
+                assert img.size == (native, native)
 
 
 @shipped
