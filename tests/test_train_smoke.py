@@ -51,6 +51,9 @@ def test_smoke_writes_a_diffusers_folder(smoke_run):
     assert (export_dir / "scheduler" / "scheduler_config.json").exists()
     state = json.loads((export_dir / "training_state.json").read_text())
     assert state["unet_step"] == 4
+    # the recolour tuning continued from the UNet stage's last checkpoint, in its own folder
+    assert "tune: starting from" in out and "ckpt_0000004.pt" in out
+    assert state["tune_step"] == 2 and state["samples_seen"] == 6 * 8
 
 
 def test_smoke_folder_loads_and_generates(smoke_run):
@@ -89,6 +92,7 @@ def test_smoke_resumes_from_checkpoints(smoke_run):
     out = _train(run_dir, export_dir, "--unet-steps", "6")
     assert "vae: done earlier" in out
     assert "unet: resumed from" in out and "at step 4" in out
+    assert "tune: done earlier (step 2" in out
     state = json.loads((export_dir / "training_state.json").read_text())
     assert state["unet_step"] == 6
 
@@ -114,10 +118,13 @@ def test_smoke_runs_the_resolution_alignment_and_recolour_options(tmp_path):
     out = _train(
         tmp_path / "run", tmp_path / "model", "--resolution", str(other),
         "--vae-align", "0.5", "--recolour", "0.5", "--recolour-range", "300", "700",
+        "--recolour-blend", "0.5", "--tune-steps", "0",
     )
+    assert "tune:" not in out
     assert "recolour geometry" in out and "twins: encoded 168 recoloured pictures" in out
     plan = json.loads((tmp_path / "model" / "training_state.json").read_text())["plan"]
     assert plan["vae_align"] == 0.5 and plan["recolour_max"] == 0.5
+    assert plan["recolour_blend"] == 0.5 and plan["tune_steps"] == 0
     assert (plan["recolour_from"], plan["recolour_until"]) == (300, 700)
     assert plan["resolution"] == other
     unet = json.loads((tmp_path / "model" / "unet" / "config.json").read_text())
@@ -151,3 +158,19 @@ def test_recolour_geometry_of_the_pixels_themselves_is_one():
     for resolution in (64, 128):
         assert recolour_geometry(Pixels(), resolution) == 1.0
         assert recolour_geometry(OnlyRed(), resolution) < 1.0
+
+
+def test_plan_fields_are_set_from_the_command_line_with_their_types():
+    from tools.train_model import Plan, set_plan_field
+
+    plan = Plan()
+    set_plan_field(plan, "tune_lr=5e-4")
+    set_plan_field(plan, "tune_steps=12")
+    set_plan_field(plan, "tune_recolour_uncaptioned=true")
+    assert (plan.tune_lr, plan.tune_steps, plan.tune_recolour_uncaptioned) == (5e-4, 12, True)
+    for bad, message in [("tune_lr", "expected FIELD=VALUE"), ("no_such=1", "FIELD one of"),
+                         ("tune_steps=many", "not a valid int"), ("recolour_blend=x", "float"),
+                         ("recolour_uncaptioned=maybe", "not true or false")]:
+        with pytest.raises(SystemExit, match=message):
+            set_plan_field(plan, bad)
+    assert plan.tune_steps == 12

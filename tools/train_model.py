@@ -14,12 +14,14 @@ its latest checkpoint when the script is run again:
    wrong captions at low noise and recoloured-twin inputs at mid noise for img2img).
    After each checkpoint the weights are exported as a diffusers folder (default
    ``nodes/shipped_model``) and quickly evaluated with the analytic checker.
+   ``tune`` (recolour tuning) then continues from the last UNet checkpoint for a few minutes
+   with more recoloured twins, most of them blended with the picture, for img2img.
 4. ``decoder``: the VAE decoder alone is fine-tuned on whole pictures (edge-weighted loss),
    the latent space left as it is; then the final export.
 
 Usage::
 
-    nice -n 5 .venv/bin/python tools/train_model.py --budget-minutes 72 --decoder-minutes 30
+    .venv/bin/python tools/train_model.py --budget-minutes 72 --tune-minutes 15 --decoder-minutes 30
     .venv/bin/python tools/train_model.py --resume-from-shipped  # continue from shipped weights
     .venv/bin/python tools/train_model.py --smoke --run-dir /tmp/x --export-dir /tmp/x/model
     .venv/bin/python tools/train_model.py --resolution 128 --run-dir runs/shapes128  # 16x16 latents
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -127,6 +130,30 @@ class Plan:
     recolour_max: float = 0.3
     recolour_from: int = 400
     recolour_until: int = 850
+    # Share of the recoloured-twin inputs that are a blend of twin and picture (weight of the
+    # twin uniform in 0..1) rather than the whole twin. `bench/img2img_trace.py` shows why: the
+    # first img2img step keeps the shape in place, but on 8x8 latents the way from one colour
+    # to another passes through an almost invisible shape (red to green over blue fades out
+    # half way), and the next steps, seeing a faint blob in the noise, redraw it elsewhere.
+    recolour_blend: float = 0.0
+    # Whether a twin may come with the empty caption (caption dropout). Without a caption there
+    # is no colour to recolour towards; kept out, the unconditional branch learns to keep the
+    # input as it is, so classifier-free guidance pushes further towards the caption's colour.
+    recolour_uncaptioned: bool = True
+    # Recolour tuning: after the UNet stage, tune_steps more (their own checkpoints under
+    # tune/, fresh optimizer, lr tune_lr with warm-up and cosine decay) with more twins, most
+    # of them blended, none uncaptioned. The shipped model had all 1100 steps (14.7 minutes):
+    # centroid shift 0.060 / 0.069 / 0.086 -> 0.047 / 0.055 / 0.073 at strength 0.4 / 0.5 /
+    # 0.6, txt2img unharmed. Tried too: whole twins at 0.6 over t 400-700 and lr 5e-4 (no
+    # better), blends in half the twins at lr 2e-4 for 12 minutes (0.050 / 0.060 / 0.075).
+    tune_steps: int = 1100
+    tune_lr: float = 3e-4
+    tune_warmup: int = 50
+    tune_recolour_max: float = 0.5
+    tune_recolour_from: int = 350
+    tune_recolour_until: int = 850
+    tune_recolour_blend: float = 0.75
+    tune_recolour_uncaptioned: bool = False
     min_snr_gamma: float = 5.0
     eval_captions: int = 168
 
@@ -135,8 +162,28 @@ class Plan:
         return cls(
             vae_steps=4, vae_batch=4, vae_ckpt_every=2, latent_images=168, decoder_steps=2,
             decoder_batch=2, decoder_ckpt_every=1, unet_steps=4,
-            unet_batch=8, unet_warmup=2, unet_ckpt_every=2, eval_captions=4,
+            unet_batch=8, unet_warmup=2, unet_ckpt_every=2, tune_steps=2, tune_warmup=1,
+            eval_captions=4,
         )
+
+
+def set_plan_field(plan: Plan, setting: str) -> None:
+    """Apply one ``FIELD=VALUE`` to the plan, the value converted to the field's type."""
+    name, sep, value = setting.partition("=")
+    names = [f.name for f in dataclasses.fields(plan)]
+    if not sep or name not in names:
+        raise SystemExit(f"--plan {setting!r}: expected FIELD=VALUE with FIELD one of "
+                         f"{', '.join(names)}")
+    kind = type(getattr(plan, name))
+    if kind is bool:
+        if value.lower() not in ("true", "false", "1", "0"):
+            raise SystemExit(f"--plan {setting!r}: {value!r} is not true or false")
+        setattr(plan, name, value.lower() in ("true", "1"))
+        return
+    try:
+        setattr(plan, name, kind(value))
+    except ValueError:
+        raise SystemExit(f"--plan {setting!r}: {value!r} is not a valid {kind.__name__}") from None
 
 
 def log(msg: str) -> None:
@@ -846,7 +893,7 @@ def export_latest(plan: Plan, run_dir: Path, export_dir: Path, tokenizer_dir: Pa
     """Export the latest UNet checkpoint with the finished VAE (and evaluate it quickly)."""
     tokenizer = load_tokenizer(tokenizer_dir)
     vae = load_finished_vae(run_dir, plan.resolution)
-    ckpt = latest_checkpoint(run_dir / "unet")
+    ckpt = latest_unet_checkpoint(run_dir)
     if ckpt is None:
         raise SystemExit(f"no UNet checkpoint under {run_dir / 'unet'}")
     payload = torch.load(ckpt, weights_only=False)
@@ -855,23 +902,56 @@ def export_latest(plan: Plan, run_dir: Path, export_dir: Path, tokenizer_dir: Pa
     text_encoder.load_state_dict(payload["text_encoder"])
     log(f"export: {ckpt}")
     checkpoint_export(plan, run_dir, export_dir, vae, text_encoder, unet, tokenizer_dir,
-                      payload["step"], command, float("nan"), payload.get("train_seconds", 0.0))
+                      command, float("nan"))
 
 
 # --------------------------------------------------------------------------- stage 3: UNet
 
 
+@dataclass
+class Phase:
+    """One stretch of UNet training: the main stage, or the recolour tuning that follows it."""
+
+    name: str  # its checkpoint folder under the run dir
+    steps: int
+    lr: float
+    warmup: int
+    recolour_max: float
+    recolour_from: int
+    recolour_until: int
+    recolour_blend: float
+    recolour_uncaptioned: bool
+    budget_minutes: float | None
+
+    @classmethod
+    def main(cls, plan: Plan, budget_minutes: float | None) -> Phase:
+        return cls("unet", plan.unet_steps, plan.unet_lr, plan.unet_warmup, plan.recolour_max,
+                   plan.recolour_from, plan.recolour_until, plan.recolour_blend,
+                   plan.recolour_uncaptioned, budget_minutes)
+
+    @classmethod
+    def tuning(cls, plan: Plan, budget_minutes: float | None) -> Phase:
+        return cls("tune", plan.tune_steps, plan.tune_lr, plan.tune_warmup,
+                   plan.tune_recolour_max, plan.tune_recolour_from, plan.tune_recolour_until,
+                   plan.tune_recolour_blend, plan.tune_recolour_uncaptioned, budget_minutes)
+
+
+def latest_unet_checkpoint(run_dir: Path) -> Path | None:
+    """The newest UNet weights of a run: the recolour tuning's if it has begun."""
+    return latest_checkpoint(run_dir / "tune") or latest_checkpoint(run_dir / "unet")
+
+
 def train_unet(
-    plan: Plan, run_dir: Path, vae, tokenizer, tokenizer_dir: Path, export_dir: Path,
-    resume_from_shipped: bool, command: str, budget_minutes: float | None,
+    plan: Plan, phase: Phase, run_dir: Path, vae, tokenizer, tokenizer_dir: Path,
+    export_dir: Path, resume_from_shipped: bool, command: str,
 ):
     from diffusers import DDPMScheduler
 
-    folder = run_dir / "unet"
-    spent = 0.0  # seconds of UNet training so far, over all resumes
+    folder = run_dir / phase.name
+    spent = 0.0  # seconds of training in this phase so far, over all resumes
     text_encoder, unet = make_text_encoder(tokenizer), make_unet(plan.resolution)
     params = list(unet.parameters()) + list(text_encoder.parameters())
-    opt = torch.optim.AdamW(params, lr=plan.unet_lr, weight_decay=0.01)
+    opt = torch.optim.AdamW(params, lr=phase.lr, weight_decay=0.01)
     start = 0
     ckpt = latest_checkpoint(folder)
     if ckpt is not None:
@@ -882,7 +962,16 @@ def train_unet(
         torch.set_rng_state(payload["torch_rng"])
         start = payload["step"]
         spent = float(payload.get("train_seconds", 0.0))
-        log(f"unet: resumed from {ckpt} at step {start} ({spent:.0f} s trained)")
+        log(f"{phase.name}: resumed from {ckpt} at step {start} ({spent:.0f} s trained)")
+    elif phase.name == "tune":
+        base = latest_checkpoint(run_dir / "unet")
+        if base is None:
+            raise SystemExit(f"recolour tuning needs a UNet checkpoint under {run_dir / 'unet'}")
+        payload = torch.load(base, weights_only=False)
+        unet.load_state_dict(payload["unet"])
+        text_encoder.load_state_dict(payload["text_encoder"])
+        torch.manual_seed(plan.seed + 1)
+        log(f"tune: starting from {base} (fresh optimizer state)")
     elif resume_from_shipped:
         from diffusers import UNet2DConditionModel
         from transformers import CLIPTextModel
@@ -895,7 +984,7 @@ def train_unet(
             str(export_dir / "text_encoder"), dtype=torch.float32
         )
         params = list(unet.parameters()) + list(text_encoder.parameters())
-        opt = torch.optim.AdamW(params, lr=plan.unet_lr, weight_decay=0.01)
+        opt = torch.optim.AdamW(params, lr=phase.lr, weight_decay=0.01)
         start = int(state["unet_step"])
         spent = float(state.get("train_seconds", 0.0))
         torch.manual_seed(plan.seed * 1000 + start)
@@ -903,52 +992,60 @@ def train_unet(
             "(fresh optimizer state)")
     else:
         torch.manual_seed(plan.seed)
-    log(f"unet: {n_params(unet) / 1e6:.3f} M params, text encoder "
-        f"{n_params(text_encoder) / 1e6:.3f} M, {plan.unet_steps} steps of {plan.unet_batch}")
+    budget = phase.budget_minutes * 60 if phase.budget_minutes else None
+    if start >= phase.steps or (budget is not None and spent >= budget):
+        log(f"{phase.name}: done earlier (step {start}, {spent / 60:.1f} min trained)")
+        return text_encoder, unet
+    log(f"{phase.name}: {n_params(unet) / 1e6:.3f} M params, text encoder "
+        f"{n_params(text_encoder) / 1e6:.3f} M, {phase.steps} steps of {plan.unet_batch}")
 
     data = cache_latents(vae, plan, run_dir, tokenizer)
-    twins = cache_twins(vae, plan, run_dir) if plan.recolour_max > 0 else None
+    twins = cache_twins(vae, plan, run_dir) if phase.recolour_max > 0 else None
     sched = DDPMScheduler.from_config(SCHEDULER_CONFIG)
     alphas = sched.alphas_cumprod.float()
     snr = alphas / (1 - alphas)
     weights = torch.clamp(snr, max=plan.min_snr_gamma) / snr  # min-SNR for epsilon prediction
     scale = vae.config.scaling_factor
     n = len(data["mean"])
+    batch = plan.unet_batch
 
     unet.train()
     text_encoder.train()
     t0, seen, loss_avg = time.time(), 0, None
-    step = start
-    budget = budget_minutes * 60 if budget_minutes else None
     if budget:
-        log(f"unet: time budget {budget_minutes} min; the learning rate decays with the larger "
-            "of step and time progress and training stops when either runs out")
+        log(f"{phase.name}: time budget {phase.budget_minutes} min; the learning rate decays "
+            "with the larger of step and time progress and training stops when either runs out")
     t_last = time.time()
-    for step in range(start, plan.unet_steps):
+    for step in range(start, phase.steps):
         time_progress = spent / budget if budget else 0.0
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, plan.unet_lr, plan.unet_warmup, plan.unet_steps,
-                                progress=time_progress)
-        idx = torch.randint(0, n, (plan.unet_batch,))
+            group["lr"] = lr_at(step, phase.lr, phase.warmup, phase.steps, progress=time_progress)
+        idx = torch.randint(0, n, (batch,))
         mean, std = data["mean"][idx].float(), data["std"][idx].float()
         latents = (mean + std * torch.randn_like(mean)) * scale
         ids = data["input_ids"][data["combo"][idx]].clone()
-        t = torch.randint(0, sched.config.num_train_timesteps, (plan.unet_batch,))
-        wrong = torch.zeros(plan.unet_batch, dtype=torch.bool)
+        t = torch.randint(0, sched.config.num_train_timesteps, (batch,))
+        wrong = torch.zeros(batch, dtype=torch.bool)
         if plan.mismatch_max > 0:
             p_wrong = plan.mismatch_max * (1 - t.float() / plan.mismatch_until).clamp(0, 1)
-            wrong = torch.rand(plan.unet_batch) < p_wrong
-            others = torch.randint(0, len(data["input_ids"]), (plan.unet_batch,))
+            wrong = torch.rand(batch) < p_wrong
+            others = torch.randint(0, len(data["input_ids"]), (batch,))
             ids[wrong] = data["input_ids"][others[wrong]]
-        drop = torch.rand(plan.unet_batch) < plan.caption_dropout
+        drop = torch.rand(batch) < plan.caption_dropout
         ids[drop] = data["empty_ids"]
         noise = torch.randn_like(latents)
         seen_latents = latents
         if twins is not None:
-            in_range = (t >= plan.recolour_from) & (t <= plan.recolour_until)
-            swap = in_range & ~wrong & (torch.rand(plan.unet_batch) < plan.recolour_max)
+            in_range = (t >= phase.recolour_from) & (t <= phase.recolour_until)
+            swap = in_range & ~wrong & (torch.rand(batch) < phase.recolour_max)
+            if not phase.recolour_uncaptioned:
+                swap &= ~drop
             twin = (twins["mean"][idx].float() + twins["std"][idx].float()
                     * torch.randn_like(mean)) * scale
+            if phase.recolour_blend > 0:  # part of the way from the picture to its twin
+                weight = torch.where(torch.rand(batch) < phase.recolour_blend,
+                                     torch.rand(batch), torch.ones(batch))
+                twin = latents + weight[:, None, None, None] * (twin - latents)
             seen_latents = torch.where(swap[:, None, None, None], twin, latents)
         noisy = sched.add_noise(seen_latents, noise, t)
         # the noise that takes the noisy input back to the picture (not to its twin)
@@ -962,54 +1059,68 @@ def train_unet(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        seen += plan.unet_batch
+        seen += batch
         loss_avg = loss.item() if loss_avg is None else 0.98 * loss_avg + 0.02 * loss.item()
         done = step + 1
         now = time.time()
         spent += now - t_last  # evaluation and export time is not counted
         t_last = now
         elapsed = now - t0
-        if done % 50 == 0 or done == plan.unet_steps:
-            log(f"unet step {done}/{plan.unet_steps} loss {loss_avg:.4f} "
+        if done % 50 == 0 or done == phase.steps:
+            log(f"{phase.name} step {done}/{phase.steps} loss {loss_avg:.4f} "
                 f"lr {opt.param_groups[0]['lr']:.2e} {seen / elapsed:.0f} samples/s, "
                 f"{spent / 60:.1f} min trained")
         out_of_time = budget is not None and spent >= budget
-        if done % plan.unet_ckpt_every == 0 or done == plan.unet_steps or out_of_time:
+        if done % plan.unet_ckpt_every == 0 or done == phase.steps or out_of_time:
             save_checkpoint(
                 folder, done,
                 {"unet": unet.state_dict(), "text_encoder": text_encoder.state_dict(),
                  "optimizer": opt.state_dict(), "train_seconds": spent},
             )
             checkpoint_export(
-                plan, run_dir, export_dir, vae, text_encoder, unet, tokenizer_dir, done,
-                command, seen / elapsed, spent,
+                plan, run_dir, export_dir, vae, text_encoder, unet, tokenizer_dir, command,
+                seen / elapsed,
             )
             unet.train()
             text_encoder.train()
             t_last = time.time()
         if out_of_time:
-            log(f"unet: time budget used up at step {done} ({spent / 60:.1f} min trained)")
+            log(f"{phase.name}: time budget used up at step {done} ({spent / 60:.1f} min trained)")
             break
     return text_encoder, unet
 
 
+def training_progress(run_dir: Path) -> dict:
+    """Steps and training seconds of the run's latest UNet (and recolour tuning) checkpoints."""
+    progress = {}
+    for phase, steps, seconds in (("unet", "unet_step", "train_seconds"),
+                                  ("tune", "tune_step", "tune_seconds")):
+        ckpt = latest_checkpoint(run_dir / phase)
+        if ckpt is not None:
+            payload = torch.load(ckpt, weights_only=False, map_location="cpu")
+            progress[steps] = int(payload["step"])
+            progress[seconds] = round(float(payload.get("train_seconds", 0.0)), 1)
+    return progress
+
+
 def checkpoint_export(
     plan: Plan, run_dir: Path, export_dir: Path, vae, text_encoder, unet, tokenizer_dir: Path,
-    step: int, command: str, rate: float, spent: float,
+    command: str, rate: float,
 ) -> None:
     from diffusers import StableDiffusionPipeline
 
     unet.eval()
     text_encoder.eval()
     use_finished_decoder(vae, run_dir)
+    progress = training_progress(run_dir)
+    step = progress["unet_step"] + progress.get("tune_step", 0)
     state = {
-        "unet_step": step,
+        **progress,
         "unet_steps_planned": plan.unet_steps,
         "samples_seen": step * plan.unet_batch,
         "plan": asdict(plan),
         "command": command,
         "samples_per_second": round(rate, 1),
-        "train_seconds": round(spent, 1),
     }
     pipe = StableDiffusionPipeline(
         vae=vae, text_encoder=text_encoder, tokenizer=load_tokenizer(tokenizer_dir), unet=unet,
@@ -1050,6 +1161,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="probability of the recoloured-twin input at mid noise levels")
     ap.add_argument("--recolour-range", type=int, nargs=2, metavar=("FROM", "UNTIL"),
                     help="the timesteps where the recoloured twin may be used (default 400 850)")
+    ap.add_argument("--recolour-blend", type=float,
+                    help="share of the twin inputs blended with the picture (default 0)")
+    ap.add_argument("--tune-steps", type=int,
+                    help="steps of recolour tuning after the UNet stage (0: none)")
+    ap.add_argument("--tune-minutes", type=float, help="time budget of the recolour tuning")
+    ap.add_argument("--plan", action="append", default=[], metavar="FIELD=VALUE",
+                    help="set any field of the plan, e.g. --plan tune_lr=5e-4 (repeatable)")
     ap.add_argument("--budget-minutes", type=float,
                     help="UNet training time budget (over all resumes): the learning rate decays "
                     "with time as well as steps, and training stops when it is used up")
@@ -1083,6 +1201,12 @@ def main(argv: list[str] | None = None) -> int:
         plan.recolour_max = args.recolour
     if args.recolour_range:
         plan.recolour_from, plan.recolour_until = args.recolour_range
+    if args.recolour_blend is not None:
+        plan.recolour_blend = args.recolour_blend
+    if args.tune_steps is not None:
+        plan.tune_steps = args.tune_steps
+    for setting in args.plan:
+        set_plan_field(plan, setting)
     run_dir = args.run_dir
     if args.smoke and args.run_dir == DEFAULT_RUN_DIR:
         run_dir = Path(tempfile.mkdtemp(prefix="nodegraph-smoke-"))
@@ -1116,9 +1240,14 @@ def main(argv: list[str] | None = None) -> int:
     log(f"vae stage wall time {time.time() - t_vae:.0f} s")
     if args.only != "decoder":
         t_unet = time.time()
-        train_unet(plan, run_dir, vae, tokenizer, tokenizer_dir, export_dir,
-                   args.resume_from_shipped, command, args.budget_minutes)
+        train_unet(plan, Phase.main(plan, args.budget_minutes), run_dir, vae, tokenizer,
+                   tokenizer_dir, export_dir, args.resume_from_shipped, command)
         log(f"unet stage wall time {time.time() - t_unet:.0f} s")
+        if plan.tune_steps > 0:
+            t_tune = time.time()
+            train_unet(plan, Phase.tuning(plan, args.tune_minutes), run_dir, vae, tokenizer,
+                       tokenizer_dir, export_dir, False, command)
+            log(f"tune stage wall time {time.time() - t_tune:.0f} s")
     t_dec = time.time()
     trained = finetune_decoder(plan, run_dir, vae, cache_latents(vae, plan, run_dir, tokenizer),
                                args.decoder_minutes)
