@@ -123,9 +123,10 @@ def test_smoke_runs_the_resolution_alignment_and_recolour_options(tmp_path):
     assert "tune:" not in out
     assert "recolour geometry" in out and "twins: encoded 168 recoloured pictures" in out
     plan = json.loads((tmp_path / "model" / "training_state.json").read_text())["plan"]
-    assert plan["vae_align"] == 0.5 and plan["recolour_max"] == 0.5
-    assert plan["recolour_blend"] == 0.5 and plan["tune_steps"] == 0
-    assert (plan["recolour_from"], plan["recolour_until"]) == (300, 700)
+    assert plan["vae_align"] == 0.5 and plan["tune"]["steps"] == 0
+    assert plan["recolour"] == {
+        "probability": 0.5, "t_from": 300, "t_until": 700, "blend": 0.5, "uncaptioned": True,
+    }
     assert plan["resolution"] == other
     unet = json.loads((tmp_path / "model" / "unet" / "config.json").read_text())
     assert unet["sample_size"] * 8 == other
@@ -164,13 +165,17 @@ def test_plan_fields_are_set_from_the_command_line_with_their_types():
     from tools.train_model import Plan, set_plan_field
 
     plan = Plan()
-    set_plan_field(plan, "tune_lr=5e-4")
-    set_plan_field(plan, "tune_steps=12")
-    set_plan_field(plan, "tune_recolour_uncaptioned=true")
-    assert (plan.tune_lr, plan.tune_steps, plan.tune_recolour_uncaptioned) == (5e-4, 12, True)
-    for bad, message in [("tune_lr", "expected FIELD=VALUE"), ("no_such=1", "FIELD one of"),
-                         ("tune_steps=many", "not a valid int"), ("recolour_blend=x", "float"),
-                         ("recolour_uncaptioned=maybe", "not true or false")]:
+    set_plan_field(plan, "unet_lr=5e-4")
+    set_plan_field(plan, "tune.steps=12")
+    set_plan_field(plan, "tune.recolour.uncaptioned=true")
+    assert (plan.unet_lr, plan.tune.steps, plan.tune.recolour.uncaptioned) == (5e-4, 12, True)
+    assert plan.recolour.uncaptioned is True  # the main stage's settings are their own
+    for bad, message in [("tune.lr", "expected FIELD=VALUE"), ("no_such=1", "'no_such' is not"),
+                         ("tune.nope=1", "'nope' is not one of steps, lr"),
+                         ("unet_lr.x=1", "unet_lr has no fields"),
+                         ("tune=3", "has fields of its own"),
+                         ("tune.steps=many", "not a valid int"), ("recolour.blend=x", "float"),
+                         ("recolour.uncaptioned=maybe", "not true or false")]:
         with pytest.raises(SystemExit, match=message):
             set_plan_field(plan, bad)
-    assert plan.tune_steps == 12
+    assert plan.tune.steps == 12

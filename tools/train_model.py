@@ -40,7 +40,7 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -81,6 +81,51 @@ SCHEDULER_CONFIG = {
 
 
 @dataclass
+class Recolour:
+    """When the noisy input is made from the picture's recoloured twin.
+
+    For t in ``t_from .. t_until``, with probability ``probability``, the noisy input is made
+    from the picture's recoloured twin (same shape and place, another foreground colour) while
+    the target stays the picture: at those noise levels the model learns that the foreground
+    colour it sees is unreliable and the layout is not, so img2img towards another colour
+    recolours the shape where it is instead of drawing it anew elsewhere.
+    """
+
+    probability: float = 0.3
+    t_from: int = 400
+    t_until: int = 850
+    # Share of the twin inputs that are a blend of twin and picture (weight of the twin uniform
+    # in 0..1) rather than the whole twin. `bench/img2img_trace.py` shows why: the first img2img
+    # step keeps the shape in place, but on 8x8 latents the way from one colour to another
+    # passes through an almost invisible shape (red to green over blue fades out half way), and
+    # the next steps, seeing a faint blob in the noise, redraw it elsewhere.
+    blend: float = 0.0
+    # Whether a twin may come with the empty caption (caption dropout). Without a caption there
+    # is no colour to recolour towards; kept out, the unconditional branch learns to keep the
+    # input as it is, so classifier-free guidance pushes further towards the caption's colour.
+    uncaptioned: bool = True
+
+
+@dataclass
+class Tuning:
+    """Recolour tuning: after the UNet stage, ``steps`` more with more twins, most blended.
+
+    Its own checkpoints under ``tune/``, a fresh optimizer, lr with warm-up and cosine decay.
+    The shipped model had all 1100 steps (14.7 minutes): centroid shift 0.060 / 0.069 / 0.086
+    -> 0.047 / 0.055 / 0.073 at strength 0.4 / 0.5 / 0.6, txt2img unharmed. Tried too: whole
+    twins at 0.6 over t 400-700 and lr 5e-4 (no better), blends in half the twins at lr 2e-4
+    for 12 minutes (0.050 / 0.060 / 0.075).
+    """
+
+    steps: int = 1100
+    lr: float = 3e-4
+    warmup: int = 50
+    recolour: Recolour = field(
+        default_factory=lambda: Recolour(0.5, 350, 850, blend=0.75, uncaptioned=False)
+    )
+
+
+@dataclass
 class Plan:
     """Sizes and step counts of one run."""
 
@@ -118,42 +163,13 @@ class Plan:
     # the text, so img2img at low strength keeps the picture even with CFG.
     mismatch_max: float = 0.5
     mismatch_until: int = 500
-    # Between recolour_from and recolour_until, with probability recolour_max, the noisy input is
-    # made from the picture's recoloured twin (same shape and place, another foreground colour)
-    # while the target stays the picture: at those noise levels the model learns that the
-    # foreground colour it sees is unreliable and the layout is not, so img2img towards another
-    # colour recolours the shape where it is instead of drawing it anew elsewhere. The shipped
-    # model was trained from scratch with 0.3 over t 400-850: centroid shift 0.060 / 0.069 /
-    # 0.086 at strength 0.4 / 0.5 / 0.6 (without it 0.059 / 0.127 / 0.144) and better txt2img
-    # shapes. 0.5 broke strong strengths (prompt colour in about half the outputs at 0.8), both
-    # from scratch over t 400-850 and as a continuation over t 300-900.
-    recolour_max: float = 0.3
-    recolour_from: int = 400
-    recolour_until: int = 850
-    # Share of the recoloured-twin inputs that are a blend of twin and picture (weight of the
-    # twin uniform in 0..1) rather than the whole twin. `bench/img2img_trace.py` shows why: the
-    # first img2img step keeps the shape in place, but on 8x8 latents the way from one colour
-    # to another passes through an almost invisible shape (red to green over blue fades out
-    # half way), and the next steps, seeing a faint blob in the noise, redraw it elsewhere.
-    recolour_blend: float = 0.0
-    # Whether a twin may come with the empty caption (caption dropout). Without a caption there
-    # is no colour to recolour towards; kept out, the unconditional branch learns to keep the
-    # input as it is, so classifier-free guidance pushes further towards the caption's colour.
-    recolour_uncaptioned: bool = True
-    # Recolour tuning: after the UNet stage, tune_steps more (their own checkpoints under
-    # tune/, fresh optimizer, lr tune_lr with warm-up and cosine decay) with more twins, most
-    # of them blended, none uncaptioned. The shipped model had all 1100 steps (14.7 minutes):
-    # centroid shift 0.060 / 0.069 / 0.086 -> 0.047 / 0.055 / 0.073 at strength 0.4 / 0.5 /
-    # 0.6, txt2img unharmed. Tried too: whole twins at 0.6 over t 400-700 and lr 5e-4 (no
-    # better), blends in half the twins at lr 2e-4 for 12 minutes (0.050 / 0.060 / 0.075).
-    tune_steps: int = 1100
-    tune_lr: float = 3e-4
-    tune_warmup: int = 50
-    tune_recolour_max: float = 0.5
-    tune_recolour_from: int = 350
-    tune_recolour_until: int = 850
-    tune_recolour_blend: float = 0.75
-    tune_recolour_uncaptioned: bool = False
+    # Recoloured twins in the main UNet stage (see Recolour); the shipped model was trained from
+    # scratch with 0.3 over t 400-850: centroid shift 0.060 / 0.069 / 0.086 at strength 0.4 /
+    # 0.5 / 0.6 (without it 0.059 / 0.127 / 0.144) and better txt2img shapes. 0.5 broke strong
+    # strengths (prompt colour in about half the outputs at 0.8), both from scratch over t
+    # 400-850 and as a continuation over t 300-900.
+    recolour: Recolour = field(default_factory=Recolour)
+    tune: Tuning = field(default_factory=Tuning)
     min_snr_gamma: float = 5.0
     eval_captions: int = 168
 
@@ -162,26 +178,37 @@ class Plan:
         return cls(
             vae_steps=4, vae_batch=4, vae_ckpt_every=2, latent_images=168, decoder_steps=2,
             decoder_batch=2, decoder_ckpt_every=1, unet_steps=4,
-            unet_batch=8, unet_warmup=2, unet_ckpt_every=2, tune_steps=2, tune_warmup=1,
+            unet_batch=8, unet_warmup=2, unet_ckpt_every=2, tune=Tuning(steps=2, warmup=1),
             eval_captions=4,
         )
 
 
 def set_plan_field(plan: Plan, setting: str) -> None:
-    """Apply one ``FIELD=VALUE`` to the plan, the value converted to the field's type."""
-    name, sep, value = setting.partition("=")
-    names = [f.name for f in dataclasses.fields(plan)]
-    if not sep or name not in names:
-        raise SystemExit(f"--plan {setting!r}: expected FIELD=VALUE with FIELD one of "
-                         f"{', '.join(names)}")
-    kind = type(getattr(plan, name))
+    """Apply one ``FIELD=VALUE`` (nested with dots: ``tune.lr=5e-4``), typed as the field is."""
+    path, sep, value = setting.partition("=")
+    if not sep:
+        raise SystemExit(f"--plan {setting!r}: expected FIELD=VALUE")
+    target, parts = plan, path.split(".")
+    for depth, part in enumerate(parts):
+        names = [f.name for f in dataclasses.fields(target)]
+        if part not in names:
+            raise SystemExit(f"--plan {setting!r}: {part!r} is not one of {', '.join(names)}")
+        if depth < len(parts) - 1:
+            target = getattr(target, part)
+            if not dataclasses.is_dataclass(target):
+                raise SystemExit(f"--plan {setting!r}: {part} has no fields of its own")
+    name = parts[-1]
+    current = getattr(target, name)
+    if dataclasses.is_dataclass(current):
+        raise SystemExit(f"--plan {setting!r}: {path} has fields of its own; set one of them")
+    kind = type(current)
     if kind is bool:
         if value.lower() not in ("true", "false", "1", "0"):
             raise SystemExit(f"--plan {setting!r}: {value!r} is not true or false")
-        setattr(plan, name, value.lower() in ("true", "1"))
+        setattr(target, name, value.lower() in ("true", "1"))
         return
     try:
-        setattr(plan, name, kind(value))
+        setattr(target, name, kind(value))
     except ValueError:
         raise SystemExit(f"--plan {setting!r}: {value!r} is not a valid {kind.__name__}") from None
 
@@ -916,24 +943,18 @@ class Phase:
     steps: int
     lr: float
     warmup: int
-    recolour_max: float
-    recolour_from: int
-    recolour_until: int
-    recolour_blend: float
-    recolour_uncaptioned: bool
+    recolour: Recolour
     budget_minutes: float | None
 
     @classmethod
     def main(cls, plan: Plan, budget_minutes: float | None) -> Phase:
-        return cls("unet", plan.unet_steps, plan.unet_lr, plan.unet_warmup, plan.recolour_max,
-                   plan.recolour_from, plan.recolour_until, plan.recolour_blend,
-                   plan.recolour_uncaptioned, budget_minutes)
+        return cls("unet", plan.unet_steps, plan.unet_lr, plan.unet_warmup, plan.recolour,
+                   budget_minutes)
 
     @classmethod
     def tuning(cls, plan: Plan, budget_minutes: float | None) -> Phase:
-        return cls("tune", plan.tune_steps, plan.tune_lr, plan.tune_warmup,
-                   plan.tune_recolour_max, plan.tune_recolour_from, plan.tune_recolour_until,
-                   plan.tune_recolour_blend, plan.tune_recolour_uncaptioned, budget_minutes)
+        t = plan.tune
+        return cls("tune", t.steps, t.lr, t.warmup, t.recolour, budget_minutes)
 
 
 def latest_unet_checkpoint(run_dir: Path) -> Path | None:
@@ -1000,7 +1021,8 @@ def train_unet(
         f"{n_params(text_encoder) / 1e6:.3f} M, {phase.steps} steps of {plan.unet_batch}")
 
     data = cache_latents(vae, plan, run_dir, tokenizer)
-    twins = cache_twins(vae, plan, run_dir) if phase.recolour_max > 0 else None
+    recolour = phase.recolour
+    twins = cache_twins(vae, plan, run_dir) if recolour.probability > 0 else None
     sched = DDPMScheduler.from_config(SCHEDULER_CONFIG)
     alphas = sched.alphas_cumprod.float()
     snr = alphas / (1 - alphas)
@@ -1036,14 +1058,14 @@ def train_unet(
         noise = torch.randn_like(latents)
         seen_latents = latents
         if twins is not None:
-            in_range = (t >= phase.recolour_from) & (t <= phase.recolour_until)
-            swap = in_range & ~wrong & (torch.rand(batch) < phase.recolour_max)
-            if not phase.recolour_uncaptioned:
+            in_range = (t >= recolour.t_from) & (t <= recolour.t_until)
+            swap = in_range & ~wrong & (torch.rand(batch) < recolour.probability)
+            if not recolour.uncaptioned:
                 swap &= ~drop
             twin = (twins["mean"][idx].float() + twins["std"][idx].float()
                     * torch.randn_like(mean)) * scale
-            if phase.recolour_blend > 0:  # part of the way from the picture to its twin
-                weight = torch.where(torch.rand(batch) < phase.recolour_blend,
+            if recolour.blend > 0:  # part of the way from the picture to its twin
+                weight = torch.where(torch.rand(batch) < recolour.blend,
                                      torch.rand(batch), torch.ones(batch))
                 twin = latents + weight[:, None, None, None] * (twin - latents)
             seen_latents = torch.where(swap[:, None, None, None], twin, latents)
@@ -1167,7 +1189,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="steps of recolour tuning after the UNet stage (0: none)")
     ap.add_argument("--tune-minutes", type=float, help="time budget of the recolour tuning")
     ap.add_argument("--plan", action="append", default=[], metavar="FIELD=VALUE",
-                    help="set any field of the plan, e.g. --plan tune_lr=5e-4 (repeatable)")
+                    help="set any field of the plan, nested with dots, e.g. --plan tune.lr=5e-4 "
+                    "(repeatable)")
     ap.add_argument("--budget-minutes", type=float,
                     help="UNet training time budget (over all resumes): the learning rate decays "
                     "with time as well as steps, and training stops when it is used up")
@@ -1198,13 +1221,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.vae_align is not None:
         plan.vae_align = args.vae_align
     if args.recolour is not None:
-        plan.recolour_max = args.recolour
+        plan.recolour.probability = args.recolour
     if args.recolour_range:
-        plan.recolour_from, plan.recolour_until = args.recolour_range
+        plan.recolour.t_from, plan.recolour.t_until = args.recolour_range
     if args.recolour_blend is not None:
-        plan.recolour_blend = args.recolour_blend
+        plan.recolour.blend = args.recolour_blend
     if args.tune_steps is not None:
-        plan.tune_steps = args.tune_steps
+        plan.tune.steps = args.tune_steps
     for setting in args.plan:
         set_plan_field(plan, setting)
     run_dir = args.run_dir
@@ -1243,7 +1266,7 @@ def main(argv: list[str] | None = None) -> int:
         train_unet(plan, Phase.main(plan, args.budget_minutes), run_dir, vae, tokenizer,
                    tokenizer_dir, export_dir, args.resume_from_shipped, command)
         log(f"unet stage wall time {time.time() - t_unet:.0f} s")
-        if plan.tune_steps > 0:
+        if plan.tune.steps > 0:
             t_tune = time.time()
             train_unet(plan, Phase.tuning(plan, args.tune_minutes), run_dir, vae, tokenizer,
                        tokenizer_dir, export_dir, False, command)
