@@ -118,7 +118,7 @@ def test_smoke_runs_the_resolution_alignment_and_recolour_options(tmp_path):
     out = _train(
         tmp_path / "run", tmp_path / "model", "--resolution", str(other),
         "--vae-align", "0.5", "--recolour", "0.5", "--recolour-range", "300", "700",
-        "--recolour-blend", "0.5", "--tune-steps", "0",
+        "--recolour-blend", "0.5", "--tune-steps", "0", "--plan", "beta_end=0.009",
     )
     assert "tune:" not in out
     assert "recolour geometry" in out and "twins: encoded 168 recoloured pictures" in out
@@ -128,6 +128,8 @@ def test_smoke_runs_the_resolution_alignment_and_recolour_options(tmp_path):
         "probability": 0.5, "t_from": 300, "t_until": 700, "blend": 0.5, "uncaptioned": True,
     }
     assert plan["resolution"] == other
+    scheduler = json.loads((tmp_path / "model" / "scheduler" / "scheduler_config.json").read_text())
+    assert (scheduler["beta_start"], scheduler["beta_end"]) == (plan["beta_start"], 0.009)
     unet = json.loads((tmp_path / "model" / "unet" / "config.json").read_text())
     assert unet["sample_size"] * 8 == other
     # cross-attention at the 8x8 and 4x4 latent levels, a plain level in front per doubling
