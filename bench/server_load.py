@@ -33,15 +33,21 @@ from typing import Any
 import aiohttp
 
 REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from nodes.models import shipped_size  # noqa: E402
+
 RETRIES = 100
 """Attempts per request while the server is down (0.1 s apart)."""
 
 
 def shipped_workflow(client: int, n: int, steps: int) -> dict[str, Any]:
     """ComfyUI's default text-to-image graph on the shipped model, a seed of its own."""
+    size = shipped_size()
     return {
         "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "nodegraph-shapes"}},
-        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64}},
+        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": size, "height": size}},
         "6": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["4", 1], "text": "a red circle"}},
         "7": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["4", 1], "text": ""}},
         "3": {
@@ -251,7 +257,7 @@ async def run(args: argparse.Namespace, url: str, server: Server | None) -> int:
     ended_on_ws = sum(len(r["ends"]) for r in results)
     lost = len(accepted) - len(finished)
     what = (
-        f"the shipped model, 64x64, {args.steps} steps"
+        f"the shipped model, {shipped_size()}x{shipped_size()}, {args.steps} steps"
         if args.shipped
         else f"IntMath chain of {args.chain}"
     )

@@ -14,6 +14,7 @@ beside the file, or the folder in `options["single_file_config"]`. Pickle-based 
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import threading
@@ -40,6 +41,12 @@ _STORE_SIZE = 3
 _configured: list[str] = []
 _lock = threading.Lock()
 
+
+
+def shipped_size() -> int:
+    """The shipped model's native picture size (its UNet's latent size x 8)."""
+    unet = json.loads((SHIPPED_DIR / "unet" / "config.json").read_text())
+    return int(unet["sample_size"]) * 8
 
 class PickleRefused(RuntimeError):
     """A pickle-based checkpoint was asked for without the explicit opt-in."""

@@ -42,12 +42,6 @@ DIFFUSION_MODULES = (
 )
 
 
-def shipped_size() -> int:
-    """The shipped model's native picture size (its UNet's latent size x 8)."""
-    unet = json.loads((nodes.models.SHIPPED_DIR / "unet" / "config.json").read_text())
-    return int(unet["sample_size"]) * 8
-
-
 def diffusion_registry() -> Registry:
     reg = Registry()
     for module in DIFFUSION_MODULES:

@@ -23,11 +23,11 @@ from tests.server_fixtures import REPO, LiveServer, WebSocket
 pytest.importorskip("nodes.comfy", reason="the diffusion nodes are not there yet")
 
 import tests.diffusion_fixtures as df  # noqa: E402
+from nodes.models import shipped_size  # noqa: E402
 from tests.diffusion_fixtures import (  # noqa: E402
     TINY_NAME,
     TINY_SIZE,
     diffusion_registry,
-    shipped_size,
 )
 
 SHIPPED = REPO / "nodes" / "shipped_model" / "model_index.json"

@@ -13,7 +13,7 @@ from PIL import Image
 
 from nodegraph.cli import main
 from nodegraph.registry import default_registry
-from nodes.models import SHIPPED_DIR, SHIPPED_NAME
+from nodes.models import SHIPPED_DIR, SHIPPED_NAME, shipped_size
 from tests import diffusion_fixtures as df
 from tests.diffusion_fixtures import TINY_NAME, write_picture
 from tools import shapes
@@ -83,7 +83,7 @@ def shipped_picture(name: str) -> Path | None:
 
 @shipped
 def test_shipped_pictures_are_the_test_pictures_at_the_models_size(tmp_path):
-    drawn = shapes.write_test_pictures(tmp_path, df.shipped_size())
+    drawn = shapes.write_test_pictures(tmp_path, shipped_size())
     assert sorted(p.name for p in drawn) == sorted(p.name for p in (WORKFLOWS / "images").iterdir())
     for path in drawn:
         with Image.open(path) as new, Image.open(WORKFLOWS / "images" / path.name) as ours:
@@ -141,7 +141,7 @@ def test_workflow_runs_on_the_shipped_model(name, tmp_path, picture, one_thread)
     (run,) = report["runs"]
     assert run["status"] == "success" and run["outputs"]
     if not extra:  # the workflow as shipped works at the model's native size
-        native = df.shipped_size()
+        native = shipped_size()
         for path in run["outputs"]:
             with Image.open(path) as img:
                 assert img.size == (native, native)
