@@ -293,6 +293,35 @@ def test_mismatched_connection_is_refused_and_a_link_replaces_the_old(page: Page
     assert workflow(p)[denoise]["inputs"]["negative"] == wf[denoise]["inputs"]["negative"]
 
 
+def test_a_link_is_picked_up_by_its_input_end(page: Page) -> None:
+    p = page
+    wf = workflow(p)
+    denoise = ids_of(wf, "Denoise")[0]
+    positive = wf[denoise]["inputs"]["positive"]
+    edges = p.page.locator(".react-flow__edge").count()
+    # Pressed on the linked positive input and dropped on the negative one: the link moves,
+    # still from its output, and replaces the negative's own.
+    drag(p, handle(p, denoise, "in:positive"), handle(p, denoise, "in:negative"))
+    moved = workflow(p)[denoise]["inputs"]
+    assert moved["negative"] == positive
+    assert "positive" not in moved
+    assert p.page.locator(".react-flow__edge").count() == edges - 1
+    p.page.click("[data-testid=undo]")
+    assert workflow(p)[denoise]["inputs"]["positive"] == positive
+    assert workflow(p)[denoise]["inputs"]["negative"] == wf[denoise]["inputs"]["negative"]
+    # Dropped on empty canvas: the link is removed (and the palette offers a node to take it).
+    a = handle(p, denoise, "in:positive").bounding_box()
+    p.page.mouse.move(a["x"] + a["width"] / 2, a["y"] + a["height"] / 2)
+    p.page.mouse.down()
+    p.page.mouse.move(640, 700, steps=12)
+    p.page.mouse.up()
+    assert "positive" not in workflow(p)[denoise]["inputs"]
+    assert p.page.locator(".react-flow__edge").count() == edges - 1
+    p.page.keyboard.press("Escape")
+    p.page.wait_for_selector("[data-testid=palette]", state="detached")
+    p.shot("picked-up")
+
+
 def test_invalid_graph_shows_its_error_on_the_node_and_input(page: Page) -> None:
     p = page
     p.allow_console("400")

@@ -9,6 +9,29 @@ import { handleInput, inHandle, isSeedInput, outHandle, type GNode } from './wor
 const RELEASE_REQUEUE = new Set(['strength', 'denoise']);
 const LOD_ZOOM = 0.4;
 
+/** Pressing a linked input picks its link up by that end, ComfyUI's way: the press is handed to
+ * the link's own end grip (React Flow's reconnect anchor, under the socket), so the link stays
+ * on its output and follows the pointer; dropped on another input it moves there, on empty
+ * canvas it is removed. */
+function pickUpLink(edgeId: string, e: React.MouseEvent) {
+  if (e.button !== 0) return;
+  const grip = document.querySelector(
+    `.react-flow__edge[data-id="${CSS.escape(edgeId)}"] .react-flow__edgeupdater-target`,
+  );
+  if (!grip) return;
+  e.preventDefault();
+  e.stopPropagation();
+  grip.dispatchEvent(
+    new MouseEvent('mousedown', { bubbles: true, cancelable: true, button: 0, clientX: e.clientX, clientY: e.clientY, view: window }),
+  );
+}
+
+/** Props of an input's socket: a linked one picks its link up instead of starting a new one
+ * (in the capture phase, so the socket never sees the press). */
+function inputSocket(edgeId: string | undefined) {
+  return edgeId === undefined ? {} : { onMouseDownCapture: (e: React.MouseEvent) => pickUpLink(edgeId, e) };
+}
+
 function NumberWidget({ id, node, input, value }: { id: string; node: GNode['data']; input: InputDef; value: unknown }) {
   const ed = useEditor();
   const { min, max } = input.options;
@@ -206,7 +229,7 @@ function GraphNodeView({ id, data, selected }: { id: string; data: GNode['data']
   const zoomedOut = useStore((s) => s.transform[2] < LOD_ZOOM);
   const def = ed.catalogue[data.classType];
   const connections = useNodeConnections({ handleType: 'target' });
-  const linked = useMemo(() => new Set(connections.map((c) => handleInput(c.targetHandle))), [connections]);
+  const linked = useMemo(() => new Map(connections.map((c) => [handleInput(c.targetHandle), c.edgeId])), [connections]);
 
   const inputs = def?.inputs ?? Object.keys(data.values).map((name) => ({ name, type: '*', literal: 'STRING' as const, optional: false, choices: [], options: {} }));
   const sockets = inputs.filter((i) => !i.literal);
@@ -286,6 +309,7 @@ function GraphNodeView({ id, data, selected }: { id: string; data: GNode['data']
                   id={inHandle(inp.name)}
                   data-type={inp.type}
                   style={{ background: typeColour(inp.type) }}
+                  {...inputSocket(linked.get(inp.name))}
                 />
                 {inp.name}
                 {inp.optional && <em> (opt)</em>}
@@ -326,6 +350,7 @@ function GraphNodeView({ id, data, selected }: { id: string; data: GNode['data']
             className="widget-handle"
             data-type={input.type}
             style={{ background: typeColour(input.type) }}
+            {...inputSocket(linked.get(input.name))}
           />
           <label title={input.options.tooltip ?? ''}>{input.name}</label>
           {linked.has(input.name) ? (
