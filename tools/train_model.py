@@ -498,10 +498,11 @@ def grade(images: list[np.ndarray] | np.ndarray, captions: list[str]) -> dict[st
 
 
 def eval_captions(n: int, offset: int = 0) -> list[str]:
+    """``n`` captions spread evenly over the combinations (every shape and colour even when
+    ``n`` is under 168), shifted by ``offset`` so that successive evaluations vary."""
     combos = shapes.all_captions()
-    return [combos[(offset + i * 167) % len(combos)] for i in range(n)] if n < 168 else [
-        combos[i % len(combos)] for i in range(n)
-    ]
+    stride = max(1, len(combos) // n)
+    return [combos[(offset + i * stride) % len(combos)] for i in range(n)]
 
 
 @torch.no_grad()
@@ -1308,7 +1309,7 @@ def evaluate_folder(folder: Path, n_captions: int) -> int:
     image_grid(images[:64]).save(Path(tempfile.gettempdir()) / "nodegraph_eval_grid.png")
     for name in ("euler_ancestral", "ddim", "dpmpp_2m", "heun"):
         pipe.scheduler = make_scheduler(name, pipe.scheduler.config)
-        acc, _ = evaluate_txt2img(pipe, captions[:56])
+        acc, _ = evaluate_txt2img(pipe, eval_captions(56))
         report[f"sampler_{name}"] = acc
         log(f"sampler {name}: {acc}")
     pipe.scheduler = make_scheduler("euler", pipe.scheduler.config)
