@@ -181,3 +181,27 @@ def test_plan_fields_are_set_from_the_command_line_with_their_types():
         with pytest.raises(SystemExit, match=message):
             set_plan_field(plan, bad)
     assert plan.tune.steps == 12
+
+
+def test_every_training_input_leads_back_to_its_picture():
+    """Plain and recoloured-twin inputs: the input is what is seen, noised as DDPM does; the
+    epsilon target's implied clean latent is the captioned picture, not the twin."""
+    import torch
+    from diffusers import DDPMScheduler
+
+    from tools.train_model import Plan, noisy_input_and_target, scheduler_config
+
+    sched = DDPMScheduler.from_config(scheduler_config(Plan()))
+    g = torch.Generator().manual_seed(0)
+    latents, twins, noise = (torch.randn(3, 4, 16, 16, generator=g) for _ in range(3))
+    t = torch.tensor([100, 600, 999])
+    seen = torch.stack([latents[0], twins[1], twins[2]])
+    a = sched.alphas_cumprod[t]
+    noisy, target = noisy_input_and_target(a, latents, seen, noise)
+
+    assert torch.allclose(noisy, sched.add_noise(seen, noise, t), atol=1e-5)
+    assert torch.allclose(target[0], noise[0])
+    a = a[:, None, None, None]
+    implied = (noisy - (1 - a).sqrt() * target) / a.sqrt()
+    assert torch.allclose(implied, latents, atol=1e-3)
+    assert not torch.allclose(implied[1:], twins[1:], atol=0.1)  # the twin is only what is seen

@@ -971,6 +971,22 @@ class Phase:
         return cls("tune", t.steps, t.lr, t.warmup, t.recolour, budget_minutes)
 
 
+def noisy_input_and_target(
+    alpha_bar: torch.Tensor,
+    latents: torch.Tensor,
+    seen_latents: torch.Tensor,
+    noise: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The UNet's input and its epsilon target, per sample at its ``alpha_bar``.
+
+    The input is ``seen_latents`` (the picture or its recoloured twin) noised; the target is
+    the noise that takes that input back to ``latents``, the picture its caption describes.
+    """
+    a = alpha_bar.float()[:, None, None, None]
+    noisy = a.sqrt() * seen_latents + (1 - a).sqrt() * noise
+    return noisy, noise + (a / (1 - a)).sqrt() * (seen_latents - latents)
+
+
 def latest_unet_checkpoint(run_dir: Path) -> Path | None:
     """The newest UNet weights of a run: the recolour tuning's if it has begun."""
     return latest_checkpoint(run_dir / "tune") or latest_checkpoint(run_dir / "unet")
@@ -1083,10 +1099,7 @@ def train_unet(
                                      torch.rand(batch), torch.ones(batch))
                 twin = latents + weight[:, None, None, None] * (twin - latents)
             seen_latents = torch.where(swap[:, None, None, None], twin, latents)
-        noisy = sched.add_noise(seen_latents, noise, t)
-        # the noise that takes the noisy input back to the picture (not to its twin)
-        a = alphas[t][:, None, None, None]
-        target = noise + (a / (1 - a)).sqrt() * (seen_latents - latents)
+        noisy, target = noisy_input_and_target(alphas[t], latents, seen_latents, noise)
         cond = text_encoder(ids)[0]
         pred = unet(noisy, t, encoder_hidden_states=cond).sample
         per_sample = F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))
