@@ -384,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
 
     ap = argparse.ArgumentParser(description="Draw the shapes data or check pictures of it.")
     ap.add_argument("--write-test-pictures", metavar="FOLDER", help="e.g. workflows/images")
-    ap.add_argument("--resolution", type=int, default=64)
+    ap.add_argument("--resolution", type=int, default=128, help="the shipped model's size")
     ap.add_argument("--check", nargs="*", default=[], metavar="PNG", help="grade pictures")
     args = ap.parse_args(argv)
     if args.write_test_pictures:
