@@ -119,6 +119,7 @@ def test_smoke_runs_the_resolution_alignment_and_recolour_options(tmp_path):
         tmp_path / "run", tmp_path / "model", "--resolution", str(other),
         "--vae-align", "0.5", "--recolour", "0.5", "--recolour-range", "300", "700",
         "--recolour-blend", "0.5", "--tune-steps", "0", "--plan", "beta_end=0.009",
+        "--plan", "zero_terminal_snr=true", "--plan", "prediction=v_prediction",
     )
     assert "tune:" not in out
     assert "recolour geometry" in out and "twins: encoded 168 recoloured pictures" in out
@@ -130,6 +131,8 @@ def test_smoke_runs_the_resolution_alignment_and_recolour_options(tmp_path):
     assert plan["resolution"] == other
     scheduler = json.loads((tmp_path / "model" / "scheduler" / "scheduler_config.json").read_text())
     assert (scheduler["beta_start"], scheduler["beta_end"]) == (plan["beta_start"], 0.009)
+    assert scheduler["prediction_type"] == "v_prediction"
+    assert len(scheduler["trained_betas"]) == 1000
     unet = json.loads((tmp_path / "model" / "unet" / "config.json").read_text())
     assert unet["sample_size"] * 8 == other
     # cross-attention at the 8x8 and 4x4 latent levels, a plain level in front per doubling
@@ -205,3 +208,45 @@ def test_every_training_input_leads_back_to_its_picture():
     implied = (noisy - (1 - a).sqrt() * target) / a.sqrt()
     assert torch.allclose(implied, latents, atol=1e-3)
     assert not torch.allclose(implied[1:], twins[1:], atol=0.1)  # the twin is only what is seen
+
+
+
+def test_v_prediction_targets_lead_back_to_the_picture_too():
+    import torch
+
+    from tools.train_model import noisy_input_and_target, zero_terminal_snr_betas
+
+    alpha_bar = torch.cumprod(1 - torch.tensor(zero_terminal_snr_betas(0.0005, 0.007)), 0)
+    g = torch.Generator().manual_seed(1)
+    latents, twins, noise = (torch.randn(3, 4, 8, 8, generator=g) for _ in range(3))
+    a = alpha_bar[torch.tensor([50, 600, 999])].float()
+    noisy, v = noisy_input_and_target(a, latents, twins, noise, "v_prediction")
+    a = a[:, None, None, None]
+    implied = a.sqrt() * noisy - (1 - a).sqrt() * v  # the clean latent v implies
+    assert torch.allclose(implied, latents, atol=1e-4)
+    assert torch.allclose(v[2], -latents[2], atol=1e-3)  # no signal left: v is minus the picture
+
+
+def test_a_zero_terminal_snr_schedule_runs_on_every_sampler():
+    import torch
+
+    from nodes.sampling import SAMPLERS, make_scheduler
+    from nodes.values import Model
+    from tools.train_model import Plan, scheduler_config, zero_terminal_snr_betas
+
+    betas = torch.tensor(zero_terminal_snr_betas(0.0005, 0.007), dtype=torch.float64)
+    alpha_bar = torch.cumprod(1 - betas, 0)
+    assert alpha_bar[-1].item() == pytest.approx(2.0**-24)
+    assert alpha_bar[0].item() == pytest.approx(1 - 0.0005, abs=1e-6)
+    assert bool((betas > 0).all() and (betas < 1).all())
+
+    plan = Plan(zero_terminal_snr=True, prediction="v_prediction")
+    model = Model(None, scheduler_config(plan), torch.device("cpu"), torch.float32, "ztsnr")
+    for sampler in SAMPLERS:
+        scheduler, _ = make_scheduler(model, sampler, "normal")
+        scheduler.set_timesteps(20)
+        assert scheduler.config.prediction_type == "v_prediction"
+        assert int(scheduler.timesteps[0]) == 999
+        sigmas = getattr(scheduler, "sigmas", None)
+        if sigmas is not None:
+            assert torch.isfinite(sigmas).all(), sampler

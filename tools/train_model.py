@@ -64,6 +64,7 @@ MAX_TOKENS = 16  # the text encoder's context; captions take 9 with start / end 
 TEXT_WIDTH = 64
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 
+PREDICTIONS = ("epsilon", "v_prediction")
 SCHEDULER_CONFIG = {
     "_class_name": "EulerDiscreteScheduler",
     "num_train_timesteps": 1000,
@@ -181,6 +182,12 @@ class Plan:
     # colour's flip from strength 0.4 to 0.5: shift 0.018 / 0.072 / 0.073 at 0.4 / 0.5 / 0.6.
     beta_start: float = 0.0005
     beta_end: float = 0.007
+    # Lin et al. 2023: betas rescaled so the last timestep holds none of the picture (its
+    # alpha_bar is set to 2**-24, as diffusers' Euler does, so sigmas stay finite), with
+    # "v_prediction", which that needs. Written into the scheduler config as trained_betas, so
+    # every sampler (Heun too, which has no rescale option) runs it. Not yet measured.
+    zero_terminal_snr: bool = False
+    prediction: str = "epsilon"  # one of PREDICTIONS
     eval_captions: int = 56  # quick evaluations spread over every shape and colour
 
     @classmethod
@@ -195,7 +202,22 @@ class Plan:
 
 def scheduler_config(plan: Plan) -> dict:
     """The model's scheduler config: SCHEDULER_CONFIG with the plan's noise schedule."""
-    return {**SCHEDULER_CONFIG, "beta_start": plan.beta_start, "beta_end": plan.beta_end}
+    config = {**SCHEDULER_CONFIG, "beta_start": plan.beta_start, "beta_end": plan.beta_end,
+              "prediction_type": plan.prediction}
+    if plan.zero_terminal_snr:
+        config["trained_betas"] = zero_terminal_snr_betas(plan.beta_start, plan.beta_end)
+    return config
+
+
+def zero_terminal_snr_betas(beta_start: float, beta_end: float, steps: int = 1000) -> list[float]:
+    """Scaled-linear betas rescaled to a zero terminal SNR, the last alpha_bar kept at 2**-24."""
+    from diffusers.schedulers.scheduling_ddpm import rescale_zero_terminal_snr
+
+    betas = torch.linspace(beta_start**0.5, beta_end**0.5, steps, dtype=torch.float64) ** 2
+    betas = rescale_zero_terminal_snr(betas)
+    alpha_bar = torch.cumprod(1 - betas, 0)
+    betas[-1] = 1 - 2.0**-24 / alpha_bar[-2]
+    return betas.tolist()
 
 
 def set_plan_field(plan: Plan, setting: str) -> None:
@@ -979,15 +1001,19 @@ def noisy_input_and_target(
     latents: torch.Tensor,
     seen_latents: torch.Tensor,
     noise: torch.Tensor,
+    prediction: str = "epsilon",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The UNet's input and its epsilon target, per sample at its ``alpha_bar``.
+    """The UNet's input and its target (epsilon or v), per sample at its ``alpha_bar``.
 
     The input is ``seen_latents`` (the picture or its recoloured twin) noised; the target is
-    the noise that takes that input back to ``latents``, the picture its caption describes.
+    the one that takes that input back to ``latents``, the picture its caption describes.
     """
     a = alpha_bar.float()[:, None, None, None]
     noisy = a.sqrt() * seen_latents + (1 - a).sqrt() * noise
-    return noisy, noise + (a / (1 - a)).sqrt() * (seen_latents - latents)
+    epsilon = noise + (a / (1 - a)).sqrt() * (seen_latents - latents)
+    if prediction == "v_prediction":
+        return noisy, a.sqrt() * epsilon - (1 - a).sqrt() * latents
+    return noisy, epsilon
 
 
 def latest_unet_checkpoint(run_dir: Path) -> Path | None:
@@ -1059,7 +1085,10 @@ def train_unet(
     sched = DDPMScheduler.from_config(scheduler_config(plan))
     alphas = sched.alphas_cumprod.float()
     snr = alphas / (1 - alphas)
-    weights = torch.clamp(snr, max=plan.min_snr_gamma) / snr  # min-SNR for epsilon prediction
+    if plan.prediction == "v_prediction":  # min-SNR, never under plain v's weight at low SNR
+        weights = snr.clamp(1.0, plan.min_snr_gamma) / (snr + 1)
+    else:  # min-SNR for epsilon prediction
+        weights = torch.clamp(snr, max=plan.min_snr_gamma) / snr
     scale = vae.config.scaling_factor
     n = len(data["mean"])
     batch = plan.unet_batch
@@ -1102,7 +1131,9 @@ def train_unet(
                                      torch.rand(batch), torch.ones(batch))
                 twin = latents + weight[:, None, None, None] * (twin - latents)
             seen_latents = torch.where(swap[:, None, None, None], twin, latents)
-        noisy, target = noisy_input_and_target(alphas[t], latents, seen_latents, noise)
+        noisy, target = noisy_input_and_target(
+            alphas[t], latents, seen_latents, noise, plan.prediction
+        )
         cond = text_encoder(ids)[0]
         pred = unet(noisy, t, encoder_hidden_states=cond).sample
         per_sample = F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))
@@ -1262,6 +1293,8 @@ def main(argv: list[str] | None = None) -> int:
         plan.tune.steps = args.tune_steps
     for setting in args.plan:
         set_plan_field(plan, setting)
+    if plan.prediction not in PREDICTIONS:
+        raise SystemExit(f"--plan prediction={plan.prediction}: one of {', '.join(PREDICTIONS)}")
     run_dir = args.run_dir
     if args.smoke and args.run_dir == DEFAULT_RUN_DIR:
         run_dir = Path(tempfile.mkdtemp(prefix="nodegraph-smoke-"))
