@@ -227,6 +227,23 @@ def test_v_prediction_targets_lead_back_to_the_picture_too():
     assert torch.allclose(v[2], -latents[2], atol=1e-3)  # no signal left: v is minus the picture
 
 
+def test_offset_noise_varies_each_channels_mean_colour():
+    """Plain noise on 16x16 latents has channel means of std 1/16; offset noise adds its std."""
+    import torch
+
+    from tools.train_model import training_noise
+
+    torch.manual_seed(0)
+    latents = torch.zeros(4096, 4, 16, 16)
+    plain = training_noise(latents).mean(dim=(2, 3)).std().item()
+    noise = training_noise(latents, 0.2)
+    offset = noise.mean(dim=(2, 3)).std().item()
+    assert plain == pytest.approx(1 / 16, rel=0.05)
+    assert offset == pytest.approx((0.2**2 + 1 / 16**2) ** 0.5, rel=0.05)
+    spatial = noise - noise.mean(dim=(2, 3), keepdim=True)
+    assert spatial.std().item() == pytest.approx(1.0, rel=0.02)  # the rest is still unit noise
+
+
 def test_a_zero_terminal_snr_schedule_runs_on_every_sampler():
     import torch
 
