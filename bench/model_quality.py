@@ -35,7 +35,7 @@ if str(ROOT) not in sys.path:
 from nodegraph import RunSettings  # noqa: E402
 from nodegraph.executor import Executor  # noqa: E402
 from nodegraph.registry import default_registry  # noqa: E402
-from nodes import models  # noqa: E402
+from nodes.loading import folders  # noqa: E402
 from tools import shapes  # noqa: E402
 
 WORKFLOWS = ROOT / "workflows"
@@ -232,12 +232,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=8)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--cfg", type=float, help="CFG scale (default: the workflows' own)")
-    parser.add_argument("--model", default=models.SHIPPED_NAME)
+    parser.add_argument("--model", default=folders.SHIPPED_NAME)
     parser.add_argument("--models", action="append", default=[])
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's own)")
     args = parser.parse_args(argv)
-    models.configure({"models": args.models, "threads": args.threads})
+    folders.configure({"models": args.models, "threads": args.threads})
     args.out.mkdir(parents=True, exist_ok=True)
     executor = Executor(default_registry())
     with tempfile.TemporaryDirectory() as tmp:

@@ -34,9 +34,10 @@ if str(ROOT) not in sys.path:
 from nodegraph import RunSettings  # noqa: E402
 from nodegraph.executor import Executor  # noqa: E402
 from nodegraph.registry import default_registry  # noqa: E402
-from nodes import models  # noqa: E402
-from nodes.images import to_pil  # noqa: E402
-from nodes.sampling import strength_steps  # noqa: E402
+from nodes import devices  # noqa: E402
+from nodes.images.io import to_pil  # noqa: E402
+from nodes.loading import checkpoints, folders  # noqa: E402
+from nodes.sampling.native import strength_steps  # noqa: E402
 
 WORKFLOW = ROOT / "workflows" / "txt2img_img2img.json"
 STRENGTHS = (0.3, 0.5, 0.7)
@@ -53,7 +54,7 @@ def job(model: str, steps: int) -> dict:
 def direct_pipelines(path: str, device: torch.device):
     import diffusers
 
-    dtype = models.compute_dtype(device)
+    dtype = devices.compute_dtype(device)
     txt = diffusers.StableDiffusionPipeline.from_pretrained(
         path, local_files_only=True, safety_checker=None, dtype=dtype
     ).to(device)
@@ -135,25 +136,25 @@ def count_sweep(wf: dict, settings: RunSettings, unet) -> tuple[int, int]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=models.SHIPPED_NAME)
+    parser.add_argument("--model", default=folders.SHIPPED_NAME)
     parser.add_argument("--models", action="append", default=[], help="another model folder")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's own)")
     args = parser.parse_args(argv)
-    models.configure({"models": args.models, "threads": args.threads})
-    found = models.find_model(args.model, args.models)
-    if found["format"] != "diffusers":
+    folders.configure({"models": args.models, "threads": args.threads})
+    found = folders.find_model("checkpoints", args.model, args.models)
+    if found.format != "diffusers":
         raise SystemExit("the direct comparison needs a diffusers folder")
     options = {"models": args.models, "device": args.device}
-    device = models.resolve_device(options)
+    device = devices.resolve_device(options)
     wf = job(args.model, args.steps)
-    txt, img = direct_pipelines(found["path"], device)
+    txt, img = direct_pipelines(str(found.path), device)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         settings = RunSettings(output_dir=out / "engine", temp_dir=out / "temp", options=options)
-        models.load_checkpoint(args.model, options)  # both sides start with the model loaded
+        checkpoints.load_checkpoint(args.model, options)  # both sides start with the model loaded
         run_engine(wf, settings)  # warm-up, both sides
         run_direct(txt, img, wf, out)
         ours, theirs = [], []
@@ -164,11 +165,11 @@ def main(argv: list[str] | None = None) -> int:
             direct = run_direct(txt, img, wf, out)
             theirs.append(time.perf_counter() - started)
         diff = max(float(np.abs(a - b).max()) for a, b in zip(pictures, direct, strict=True))
-        model, _, _ = models.load_checkpoint(args.model, options)
+        model, _, _ = checkpoints.load_checkpoint(args.model, options)
         evaluations, minimum = count_sweep(job(args.model, args.steps), settings, model.unet)
     ratio = statistics.median(ours) / statistics.median(theirs)
     best = min(ours) / min(theirs)  # the fastest runs: least disturbed by other work
-    print(f"model: {args.model} ({found['path']}) on {device}, {args.steps} steps")
+    print(f"model: {args.model} ({found.path}) on {device}, {args.steps} steps")
     print(f"engine  median {statistics.median(ours):.3f} s  (runs: {_fmt(ours)})")
     print(f"diffusers median {statistics.median(theirs):.3f} s  (runs: {_fmt(theirs)})")
     print(f"time ratio engine/diffusers: {ratio:.3f} of medians, {best:.3f} of fastest runs "

@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from nodes.models import shipped_size  # noqa: E402
+from nodes.loading.checkpoints import shipped_size  # noqa: E402
 
 RETRIES = 100
 """Attempts per request while the server is down (0.1 s apart)."""

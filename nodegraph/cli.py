@@ -109,8 +109,9 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
         "--models",
         action="append",
         default=[],
-        metavar="DIR",
-        help="another folder of models (repeatable; also $NODEGRAPH_MODELS)",
+        metavar="DIR|YAML",
+        help="a models folder (ComfyUI's models/ layout or flat) or a ComfyUI "
+        "extra_model_paths.yaml (repeatable; also $NODEGRAPH_MODELS)",
     )
     parser.add_argument("--device", default="auto", help="auto (CUDA, MPS, CPU), cpu, cuda, ...")
     parser.add_argument(
@@ -345,15 +346,20 @@ def cmd_nodes(args: argparse.Namespace) -> int:
 
 def cmd_models(args: argparse.Namespace) -> int:
     try:
-        from nodes.models import list_models
+        from nodes.loading.checkpoints import describe
+        from nodes.loading.folders import ModelsConfigError, list_models
     except ImportError as exc:
         return _missing("model library", str(exc))
-    found = list_models(list(args.models))
+    try:
+        found = [{**m.as_dict(), "family": describe(m)} for m in list_models(None, args.models)]
+    except ModelsConfigError as exc:
+        raise UsageError(str(exc)) from exc
     if args.json:
         print(json.dumps(found, indent=2))
     else:
-        for model in found:
-            print(f"{model['name']:<32} {model['format']:<12} {model['path']}")
+        for m in found:
+            row = f"{m['kind']:<14} {m['name']:<36} {m['family']:<16} {m['format']:<12}"
+            print(row, m["path"])
     return EXIT_OK
 
 

@@ -1,14 +1,15 @@
 """The values that flow between diffusion nodes: socket types and the small classes behind them.
 
 Conventions (as in ComfyUI): IMAGE is a float tensor (batch, height, width, 3) in 0..1; MASK is
-(batch, height, width) in 0..1; LATENT is a (batch, channels, height/8, width/8) tensor already
-multiplied by the VAE's scaling factor; CONDITIONING is the text encoder's hidden states
-(batch, tokens, width). Tensors stay on the device they were made on.
+(batch, height, width) in 0..1; LATENT is a (batch, channels, height/8, width/8) tensor in the
+VAE's own space (not scaled: the model scales it, as in ComfyUI, so any VAE fits any model);
+CONDITIONING is the text encoders' hidden states (batch, tokens, width) with what else guides.
+Tensors stay on the device they were made on.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -26,24 +27,97 @@ class Model:
     dtype: torch.dtype
     name: str
     preview_factors: torch.Tensor | None = None
-    """Latent -> RGB map for live previews (nodes.preview), fitted to the checkpoint's VAE."""
+    """Latent -> RGB map for live previews (nodes.sampling.preview), fitted to the VAE."""
+    family: str = "sd1"
+    """The checkpoint's family (a key of nodes.formats.families.FAMILIES)."""
+    patches: tuple[Any, ...] = ()
+    """Weight patches (LoRA, ...) applied to the UNet while it samples (nodes.loading.patching)."""
+    latent_scale: float = 1.0
+    latent_shift: float = 0.0
+    """LATENTs are the VAE's own (as ComfyUI's); the UNet works on (latent - shift) * scale."""
+
+    def latent_in(self, latent: torch.Tensor) -> torch.Tensor:
+        """A LATENT in the UNet's space (ComfyUI's process_latent_in)."""
+        return (latent - self.latent_shift) * self.latent_scale
+
+    def latent_out(self, latent: torch.Tensor) -> torch.Tensor:
+        """The UNet's latent back as a LATENT (ComfyUI's process_latent_out)."""
+        return latent / self.latent_scale + self.latent_shift
 
     def cache_nbytes(self) -> int:
         return 0  # the weights belong to the model store, not to the run cache
 
 
 @dataclass(eq=False)
-class Clip:
-    """CLIP: the tokenizer and text encoder."""
+class TextTower:
+    """One text encoder of a CLIP (SDXL has two) and how its output is read.
 
+    `key` is ComfyUI's name for it: "l" (CLIP ViT-L), "h" (OpenCLIP ViT-H), "g" (OpenCLIP bigG).
+    The conditioning is hidden state `layer` (-1: the last layer's output, -2 the penultimate),
+    passed through the final layer norm when `final_norm`; prompts are padded with `pad_id`.
+    """
+
+    key: str
     tokenizer: Any
-    text_encoder: Any
+    encoder: Any
+    layer: int
+    final_norm: bool
+    pad_id: int
+
+    @property
+    def width(self) -> int:
+        return int(self.encoder.config.hidden_size)
+
+    @property
+    def layers(self) -> int:
+        return int(self.encoder.config.num_hidden_layers)
+
+
+@dataclass(eq=False)
+class Clip:
+    """CLIP: the text towers of a checkpoint (one, or SDXL's two), with the LoRA patches on them.
+
+    `family` is the checkpoint's family (nodes.formats.families); `patches` are (tower key,
+    weight patch) pairs applied while encoding (nodes.loading.patching).
+    """
+
+    towers: tuple[TextTower, ...]
     device: torch.device
     dtype: torch.dtype
     name: str
+    family: str = "sd1"
+    patches: tuple[Any, ...] = ()
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.towers[0].tokenizer
+
+    @property
+    def text_encoder(self) -> Any:
+        return self.towers[0].encoder
 
     def cache_nbytes(self) -> int:
         return 0
+
+
+@dataclass(eq=False)
+class Conditioning:
+    """CONDITIONING: text embeddings (batch, tokens, width) and what else guides the UNet.
+
+    `pooled` is the pooled text embedding SDXL's UNet takes (None for SD 1.x / 2.x); `extras`
+    holds SDXL's size and aesthetic conditions (width, height, crop_w, crop_h, target_width,
+    target_height, aesthetic_score) as ComfyUI's conditioning dictionaries do.
+    """
+
+    embeds: torch.Tensor
+    pooled: torch.Tensor | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def cache_nbytes(self) -> int:
+        size = self.embeds.numel() * self.embeds.element_size()
+        if self.pooled is not None:
+            size += self.pooled.numel() * self.pooled.element_size()
+        return size
 
 
 @dataclass(eq=False)
@@ -54,14 +128,6 @@ class Vae:
     device: torch.device
     dtype: torch.dtype
     name: str
-
-    @property
-    def scaling_factor(self) -> float:
-        return float(getattr(self.vae.config, "scaling_factor", None) or 1.0)
-
-    @property
-    def shift_factor(self) -> float:
-        return float(getattr(self.vae.config, "shift_factor", None) or 0.0)
 
     @property
     def downscale(self) -> int:
@@ -100,7 +166,7 @@ class Noisy:
 MODEL = socket("MODEL", Model)
 CLIP = socket("CLIP", Clip)
 VAE = socket("VAE", Vae)
-CONDITIONING = socket("CONDITIONING", torch.Tensor)
+CONDITIONING = socket("CONDITIONING", Conditioning)
 LATENT = socket("LATENT", torch.Tensor)
 NOISY_LATENT = socket("NOISY_LATENT", Noisy)
 IMAGE = socket("IMAGE", torch.Tensor)

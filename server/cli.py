@@ -63,7 +63,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="another origin (scheme://host:port) whose pages may call the API (repeatable)",
     )
     parser.add_argument(
-        "--models", action="append", type=Path, default=[], metavar="DIR", help="model folder"
+        "--models",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="DIR|YAML",
+        help="a models folder (ComfyUI's models/ layout or flat) or an extra_model_paths.yaml",
     )
     parser.add_argument("--device", default="auto", help="auto (CUDA, MPS, CPU), cpu, cuda, ...")
     parser.add_argument("--cache-bytes", type=int, default=None, help="engine cache budget")

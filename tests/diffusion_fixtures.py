@@ -1,5 +1,5 @@
-"""A tiny Stable Diffusion made in the test (random weights, a locally made tokenizer), the
-diffusion node registry, and a writer of single-file checkpoints in the original SD key layout.
+"""A tiny Stable Diffusion made in the test (random weights, a locally made tokenizer) and the
+diffusion node registry. Tiny models of every family, as single files: tests.family_fixtures.
 
 Import the fixtures into a test module by name: `from tests.diffusion_fixtures import tiny_sd`.
 """
@@ -9,43 +9,25 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-import nodes.comfy
-import nodes.conditioning
-import nodes.images
-import nodes.latents
-import nodes.models
-import nodes.resize
-import nodes.sampling
-import nodes.utility
+import nodes.loading.folders
 from nodegraph.executor import Executor
 from nodegraph.registry import Registry
 
 TINY_NAME = "tiny-sd"
 TINY_SIZE = 64
 MAX_TOKENS = 24
-DIFFUSION_MODULES = (
-    nodes.models,
-    nodes.conditioning,
-    nodes.latents,
-    nodes.sampling,
-    nodes.images,
-    nodes.resize,
-    nodes.comfy,
-    nodes.utility,
-)
 
 
 def diffusion_registry() -> Registry:
+    """Every node of the node library (nodes/ and its sub-packages)."""
     reg = Registry()
-    for module in DIFFUSION_MODULES:
-        reg.register_module(module)
+    reg.discover("nodes")
     return reg
 
 
@@ -177,129 +159,10 @@ def tiny_sd(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("models")
     build_tiny_sd(root)
-    nodes.models.use_model_dirs([root])
+    nodes.loading.folders.use_model_dirs([root])
     return root
 
 
 @pytest.fixture(scope="session")
 def diffusion_executor(tiny_sd: Path) -> Executor:
     return Executor(diffusion_registry())
-
-
-# --------------------------------------------------------------------------- single files
-
-
-def _unet_to_ldm(sd: dict[str, torch.Tensor], layers: int, n_blocks: int) -> dict[str, Any]:
-    """diffusers UNet2DConditionModel keys -> the original SD (ldm) layout."""
-    resnet = {
-        "norm1": "in_layers.0",
-        "conv1": "in_layers.2",
-        "time_emb_proj": "emb_layers.1",
-        "norm2": "out_layers.0",
-        "conv2": "out_layers.3",
-        "conv_shortcut": "skip_connection",
-    }
-    renames = {
-        "time_embedding.linear_1": "time_embed.0",
-        "time_embedding.linear_2": "time_embed.2",
-        "conv_in": "input_blocks.0.0",
-        "conv_norm_out": "out.0",
-        "conv_out": "out.2",
-    }
-    for i in range(n_blocks):
-        for j in range(layers):
-            idx = i * (layers + 1) + j + 1
-            renames[f"down_blocks.{i}.resnets.{j}"] = f"input_blocks.{idx}.0"
-            renames[f"down_blocks.{i}.attentions.{j}"] = f"input_blocks.{idx}.1"
-        renames[f"down_blocks.{i}.downsamplers.0.conv"] = (
-            f"input_blocks.{(i + 1) * (layers + 1)}.0.op"
-        )
-        for j in range(layers + 1):
-            idx = i * (layers + 1) + j
-            renames[f"up_blocks.{i}.resnets.{j}"] = f"output_blocks.{idx}.0"
-            renames[f"up_blocks.{i}.attentions.{j}"] = f"output_blocks.{idx}.1"
-    renames["mid_block.resnets.0"] = "middle_block.0"
-    renames["mid_block.attentions.0"] = "middle_block.1"
-    renames["mid_block.resnets.1"] = "middle_block.2"
-    out = {}
-    for key, value in sd.items():
-        new = None
-        for i in range(n_blocks):  # the upsampler sits after the block's last resnet/attention
-            prefix = f"up_blocks.{i}.upsamplers.0.conv"
-            if key.startswith(prefix):
-                idx = i * (layers + 1) + layers
-                pos = 2 if any(k.startswith(f"up_blocks.{i}.attentions") for k in sd) else 1
-                new = f"output_blocks.{idx}.{pos}.conv" + key[len(prefix) :]
-        if new is None:
-            for src in sorted(renames, key=len, reverse=True):
-                if key.startswith(src + "."):
-                    rest = key[len(src) + 1 :]
-                    if ".resnets." in src or src.startswith("mid_block.resnets"):
-                        name, _, tail = rest.partition(".")
-                        rest = f"{resnet[name]}.{tail}"
-                    new = f"{renames[src]}.{rest}"
-                    break
-        if new is None:
-            raise KeyError(f"no original-layout name for unet key {key}")
-        out["model.diffusion_model." + new] = value
-    return out
-
-
-def _vae_to_ldm(sd: dict[str, torch.Tensor], n_blocks: int) -> dict[str, Any]:
-    """diffusers AutoencoderKL keys -> the original SD (ldm) layout."""
-    attn = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
-    out = {}
-    for key, value in sd.items():
-        new = key
-        for part in ("encoder", "decoder"):
-            new = new.replace(f"{part}.mid_block.resnets.0.", f"{part}.mid.block_1.")
-            new = new.replace(f"{part}.mid_block.resnets.1.", f"{part}.mid.block_2.")
-            new = new.replace(f"{part}.conv_norm_out.", f"{part}.norm_out.")
-        if ".mid_block.attentions.0." in new:
-            head, tail = new.split(".mid_block.attentions.0.")
-            for src, dst in attn.items():
-                if tail.startswith(src + "."):
-                    tail = dst + tail[len(src) :]
-            new = f"{head}.mid.attn_1.{tail}"
-            if value.ndim == 2:
-                value = value[:, :, None, None]
-        for i in range(n_blocks):
-            new = new.replace(f"encoder.down_blocks.{i}.resnets.", f"encoder.down.{i}.block.")
-            new = new.replace(
-                f"encoder.down_blocks.{i}.downsamplers.0.", f"encoder.down.{i}.downsample."
-            )
-            j = n_blocks - 1 - i
-            new = new.replace(f"decoder.up_blocks.{i}.resnets.", f"decoder.up.{j}.block.")
-            new = new.replace(f"decoder.up_blocks.{i}.upsamplers.0.", f"decoder.up.{j}.upsample.")
-        new = new.replace(".conv_shortcut.", ".nin_shortcut.")
-        out["first_stage_model." + new] = value
-    return out
-
-
-def write_single_file(model_dir: Path, target: Path) -> Path:
-    """Save the diffusers model in `model_dir` as one original-layout .safetensors `target`,
-    with its local configuration folder `<stem>.config/` (no weights) beside it."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from safetensors.torch import load_file, save_file
-
-    unet = UNet2DConditionModel.from_pretrained(model_dir / "unet", local_files_only=True)
-    vae = AutoencoderKL.from_pretrained(model_dir / "vae", local_files_only=True)
-    state: dict[str, torch.Tensor] = {}
-    state.update(
-        _unet_to_ldm(
-            unet.state_dict(), unet.config.layers_per_block, len(unet.config.block_out_channels)
-        )
-    )
-    state.update(_vae_to_ldm(vae.state_dict(), len(vae.config.block_out_channels)))
-    text = load_file(str(model_dir / "text_encoder" / "model.safetensors"))
-    for key, value in text.items():  # the original layout nests them under text_model.
-        key = key if key.startswith("text_model.") else "text_model." + key
-        state["cond_stage_model.transformer." + key] = value
-    save_file({k: v.contiguous() for k, v in state.items()}, str(target))
-    config = target.with_name(target.stem + ".config")
-    for path in model_dir.rglob("*"):
-        if path.is_file() and path.suffix in (".json", ".txt"):
-            dest = config / path.relative_to(model_dir)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(path, dest)
-    return target

@@ -14,7 +14,7 @@ from bench import img2img_trace, model_quality
 from nodegraph import RunSettings
 from nodegraph.executor import Executor
 from nodegraph.registry import default_registry
-from nodes.models import SHIPPED_DIR, SHIPPED_NAME
+from nodes.loading.folders import SHIPPED_DIR, SHIPPED_NAME
 from tools import shapes
 
 pytestmark = pytest.mark.skipif(

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from bench import model_quality
-from nodes.models import SHIPPED_DIR
+from nodes.loading.folders import SHIPPED_DIR
 
 STRENGTHS = [f"{s:.1f}" for s in model_quality.STRENGTHS]
 

@@ -11,7 +11,7 @@ from PIL import Image
 
 from nodegraph import RunSettings
 from nodegraph.executor import Executor
-from nodes.resize import centre_crop, resize, target_size
+from nodes.images.resize import centre_crop, resize, target_size
 from tests.diffusion_fixtures import diffusion_registry
 
 METHODS = ("nearest-exact", "bilinear", "area", "bicubic", "lanczos")

@@ -132,11 +132,11 @@ def test_txt2img_and_img2img_equal_diffusers(
     outputs = {}
     for strength in (0.3, 0.6, 0.9):
         ours = _run(diffusion_executor, workflow(str(picture), strength, sampler), settings)
-        latents = ours.outputs["src"][0]
+        latents = ours.outputs["src"][0]  # the VAE's own latents: the pipeline takes them scaled
         image = ours.outputs["decode"][0].cpu().numpy()
         theirs = img(
             PROMPT,
-            image=latents.clone(),
+            image=latents.clone() * img.vae.config.scaling_factor,
             strength=strength,
             negative_prompt="",
             num_inference_steps=STEPS,

@@ -20,10 +20,10 @@ from PIL import Image
 
 from tests.server_fixtures import REPO, LiveServer, WebSocket
 
-pytest.importorskip("nodes.comfy", reason="the diffusion nodes are not there yet")
+pytest.importorskip("nodes.sampling.ksampler", reason="the diffusion nodes are not there yet")
 
 import tests.diffusion_fixtures as df  # noqa: E402
-from nodes.models import shipped_size  # noqa: E402
+from nodes.loading.checkpoints import shipped_size  # noqa: E402
 from tests.diffusion_fixtures import (  # noqa: E402
     TINY_NAME,
     TINY_SIZE,
@@ -165,7 +165,7 @@ def test_the_published_client_runs_comfyui_nodes_on_a_tiny_model(
 def test_the_published_client_runs_comfyui_nodes_on_the_shipped_model(
     tmp_path: Path, one_thread: None
 ) -> None:
-    from nodes.models import SHIPPED_NAME
+    from nodes.loading.folders import SHIPPED_NAME
 
     size = shipped_size()
     images, seen, previews = run_example(tmp_path / "data", SHIPPED_NAME, size, steps=8)

@@ -379,7 +379,7 @@ def test_node_inputs_are_confined_to_the_input_folder(live: LiveServer, tmp_path
 
 
 def test_load_image_refuses_names_outside_the_input_folder(tmp_path: Path) -> None:
-    images = pytest.importorskip("nodes.images", reason="the diffusion nodes are not there yet")
+    images = pytest.importorskip("nodes.images.io", reason="the diffusion nodes are not there yet")
     from nodegraph.registry import Registry
     from server import ServerConfig, create_app  # noqa: F401 - the same app, another registry
 
@@ -408,9 +408,9 @@ def test_load_image_refuses_names_outside_the_input_folder(tmp_path: Path) -> No
 
 
 def test_a_resize_past_the_pixel_limit_fails_its_job_only(tmp_path: Path) -> None:
-    images = pytest.importorskip("nodes.images", reason="the diffusion nodes are not there yet")
+    images = pytest.importorskip("nodes.images.io", reason="the diffusion nodes are not there yet")
     from nodegraph.registry import Registry
-    from nodes import resize
+    from nodes.images import resize
 
     live = LiveServer(tmp_path / "data", limits=with_limits(max_image_pixels=64 * 64))
     try:

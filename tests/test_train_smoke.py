@@ -247,7 +247,7 @@ def test_offset_noise_varies_each_channels_mean_colour():
 def test_a_zero_terminal_snr_schedule_runs_on_every_sampler():
     import torch
 
-    from nodes.sampling import SAMPLERS, make_scheduler
+    from nodes.sampling.native import SAMPLERS, make_scheduler
     from nodes.values import Model
     from tools.train_model import Plan, scheduler_config, zero_terminal_snr_betas
 

@@ -13,7 +13,8 @@ from PIL import Image
 
 from nodegraph.cli import main
 from nodegraph.registry import default_registry
-from nodes.models import SHIPPED_DIR, SHIPPED_NAME, shipped_size
+from nodes.loading.checkpoints import shipped_size
+from nodes.loading.folders import SHIPPED_DIR, SHIPPED_NAME
 from tests import diffusion_fixtures as df
 from tests.diffusion_fixtures import TINY_NAME, write_picture
 from tools import shapes

@@ -68,9 +68,9 @@ def get_json(url: str) -> Any:
 
 def _model_dirs(tmp: Path) -> tuple[list[str], bool]:
     """Folders to serve models from: the shipped model if it is found, else a tiny random one."""
-    import nodes.models
+    from nodes.loading.folders import list_models
 
-    if nodes.models.list_models():
+    if list_models():
         return [], True
     from tests.diffusion_fixtures import build_tiny_sd
 

@@ -6,8 +6,8 @@ import torch
 
 from nodegraph import InputField, Node, NodeContext
 
-from .models import resolve_device
-from .values import IMAGE, LATENT, VAE, Vae
+from ..devices import resolve_device
+from ..values import IMAGE, LATENT, VAE, Vae
 
 LATENT_CHANNELS = 4
 
@@ -23,7 +23,7 @@ def empty_latent(width: int, height: int, batch_size: int, device: torch.device)
 
 @torch.no_grad()
 def vae_encode(vae: Vae, pixels: torch.Tensor) -> tuple[torch.Tensor, bool]:
-    """Latents of images (batch, H, W, 3) in 0..1: the distribution's mode, scaled and shifted.
+    """Latents of images (batch, H, W, 3) in 0..1: the distribution's mode (unscaled).
 
     Images whose sides are not multiples of the VAE's downscale are cropped (centred); the
     second value says whether that happened.
@@ -41,13 +41,13 @@ def vae_encode(vae: Vae, pixels: torch.Tensor) -> tuple[torch.Tensor, bool]:
         pixels = pixels[:, top : top + nh, left : left + nw]
     x = pixels[..., :3].permute(0, 3, 1, 2).to(device=vae.device, dtype=vae.dtype) * 2.0 - 1.0
     mode = vae.vae.encode(x).latent_dist.mode()
-    return (mode - vae.shift_factor) * vae.scaling_factor, cropped
+    return mode, cropped
 
 
 @torch.no_grad()
 def vae_decode(vae: Vae, latent: torch.Tensor) -> torch.Tensor:
     """Images (batch, H, W, 3) in 0..1, float32, on the VAE's device."""
-    z = latent.to(device=vae.device, dtype=vae.dtype) / vae.scaling_factor + vae.shift_factor
+    z = latent.to(device=vae.device, dtype=vae.dtype)
     decoded = vae.vae.decode(z, return_dict=False)[0]
     return (decoded / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).float()
 

@@ -13,7 +13,7 @@ import itertools
 import torch
 from PIL import Image
 
-from .values import Vae
+from ..values import Vae
 
 LEVELS = (0.0, 1 / 3, 2 / 3, 1.0)
 RIDGE = 1e-2
@@ -27,14 +27,18 @@ def _features(z: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def fit_latent_rgb(vae: Vae) -> torch.Tensor:
-    """A (features, 3) float32 CPU matrix: _features(latent) @ matrix ~ RGB in 0..1."""
-    from .latents import vae_encode  # latents imports models, which imports this module
+def fit_latent_rgb(vae: Vae, scale: float = 1.0, shift: float = 0.0) -> torch.Tensor:
+    """A (features, 3) float32 CPU matrix: _features(latent) @ matrix ~ RGB in 0..1.
+
+    Fitted on the UNet's latents, (VAE latent - shift) * scale, which is what sampling shows.
+    """
+    from ..latents.codec import vae_encode
 
     colours = torch.tensor(list(itertools.product(LEVELS, repeat=3)), dtype=torch.float32)
     side = 4 * vae.downscale
     pixels = colours[:, None, None, :].expand(len(colours), side, side, 3)
     latents, _ = vae_encode(vae, pixels)
+    latents = (latents - shift) * scale
     features = _features(latents.float().mean(dim=(2, 3)).cpu())
     # ridge regression (a little weight decay keeps the quadratic fit well conditioned)
     n = features.shape[1]

@@ -18,8 +18,8 @@ from PIL import Image, ImageOps, PngImagePlugin
 from nodegraph import InputField, Node, NodeContext, Outputs, RunSettings
 from nodegraph.files import atomic_write, claim_unique, confined
 
-from .models import resolve_device
-from .values import IMAGE, MASK
+from ..devices import resolve_device
+from ..values import IMAGE, MASK
 
 # Inputs whose values describe how a picture was made (gathered into the "parameters" chunk).
 PARAMETER_INPUTS = (

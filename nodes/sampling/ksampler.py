@@ -1,16 +1,11 @@
-"""ComfyUI's node names for its workflows, on the same functions as the native nodes.
-
-VAEEncode, VAEDecode, EmptyLatentImage, LoadImage, SaveImage and PreviewImage already carry
-ComfyUI's names and inputs; this module adds the three whose native forms differ.
-"""
+"""ComfyUI's KSampler: noise and denoise in one node, with ComfyUI's denoise semantics."""
 
 from __future__ import annotations
 
 from nodegraph import InputField, Node, NodeContext
 
-from .conditioning import encode_text
-from .models import SHIPPED_NAME, Checkpoint, load_checkpoint, model_names
-from .sampling import (
+from ..values import CONDITIONING, LATENT, MODEL
+from .native import (
     MAX_SEED,
     SamplerName,
     ScheduleName,
@@ -18,33 +13,6 @@ from .sampling import (
     denoise,
     progress_with_preview,
 )
-from .values import CLIP, CONDITIONING, LATENT, MODEL
-
-
-class CheckpointLoaderSimple(Node):
-    """Load a checkpoint (ComfyUI's name for CheckpointLoader)."""
-
-    category = "loaders"
-    display_name = "Load Checkpoint (ComfyUI)"
-    ckpt_name: str = InputField(
-        SHIPPED_NAME, description="The model, among those found.", choices=model_names
-    )
-
-    def invoke(self, ctx: NodeContext) -> Checkpoint:
-        model, clip, vae = load_checkpoint(self.ckpt_name, ctx.settings.options)
-        return Checkpoint(model=model, clip=clip, vae=vae)
-
-
-class CLIPTextEncode(Node):
-    """Encode a prompt (ComfyUI's name for TextEncode)."""
-
-    category = "conditioning"
-    display_name = "CLIP Text Encode (Prompt)"
-    text: str = InputField("", description="The prompt.", multiline=True)
-    clip: CLIP = InputField(description="The text encoder.")
-
-    def invoke(self, ctx: NodeContext) -> CONDITIONING:
-        return encode_text(self.clip, self.text)
 
 
 def ksampler_schedule(steps: int, denoise: float) -> tuple[int, int]:

@@ -20,8 +20,10 @@ import torch
 
 from nodegraph import InputField, Node, NodeContext
 
+from ..loading.patching import patched
+from ..values import CONDITIONING, LATENT, MODEL, NOISY_LATENT, Conditioning, Model, Noisy
 from .preview import latent_preview
-from .values import CONDITIONING, LATENT, MODEL, NOISY_LATENT, Model, Noisy
+from .unet_inputs import UnetInputs
 
 SAMPLERS: dict[str, str] = {
     "euler": "EulerDiscreteScheduler",
@@ -82,15 +84,38 @@ class Start:
     warnings: list[str]
 
 
-def plan_start(model: Model, sampler: str, schedule: str, steps: int, keep: int) -> Start:
-    """Set the schedule for `steps` and keep its last `keep` steps (0 <= keep <= steps)."""
+def plan_start(
+    model: Model, sampler: str, schedule: str, steps: int, keep: int, start: int | None = None
+) -> Start:
+    """Set the schedule for `steps` and keep its last `keep` steps (0 <= keep <= steps).
+
+    `start`, when given, is the index into the scheduler's timesteps to begin at instead (a
+    diffusers `denoising_start` hand-over, which counts scheduler timesteps, not steps).
+    """
     scheduler, warnings = make_scheduler(model, sampler, schedule)
     scheduler.set_timesteps(steps, device=model.device)
-    t_start = steps - keep
-    start = t_start * scheduler.order
-    if keep < steps and hasattr(scheduler, "set_begin_index"):
+    if start is None:
+        start = (steps - keep) * scheduler.order
+    if start > 0 and hasattr(scheduler, "set_begin_index"):
         scheduler.set_begin_index(start)
     return Start(scheduler, steps, start, scheduler.timesteps[start:], warnings)
+
+
+def timestep_cutoff(model: Model, fraction: float) -> float:
+    """The training timestep where a `denoising_end` / `denoising_start` fraction falls."""
+    train = int(model.scheduler_config.get("num_train_timesteps", 1000))
+    return int(round(train - fraction * train))
+
+
+def handover_start(model: Model, sampler: str, schedule: str, steps: int, fraction: float) -> int:
+    """Where StableDiffusionXLImg2ImgPipeline(denoising_start=fraction) begins its timesteps."""
+    scheduler, _ = make_scheduler(model, sampler, schedule)
+    scheduler.set_timesteps(steps, device=model.device)
+    timesteps = scheduler.timesteps
+    remaining = int((timesteps < timestep_cutoff(model, fraction)).sum())
+    if scheduler.order == 2 and remaining % 2 == 0:
+        remaining += 1  # a second-order step is never cut in half (as diffusers)
+    return len(timesteps) - remaining
 
 
 def initial_noise(shape: torch.Size, seed: int, model: Model) -> torch.Tensor:
@@ -109,17 +134,29 @@ def add_noise(
     steps: int,
     keep: int,
     strength: float,
+    denoising_start: float | None = None,
 ) -> tuple[Noisy, list[str]]:
-    """Noise `latent` for denoising its last `keep` of `steps` steps; keep == steps is txt2img."""
+    """Noise `latent` for denoising its last `keep` of `steps` steps; keep == steps is txt2img.
+
+    With `denoising_start` the latent is a hand-over, still noisy, from a sampler stopped at that
+    fraction of the schedule (diffusers' denoising_end): no noise is added and the walk resumes
+    at the same fraction, as StableDiffusionXLImg2ImgPipeline(denoising_start=...) does.
+    """
     if not 0 <= keep <= steps:
         raise ValueError(f"cannot keep {keep} of {steps} steps")
-    plan = plan_start(model, sampler, schedule, steps, keep)
+    start = None
+    if denoising_start is not None:
+        start = handover_start(model, sampler, schedule, steps, denoising_start)
+    plan = plan_start(model, sampler, schedule, steps, keep, start)
     common = {"sampler": sampler, "scheduler": schedule, "steps": steps, "keep": keep, "seed": seed}
-    if keep == 0:  # nothing to walk: the input passes through as it is
+    if keep == 0 or len(plan.timesteps) == 0:  # nothing to walk: the input passes as it is
         empty = plan.timesteps[:0]
         noisy = Noisy(latent, start=plan.start, timesteps=empty, strength=strength, **common)
         return noisy, plan.warnings
-    latent = latent.to(device=model.device, dtype=model.dtype)
+    latent = model.latent_in(latent.to(device=model.device, dtype=model.dtype))
+    if start is not None:
+        noisy = Noisy(latent, start=start, timesteps=plan.timesteps, strength=strength, **common)
+        return noisy, plan.warnings
     noise = initial_noise(latent.shape, seed, model)
     if keep == steps:
         noised = noise * plan.scheduler.init_noise_sigma
@@ -134,42 +171,38 @@ def strength_steps(steps: int, strength: float) -> int:
     return min(int(steps * strength), steps)
 
 
-def _batch(cond: torch.Tensor, n: int, model: Model) -> torch.Tensor:
-    cond = cond.to(device=model.device, dtype=model.dtype)
-    if cond.shape[0] == n:
-        return cond
-    if cond.shape[0] == 1:
-        return cond.expand(n, *cond.shape[1:])
-    raise ValueError(f"conditioning of batch {cond.shape[0]} cannot guide a batch of {n}")
-
-
 @torch.no_grad()
 def denoise(
     model: Model,
     noisy: Noisy,
-    positive: torch.Tensor,
-    negative: torch.Tensor | None,
+    positive: Conditioning,
+    negative: Conditioning | None,
     cfg: float,
     on_step: Any = None,
+    denoising_end: float | None = None,
 ) -> torch.Tensor:
-    """Walk the remaining schedule with classifier-free guidance; returns the clean latent.
+    """Walk the remaining schedule with classifier-free guidance; returns the clean LATENT.
+
+    With `denoising_end` the walk stops where that fraction of the schedule ends, as
+    StableDiffusionXLPipeline(denoising_end=...) does, and returns the still noisy latent.
 
     One batched model evaluation per scheduler step (negative and positive together, as the
     diffusers pipelines do); `on_step(i, total, estimate)` is called after each step with the
-    scheduler's estimate of the clean latent where it gives one (else the current latent).
+    scheduler's estimate of the clean latent where it gives one (else the current latent), in
+    the UNet's space.
     """
     if noisy.remaining == 0:
         return noisy.latent
-    scheduler = plan_start(model, noisy.sampler, noisy.scheduler, noisy.steps, noisy.keep).scheduler
-    timesteps = scheduler.timesteps[noisy.start :]
+    plan = plan_start(model, noisy.sampler, noisy.scheduler, noisy.steps, noisy.keep, noisy.start)
+    scheduler, timesteps = plan.scheduler, plan.timesteps
     if len(timesteps) != noisy.remaining or not torch.equal(timesteps, noisy.timesteps):
         raise ValueError("the noisy latent's schedule does not match this model's scheduler")
+    if denoising_end is not None:
+        cutoff = timestep_cutoff(model, denoising_end)
+        timesteps = timesteps[: int((timesteps >= cutoff).sum())]
     latents = noisy.latent.to(device=model.device, dtype=model.dtype)
-    n = latents.shape[0]
     guided = negative is not None and cfg != 1.0
-    cond = _batch(positive, n, model)
-    if guided:
-        cond = torch.cat([_batch(negative, n, model), cond])
+    inputs = UnetInputs.build(model, latents, positive, negative if guided else None)
     kwargs: dict[str, Any] = {}
     params = inspect.signature(scheduler.step).parameters
     if "eta" in params:
@@ -179,19 +212,20 @@ def denoise(
         torch.randn(latents.shape, generator=generator, dtype=model.dtype)  # the initial noise
         kwargs["generator"] = generator
     total = len(timesteps)
-    for i, t in enumerate(timesteps):
-        model_in = torch.cat([latents] * 2) if guided else latents
-        model_in = scheduler.scale_model_input(model_in, t)
-        pred = model.unet(model_in, t, encoder_hidden_states=cond, return_dict=False)[0]
-        if guided:
-            uncond, text = pred.chunk(2)
-            pred = uncond + cfg * (text - uncond)
-        out = scheduler.step(pred, t, latents, **kwargs)
-        latents = out.prev_sample
-        if on_step is not None:
-            estimate = getattr(out, "pred_original_sample", None)
-            on_step(i + 1, total, latents if estimate is None else estimate)
-    return latents
+    with patched(model.unet, model.patches):
+        for i, t in enumerate(timesteps):
+            model_in = torch.cat([latents] * 2) if guided else latents
+            model_in = scheduler.scale_model_input(model_in, t)
+            pred = inputs.run(model, model_in, t)
+            if guided:
+                uncond, text = pred.chunk(2)
+                pred = uncond + cfg * (text - uncond)
+            out = scheduler.step(pred, t, latents, **kwargs)
+            latents = out.prev_sample
+            if on_step is not None:
+                estimate = getattr(out, "pred_original_sample", None)
+                on_step(i + 1, total, latents if estimate is None else estimate)
+    return model.latent_out(latents)
 
 
 class AddNoise(Node):
@@ -210,6 +244,14 @@ class AddNoise(Node):
     steps: int = InputField(20, description="Steps of the whole schedule.", ge=1, le=1000)
     sampler: SamplerName = InputField("euler", description="The sampler.")
     scheduler: ScheduleName = InputField("normal", description="The timestep spacing.")
+    denoising_start: float = InputField(
+        0.0,
+        description="A hand-over: the latent is a Denoise stopped at this share of the schedule "
+        "(its denoising_end); no noise is added and strength is ignored. 0: not a hand-over.",
+        ge=0.0,
+        le=1.0,
+        step=0.01,
+    )
 
     def invoke(self, ctx: NodeContext) -> NOISY_LATENT:
         keep = self.steps if self.strength >= 1.0 else strength_steps(self.steps, self.strength)
@@ -222,10 +264,13 @@ class AddNoise(Node):
             steps=self.steps,
             keep=keep,
             strength=self.strength,
+            denoising_start=self.denoising_start or None,
         )
         for w in warnings:
             ctx.warn(w)
-        if keep == 0:
+        if noisy.remaining == 0 and self.denoising_start:
+            ctx.warn(f"denoising_start {self.denoising_start} leaves no step of {self.steps}")
+        elif keep == 0:
             ctx.warn(
                 f"strength {self.strength} is too low for {self.steps} steps: no step remains "
                 f"(it needs at least {1 / self.steps:.3g}), so the latent passes through unchanged"
@@ -243,10 +288,19 @@ class Denoise(Node):
     positive: CONDITIONING = InputField(description="What the image should show.")
     negative: CONDITIONING = InputField(description="What it should not (often an empty text).")
     cfg: float = InputField(7.5, description="Guidance scale.", ge=0.0, le=100.0, step=0.1)
+    denoising_end: float = InputField(
+        1.0,
+        description="Stop at this share of the schedule and return the still noisy latent (for "
+        "a refiner's AddNoise denoising_start). 1: denoise to the end.",
+        ge=0.0,
+        le=1.0,
+        step=0.01,
+    )
 
     def invoke(self, ctx: NodeContext) -> LATENT:
         on_step = progress_with_preview(ctx, self.model)
-        return denoise(self.model, self.noisy, self.positive, self.negative, self.cfg, on_step)
+        end = None if self.denoising_end >= 1.0 else self.denoising_end
+        return denoise(self.model, self.noisy, self.positive, self.negative, self.cfg, on_step, end)
 
 
 def progress_with_preview(ctx: NodeContext, model: Model) -> Callable[[int, int, Any], None]:

@@ -11,8 +11,8 @@ from PIL import Image
 
 from nodegraph import InputField, Node, NodeContext
 
-from .images import to_pil
-from .values import IMAGE
+from ..values import IMAGE
+from .io import to_pil
 
 MAX_RESOLUTION = 16384
 UpscaleMethod = Literal["nearest-exact", "bilinear", "area", "bicubic", "lanczos"]

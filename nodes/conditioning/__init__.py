@@ -1,0 +1,1 @@
+"""Conditioning: prompts through the text encoders, and what guides the sampler."""

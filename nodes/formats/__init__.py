@@ -1,0 +1,1 @@
+"""Model-format knowledge: families, key layouts, configs, tokenizers, LoRA and embedding files."""

@@ -1,0 +1,103 @@
+"""A single file's family, read from its tensors as ComfyUI reads it (no file names, no YAML).
+
+The UNet's structure decides: a 4-D convolution `proj_in` is SD 1.x, a linear one SD 2.x or
+SDXL; a `label_emb` (the pooled-text and size embedding) is SDXL, the base when it has two
+text towers, the refiner when it has bigG only. Input channels give inpainting (9); SD 2.x's
+v-prediction is told by ComfyUI's weight heuristic; SDXL's by its `v_pred` / `ztsnr` markers.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .families import FAMILIES, INPAINT_CHANNELS, V_MARKER_STD, Family, TowerSpec, Variant
+from .tensors import CheckpointError, Tensors
+
+UNET_PREFIX = "model.diffusion_model."
+VAE_PREFIXES = ("first_stage_model.", "vae.")
+_MIN_UNET_KEYS = 5
+
+UNSUPPORTED_MARKERS = {
+    "edm_mean": "a Playground 2.5 (EDM) checkpoint",
+    "edm_vpred.sigma_max": "an EDM v-prediction checkpoint",
+}
+
+
+def tower_prefix(tensors: Tensors, spec: TowerSpec) -> str | None:
+    """Where the tower's tensors are in this file (None: the file has no such tower)."""
+    return next((p for p in spec.prefixes if tensors.count(p) > 0), None)
+
+
+def vae_prefix(tensors: Tensors) -> str | None:
+    return next((p for p in VAE_PREFIXES if tensors.count(p + "decoder.") > 0), None)
+
+
+def _first(tensors: Tensors, suffix: str) -> str | None:
+    return next((k for k in tensors if k.startswith(UNET_PREFIX) and k.endswith(suffix)), None)
+
+
+def _sdxl_family(tensors: Tensors) -> Family:
+    """Base (CLIP-L and bigG) or refiner (bigG only): by the towers, else by context width."""
+    for key in ("sdxl", "sdxl_refiner"):
+        family = FAMILIES[key]
+        if all(tower_prefix(tensors, t) for t in family.towers):
+            return family
+    context = _first(tensors, "attn2.to_k.weight")
+    width = tensors.shape(context)[1] if context else 0
+    by_width = {2048: "sdxl", 1280: "sdxl_refiner"}
+    if width in by_width:
+        return FAMILIES[by_width[width]]
+    raise CheckpointError(
+        f"{tensors.path.name}: an SDXL-like UNet (it has label_emb) with neither SDXL's text "
+        "encoders (conditioner.embedders.*) nor a standard context width (2048 / 1280)"
+    )
+
+
+def _sd2_prediction(tensors: Tensors) -> str:
+    """ComfyUI's heuristic: v when the last attention block's norm1 bias spreads wide."""
+    blocks = sorted(
+        {
+            int(k[len(UNET_PREFIX) :].split(".")[1])
+            for k in tensors.with_prefix(UNET_PREFIX + "output_blocks.")
+            if k.endswith(".1.transformer_blocks.0.norm1.bias")
+        }
+    )
+    if not blocks:
+        return "epsilon"
+    bias = tensors[f"{UNET_PREFIX}output_blocks.{blocks[-1]}.1.transformer_blocks.0.norm1.bias"]
+    std = torch.std(bias.float(), unbiased=False)
+    return "v_prediction" if float(std) > V_MARKER_STD else "epsilon"
+
+
+def detect(tensors: Tensors) -> Variant:
+    """The family and variant of an original-layout file (a CheckpointError saying why not)."""
+    name = tensors.path.name
+    if tensors.count(UNET_PREFIX) <= _MIN_UNET_KEYS:
+        found = ", ".join(sorted({k.split(".")[0] for k in tensors})[:6]) or "no tensors"
+        raise CheckpointError(
+            f"{name}: not a Stable Diffusion checkpoint in the original layout: expected the "
+            f"UNet under '{UNET_PREFIX}', the VAE under 'first_stage_model.' and the text "
+            f"encoder(s) under 'cond_stage_model.' or 'conditioner.'; found {found}"
+        )
+    for marker, what in UNSUPPORTED_MARKERS.items():
+        if marker in tensors:
+            raise CheckpointError(f"{name} is {what}, which nodegraph does not support yet")
+    conv_in = UNET_PREFIX + "input_blocks.0.0.weight"
+    if conv_in not in tensors:
+        raise CheckpointError(f"{name}: the UNet has no input convolution ({conv_in})")
+    in_channels = tensors.shape(conv_in)[1]
+    if in_channels not in (4, INPAINT_CHANNELS):
+        what = "InstructPix2Pix" if in_channels == 8 else f"a {in_channels}-channel"
+        raise CheckpointError(f"{name} is {what} model, which nodegraph does not support yet")
+    proj_in = _first(tensors, "proj_in.weight")
+    if proj_in is None:
+        raise CheckpointError(f"{name}: the UNet has no attention blocks (no proj_in weights)")
+    if UNET_PREFIX + "label_emb.0.0.weight" in tensors:
+        family = _sdxl_family(tensors)
+        prediction = "v_prediction" if "v_pred" in tensors else "epsilon"
+        return Variant(family, prediction, in_channels, zero_snr="ztsnr" in tensors)
+    if len(tensors.shape(proj_in)) == 2:
+        family = FAMILIES["sd2"]
+        prediction = _sd2_prediction(tensors) if in_channels == 4 else "epsilon"
+        return Variant(family, prediction, in_channels)
+    return Variant(FAMILIES["sd1"], "epsilon", in_channels)

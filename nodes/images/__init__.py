@@ -1,0 +1,1 @@
+"""Images: loading, saving, previewing and resizing pictures."""

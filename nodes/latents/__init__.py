@@ -1,0 +1,1 @@
+"""Latents: empty latents and the VAE between pixels and latents."""

@@ -1,0 +1,246 @@
+"""Loading checkpoints of every SD family, offline, and keeping the loaded ones.
+
+Two storage formats, one result (a MODEL, a CLIP and a VAE):
+- a single file in the original key layout (`.safetensors`; a pickle only with
+  `options["allow_pickle"]`, then through `torch.load(weights_only=True)`): its family is read
+  from its tensors and its modules built from their shapes (nodes.formats), nothing beside it;
+- a diffusers folder (model_index.json): its own configs, tokenizers and scheduler.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..devices import compute_dtype, resolve_device
+from ..formats import convert
+from ..formats.detect import detect
+from ..formats.families import FAMILIES, Family, TowerSpec, Variant
+from ..formats.tensors import CheckpointError, Tensors, open_pickle, open_safetensors
+from ..formats.tokenizer import clip_tokenizer
+from ..sampling.preview import fit_latent_rgb
+from ..values import Clip, Model, TextTower, Vae
+from .folders import SHIPPED_DIR, ModelFile, find_model, modified
+
+STORE_SIZE = 3
+
+
+class PickleRefused(CheckpointError):
+    """A pickle-based checkpoint was asked for without the explicit opt-in."""
+
+
+def shipped_size() -> int:
+    """The shipped model's native picture size (its UNet's latent size x 8)."""
+    unet = json.loads((SHIPPED_DIR / "unet" / "config.json").read_text())
+    return int(unet["sample_size"]) * 8
+
+
+@dataclass
+class Parts:
+    """A checkpoint's modules before they are placed on a device."""
+
+    variant: Variant
+    unet: Any
+    vae: Any | None
+    towers: list[tuple[TowerSpec, Any, Any, int, int]]
+    """(spec, encoder, tokenizer, layer, pad id) per text tower the checkpoint has."""
+    scheduler: dict[str, Any]
+
+
+# --------------------------------------------------------------------------- single files
+
+
+def open_checkpoint(path: Path, fmt: str, options: Mapping[str, Any]) -> Tensors:
+    """A single file's tensors (a pickle only with the opt-in)."""
+    if fmt != "pickle":
+        return open_safetensors(path)
+    if not options.get("allow_pickle"):
+        raise PickleRefused(
+            f"refusing to load {path.name}: pickle-based weights (.ckpt, .pt, .pth, .bin) can "
+            "run arbitrary code when loaded. Convert it to .safetensors, or opt in "
+            "(allow_pickle) to load it with torch.load(weights_only=True)."
+        )
+    return open_pickle(path)
+
+
+def _single_file(path: Path, fmt: str, options: Mapping[str, Any]) -> Parts:
+    tensors = open_checkpoint(path, fmt, options)
+    variant = detect(tensors)
+    towers = []
+    for spec in variant.family.towers:
+        encoder = convert.build_tower(tensors, spec)
+        if encoder is not None:
+            towers.append((spec, encoder, clip_tokenizer(), spec.layer, spec.pad_id))
+    unet = convert.build_unet(tensors, variant)
+    vae = convert.build_vae(tensors, variant)
+    return Parts(variant, unet, vae, towers, variant.scheduler_config())
+
+
+# --------------------------------------------------------------------------- diffusers folders
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"cannot read {path}: {exc}") from exc
+
+
+def folder_variant(path: Path) -> Variant:
+    """A diffusers folder's family, from its configs."""
+    index = _read_json(path / "model_index.json")
+    unet = _read_json(path / "unet" / "config.json")
+    scheduler = _read_json(path / "scheduler" / "scheduler_config.json")
+    prediction = scheduler.get("prediction_type", "epsilon")
+    in_channels = int(unet.get("in_channels", 4))
+    if unet.get("addition_embed_type") == "text_time":
+        has_l = (index.get("text_encoder") or [None])[0] is not None
+        family = FAMILIES["sdxl" if has_l else "sdxl_refiner"]
+    else:
+        text = _read_json(path / "text_encoder" / "config.json")
+        family = FAMILIES["sd2" if text.get("hidden_act") == "gelu" else "sd1"]
+    zero_snr = bool(scheduler.get("rescale_betas_zero_snr"))
+    return Variant(family, prediction, in_channels, zero_snr)
+
+
+def _folder(path: Path) -> Parts:
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+    variant = folder_variant(path)
+    index = _read_json(path / "model_index.json")
+    common = {"local_files_only": True}
+    unet = diffusers.UNet2DConditionModel.from_pretrained(path, subfolder="unet", **common)
+    vae = diffusers.AutoencoderKL.from_pretrained(path, subfolder="vae", **common)
+    towers = []
+    for spec in variant.family.towers:
+        entry = index.get(spec.diffusers_component) or [None, None]
+        if entry[0] is None:
+            continue
+        cls = getattr(transformers, entry[1])
+        encoder = cls.from_pretrained(path, subfolder=spec.diffusers_component, **common)
+        tokenizer = transformers.CLIPTokenizer.from_pretrained(
+            path / spec.tokenizer_component, **common
+        )
+        layer = spec.layer if spec.folder_layer is None else spec.folder_layer
+        towers.append((spec, encoder, tokenizer, layer, int(tokenizer.pad_token_id)))
+    scheduler = _read_json(path / "scheduler" / "scheduler_config.json")
+    return Parts(variant, unet, vae, towers, scheduler)
+
+
+# --------------------------------------------------------------------------- bundles
+
+
+def _place(module: Any, device: torch.device, dtype: torch.dtype) -> Any:
+    return module.to(device=device, dtype=dtype).eval().requires_grad_(False)
+
+
+def _weights_dtype(module: Any) -> torch.dtype:
+    return next(module.parameters()).dtype
+
+
+def make_vae(vae: Any, device: torch.device, name: str) -> Vae:
+    """A VAE placed for computing: full precision when its config asks for upcasting."""
+    dtype = compute_dtype(device, _weights_dtype(vae))
+    if getattr(vae.config, "force_upcast", False):
+        dtype = torch.float32
+    return Vae(_place(vae, device, dtype), device, dtype, name)
+
+
+def bundle(name: str, parts: Parts, device: torch.device) -> tuple[Model, Clip | None, Vae | None]:
+    family: Family = parts.variant.family
+    dtype = compute_dtype(device, _weights_dtype(parts.unet))
+    vae = None if parts.vae is None else make_vae(parts.vae, device, name)
+    towers = tuple(
+        TextTower(spec.key, tokenizer, _place(encoder, device, dtype), layer, spec.final_norm, pad)
+        for spec, encoder, tokenizer, layer, pad in parts.towers
+    )
+    clip = Clip(towers, device, dtype, name, family.key) if towers else None
+    scale = float(parts.vae.config.scaling_factor) if parts.vae is not None else family.latent_scale
+    shift = float(getattr(parts.vae.config, "shift_factor", None) or 0.0) if parts.vae else 0.0
+    model = Model(
+        _place(parts.unet, device, dtype),
+        parts.scheduler,
+        device,
+        dtype,
+        name,
+        None if vae is None else fit_latent_rgb(vae, scale, shift),
+        family=family.key,
+        latent_scale=scale,
+        latent_shift=shift,
+    )
+    return model, clip, vae
+
+
+def load_parts(found: ModelFile, options: Mapping[str, Any]) -> Parts:
+    if found.format == "diffusers":
+        return _folder(found.path)
+    if found.format in ("safetensors", "pickle"):
+        return _single_file(found.path, found.format, options)
+    raise CheckpointError(f"{found.name} is a {found.format} folder, not a whole checkpoint")
+
+
+class Store:
+    """Loaded models by (path, modification time, device, kind), the last few kept."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._items: OrderedDict[tuple, Any] = OrderedDict()
+        self._lock = threading.RLock()
+        self.loads = 0
+
+    def get(self, key: tuple, load: Any) -> Any:
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+            value = load()
+            self.loads += 1
+            self._items[key] = value
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+            return value
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+
+STORE = Store(STORE_SIZE)
+
+
+def load_key(found: ModelFile, device: torch.device, options: Mapping[str, Any]) -> tuple:
+    """The store key (and cache fingerprint) of a model file loaded on a device."""
+    pickle = found.format == "pickle" and bool(options.get("allow_pickle"))
+    return (found.kind, str(found.path.resolve()), modified(found.path), str(device), pickle)
+
+
+def load_checkpoint(name: str, options: Mapping[str, Any]) -> tuple[Model, Clip | None, Vae | None]:
+    """The model, text encoder(s) and VAE of the named checkpoint, loaded once and kept."""
+    found = find_model("checkpoints", name, options.get("models") or ())
+    device = resolve_device(options)
+    return STORE.get(
+        load_key(found, device, options),
+        lambda: bundle(name, load_parts(found, options), device),
+    )
+
+
+def describe(found: ModelFile) -> str:
+    """The detected family of a listed model ('' when it cannot be told cheaply)."""
+    try:
+        if found.format == "diffusers":
+            return folder_variant(found.path).name
+        if found.format == "safetensors" and found.kind == "checkpoints":
+            return detect(open_safetensors(found.path)).name
+    except CheckpointError as exc:
+        return f"unknown ({exc})"
+    return ""

@@ -1,0 +1,107 @@
+"""What the UNet takes besides the latent: text, SDXL's pooled text and size conditions, and the
+inpainting channels, batched for classifier-free guidance (negative first, as diffusers does)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..formats.families import FAMILIES
+from ..values import Conditioning, Model
+
+DEFAULT_AESTHETIC = {"positive": 6.0, "negative": 2.5}
+"""The SDXL refiner's aesthetic scores when the conditioning names none (ComfyUI, diffusers)."""
+BLACK_LATENT = (0.8223, -0.6876, 0.6364, 0.1380)
+"""ComfyUI's latent of a black picture: the masked image an inpainting UNet sees with no mask."""
+
+
+def time_ids(model: Model, cond: Conditioning, latents: torch.Tensor, role: str) -> list[float]:
+    """SDXL's size conditions, in ComfyUI's order; sizes default to the latent's, in pixels."""
+    extras = cond.extras
+    height = extras.get("height", latents.shape[2] * 8)
+    width = extras.get("width", latents.shape[3] * 8)
+    ids = [height, width, extras.get("crop_h", 0), extras.get("crop_w", 0)]
+    if FAMILIES[model.family].aesthetic:
+        return [*ids, extras.get("aesthetic_score", DEFAULT_AESTHETIC[role])]
+    return [*ids, extras.get("target_height", height), extras.get("target_width", width)]
+
+
+def _batch(tensor: torch.Tensor, n: int, model: Model, what: str) -> torch.Tensor:
+    tensor = tensor.to(device=model.device, dtype=model.dtype)
+    if tensor.shape[0] == n:
+        return tensor
+    if tensor.shape[0] == 1:
+        return tensor.expand(n, *tensor.shape[1:])
+    raise ValueError(f"{what} of batch {tensor.shape[0]} cannot guide a batch of {n}")
+
+
+def _concat(model: Model, latents: torch.Tensor) -> torch.Tensor | None:
+    """An inpainting UNet's extra channels when nothing is masked: a mask of ones, black."""
+    extra = int(model.unet.config.in_channels) - latents.shape[1]
+    if extra <= 0:
+        return None
+    n, _, h, w = latents.shape
+    mask = torch.ones((n, 1, h, w), device=latents.device, dtype=latents.dtype)
+    black = torch.tensor(BLACK_LATENT, device=latents.device, dtype=latents.dtype)
+    image = black.view(1, -1, 1, 1).expand(n, -1, h, w)
+    if 1 + image.shape[1] != extra:
+        raise ValueError(f"the UNet takes {extra} extra input channels; nodegraph knows 5")
+    return torch.cat([mask, image], dim=1)
+
+
+@dataclass
+class UnetInputs:
+    """The UNet's keyword inputs for one sampling run, already batched."""
+
+    text: torch.Tensor
+    added: dict[str, torch.Tensor] | None
+    concat: torch.Tensor | None
+
+    @classmethod
+    def build(
+        cls,
+        model: Model,
+        latents: torch.Tensor,
+        positive: Conditioning,
+        negative: Conditioning | None,
+    ) -> UnetInputs:
+        n = latents.shape[0]
+        conds = (
+            [("positive", positive)]
+            if negative is None
+            else [
+                ("negative", negative),
+                ("positive", positive),
+            ]
+        )
+        text = torch.cat([_batch(c.embeds, n, model, "conditioning") for _, c in conds])
+        added = None
+        if FAMILIES[model.family].time_ids:
+            pooled, ids = [], []
+            for role, c in conds:
+                if c.pooled is None:
+                    raise ValueError(
+                        "an SDXL model needs pooled text: encode the prompt with an SDXL CLIP"
+                    )
+                pooled.append(_batch(c.pooled, n, model, "pooled conditioning"))
+                row = torch.tensor([time_ids(model, c, latents, role)], dtype=model.dtype)
+                ids.append(row.to(model.device).expand(n, -1))
+            added = {"text_embeds": torch.cat(pooled), "time_ids": torch.cat(ids)}
+        concat = _concat(model, latents)
+        if concat is not None and negative is not None:
+            concat = torch.cat([concat, concat])
+        return cls(text, added, concat)
+
+    def run(self, model: Model, model_in: torch.Tensor, t: Any) -> torch.Tensor:
+        """The UNet's prediction for a (guidance-batched) latent at timestep t."""
+        if self.concat is not None:
+            model_in = torch.cat([model_in, self.concat], dim=1)
+        return model.unet(
+            model_in,
+            t,
+            encoder_hidden_states=self.text,
+            added_cond_kwargs=self.added,
+            return_dict=False,
+        )[0]
