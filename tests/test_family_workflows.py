@@ -1,0 +1,64 @@
+"""The family workflows in workflows/ (SDXL base then refiner, a LoRA on SD 1.x) run through the
+CLI on tiny checkpoints named as the real files, in a ComfyUI-style models folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from nodegraph.registry import default_registry
+from tests import family_fixtures as ff
+from tests.lora_fixtures import make_lora
+from tests.test_workflows import WORKFLOWS, load, run_cli
+
+CHECKPOINTS = {
+    "sd_xl_base_1.0.safetensors": "sdxl",
+    "sd_xl_refiner_1.0.safetensors": "sdxl_refiner",
+    "v1-5-pruned-emaonly.safetensors": "sd1",
+}
+NAMES = ["sdxl_base_refiner", "comfy_lora_sd1"]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> Path:
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("comfy_models")
+    (root / "checkpoints").mkdir()
+    (root / "loras").mkdir()
+    for name, family in CHECKPOINTS.items():
+        (root / "checkpoints" / name).symlink_to(ff.single_file(family))
+    tensors, _ = make_lora(
+        ff.build_pipeline("sd1"), original_names=False, text_prefixes={"text_encoder": "lora_te"}
+    )
+    save_file(tensors, str(root / "loras" / "ink_style.safetensors"))
+    return root
+
+
+def test_the_family_workflows_name_real_files_and_known_nodes():
+    registry = default_registry()
+    for name in NAMES:
+        for node in load(name).values():
+            assert node["class_type"] in registry, (name, node["class_type"])
+            if node["class_type"].startswith("CheckpointLoader"):
+                assert set(node["inputs"].values()) & set(CHECKPOINTS), name
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_family_workflow_runs_on_tiny_checkpoints(name, models, tmp_path):
+    sets = ["--models", str(models)]
+    for node_id, node in load(name).items():
+        if node["class_type"] == "EmptyLatentImage":
+            sets += ["--set", f"{node_id}.width=64", "--set", f"{node_id}.height=64"]
+    report = run_cli(name, tmp_path, *sets)
+    (run,) = report["runs"]
+    assert run["status"] == "success" and run["outputs"], run
+    for path in run["outputs"]:
+        with Image.open(path) as img:
+            assert img.size == (64, 64)
+            assert json.loads(img.text["prompt"]).keys() == load(name).keys()
+    assert (WORKFLOWS / f"{name}.json").is_file()
