@@ -54,13 +54,14 @@ class TextTower:
 
     `key` is ComfyUI's name for it: "l" (CLIP ViT-L), "h" (OpenCLIP ViT-H), "g" (OpenCLIP bigG).
     The conditioning is hidden state `layer` (-1: the last layer's output, -2 the penultimate),
-    passed through the final layer norm when `final_norm`; prompts are padded with `pad_id`.
+    passed through the final layer norm when `final_norm`; None is the encoder's own output (the
+    last layer, normed: ComfyUI's "last"). Prompts are padded with `pad_id`.
     """
 
     key: str
     tokenizer: Any
     encoder: Any
-    layer: int
+    layer: int | None
     final_norm: bool
     pad_id: int
 

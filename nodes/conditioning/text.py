@@ -20,7 +20,7 @@ from ..values import CLIP, CONDITIONING, Clip, Conditioning, TextTower
 
 def hidden_state(tower: TextTower, output: object) -> torch.Tensor:
     """The tower's conditioning from an encoder output (with hidden states)."""
-    if tower.layer == -1 and tower.final_norm:
+    if tower.layer is None or (tower.layer == -1 and tower.final_norm):
         return output.last_hidden_state  # type: ignore[attr-defined]
     hidden = output.hidden_states[tower.layer]  # type: ignore[attr-defined]
     if tower.final_norm:

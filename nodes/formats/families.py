@@ -27,18 +27,20 @@ class TowerSpec:
 
     `layout` is "hf" (transformers CLIP names) or "open_clip" (OpenCLIP's resblocks); `layer`
     and `final_norm` are ComfyUI's defaults for the tower with all its layers (a diffusers
-    folder's SD 2 encoder already lacks the unused last layer, see `folder_layer`).
+    folder's SD 2 encoder already lacks the unused last layer, see `folder_drops_last`).
     """
 
     key: str
     prefixes: tuple[str, ...]
     """Where the tower lives in a single file; the first prefix found is used."""
     layout: str
-    layer: int
+    layer: int | None
     final_norm: bool
     pad_id: int
     projection: bool = False
-    folder_layer: int | None = None
+    folder_drops_last: bool = False
+    """diffusers folders hold the tower without its unused last layer (SD 2), so they read the
+    encoder's own output instead of `layer`."""
     diffusers_component: str = "text_encoder"
     tokenizer_component: str = "tokenizer"
 
@@ -105,7 +107,7 @@ FAMILIES: dict[str, Family] = {
     "sd1": Family(
         key="sd1",
         label="SD 1.x",
-        towers=(TowerSpec("l", (_L,), "hf", -1, True, CLIP_L_PAD),),
+        towers=(TowerSpec("l", (_L,), "hf", None, True, CLIP_L_PAD),),
         latent_scale=0.18215,
         size=512,
         scheduler=_SD_SCHEDULER,
@@ -115,7 +117,9 @@ FAMILIES: dict[str, Family] = {
         key="sd2",
         label="SD 2.x",
         towers=(
-            TowerSpec("h", (_H, _REFINER_G), "open_clip", -2, True, OPEN_CLIP_PAD, folder_layer=-1),
+            TowerSpec(
+                "h", (_H, _REFINER_G), "open_clip", -2, True, OPEN_CLIP_PAD, folder_drops_last=True
+            ),
         ),
         latent_scale=0.18215,
         size=512,

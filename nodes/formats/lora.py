@@ -59,11 +59,16 @@ class Adapter:
             return product
         if self.reshapes and product.numel() == shape.numel():
             return product.reshape(shape)
-        raise LoraShapeError(f"{type(self).__name__} delta {tuple(product.shape)} "
-                             f"does not fit weight {tuple(shape)}")
+        raise LoraShapeError(
+            f"{type(self).__name__} delta {tuple(product.shape)} does not fit weight {tuple(shape)}"
+        )
 
-    def delta(self, weight_shape: Sequence[int], dtype: torch.dtype = torch.float32,
-              device: torch.device | str | None = None) -> Tensor:
+    def delta(
+        self,
+        weight_shape: Sequence[int],
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+    ) -> Tensor:
         """The full delta (before strength) shaped like the weight; DoRA is not in it."""
         return self._fitted(weight_shape, dtype, device) * self.scale
 
@@ -89,8 +94,9 @@ def _dora(weight: Tensor, diff: Tensor, dora_scale: Tensor, strength: float) -> 
     magnitude = _cast(dora_scale, weight.dtype, weight.device)
     if magnitude.shape != norm.shape:
         if magnitude.numel() != norm.numel():
-            raise LoraShapeError(f"dora_scale {tuple(dora_scale.shape)} does not fit weight "
-                                 f"{tuple(weight.shape)}")
+            raise LoraShapeError(
+                f"dora_scale {tuple(dora_scale.shape)} does not fit weight {tuple(weight.shape)}"
+            )
         magnitude = magnitude.reshape(norm.shape)
     merged = merged * (magnitude / (norm + torch.finfo(weight.dtype).eps))
     return merged if strength == 1.0 else weight + strength * (merged - weight)
@@ -167,10 +173,16 @@ class LoKr(Adapter):
         return None if self.w1 is not None else self.w1_b.shape[0]
 
     def product(self, dtype, device) -> Tensor:
-        w1 = (_cast(self.w1, dtype, device) if self.w1 is not None
-              else _core(self.w1_a, self.w1_b, None, dtype, device))
-        w2 = (_cast(self.w2, dtype, device) if self.w2 is not None
-              else _core(self.w2_a, self.w2_b, self.t2, dtype, device))
+        w1 = (
+            _cast(self.w1, dtype, device)
+            if self.w1 is not None
+            else _core(self.w1_a, self.w1_b, None, dtype, device)
+        )
+        w2 = (
+            _cast(self.w2, dtype, device)
+            if self.w2 is not None
+            else _core(self.w2_a, self.w2_b, self.t2, dtype, device)
+        )
         w1 = w1.reshape(*w1.shape, *[1] * (w2.dim() - w1.dim()))
         return torch.kron(w1.contiguous(), w2.contiguous())  # kron fails on einsum's strides
 
@@ -202,10 +214,13 @@ _SUFFIXES: dict[str, tuple[str, str | None, str]] = {
     ".lora_linear_layer.down.weight": ("", "lora", "down"),
     "_lora.up.weight": ("", "legacy", "up"),
     "_lora.down.weight": ("", "legacy", "down"),
-    **{f".hada_{part}": ("", "loha", part)
-       for part in ("w1_a", "w1_b", "w2_a", "w2_b", "t1", "t2")},
-    **{f".lokr_{part}": ("", "lokr", part)
-       for part in ("w1", "w1_a", "w1_b", "w2", "w2_a", "w2_b", "t2")},
+    **{
+        f".hada_{part}": ("", "loha", part) for part in ("w1_a", "w1_b", "w2_a", "w2_b", "t1", "t2")
+    },
+    **{
+        f".lokr_{part}": ("", "lokr", part)
+        for part in ("w1", "w1_a", "w1_b", "w2", "w2_a", "w2_b", "t2")
+    },
     ".diff": ("", "diff", "diff"),
     ".w_norm": ("", "diff", "diff"),
     ".diff_b": (".bias", "diff", "diff"),
@@ -267,8 +282,9 @@ def parse_lora(state: Mapping[str, Tensor]) -> dict[str, Adapter]:
     return adapters
 
 
-def _build(module: str, kinds: dict[str, dict[str, Tensor]],
-           shared: dict[str, Tensor]) -> Adapter | None:
+def _build(
+    module: str, kinds: dict[str, dict[str, Tensor]], shared: dict[str, Tensor]
+) -> Adapter | None:
     kind = next(kind for kind in _PRECEDENCE if kind in kinds)
     for ignored in kinds.keys() - {kind}:
         log.warning("LoRA module %s: %s parts ignored, %s used", module, ignored, kind)
@@ -280,8 +296,9 @@ def _build(module: str, kinds: dict[str, dict[str, Tensor]],
     try:
         return _BUILDERS[kind](**options)
     except (TypeError, ValueError) as error:
-        log.warning("LoRA module %s not loaded (%s parts %s): %s",
-                    module, kind, sorted(kinds[kind]), error)
+        log.warning(
+            "LoRA module %s not loaded (%s parts %s): %s", module, kind, sorted(kinds[kind]), error
+        )
         return None
 
 
@@ -303,9 +320,11 @@ _PROCESSOR_SPELLINGS: tuple[tuple[re.Pattern[str], str], ...] = (
 
 
 def _spellings(module: str, prefixes: Sequence[str]) -> Iterator[str]:
-    variants = [module] + [pattern.sub(replacement, module)
-                           for pattern, replacement in _PROCESSOR_SPELLINGS
-                           if pattern.search(module)]
+    variants = [module] + [
+        pattern.sub(replacement, module)
+        for pattern, replacement in _PROCESSOR_SPELLINGS
+        if pattern.search(module)
+    ]
     yield from variants
     for prefix in prefixes:
         yield f"{prefix}_{module.replace('.', '_')}"
@@ -314,8 +333,9 @@ def _spellings(module: str, prefixes: Sequence[str]) -> Iterator[str]:
                 yield f"{dotted}.{variant}"
 
 
-def lora_aliases(param_names: Iterable[str], prefixes: Sequence[str],
-                 original: Mapping[str, str] | None = None) -> dict[str, str]:
+def lora_aliases(
+    param_names: Iterable[str], prefixes: Sequence[str], original: Mapping[str, str] | None = None
+) -> dict[str, str]:
     """Every module spelling a LoRA file may use -> the model's parameter (weight) name.
 
     `prefixes` are kohya prefixes (`lora_unet`, `lora_te1`, ...); each also brings its dotted
@@ -345,8 +365,9 @@ def _target(module: str, aliases: Mapping[str, str]) -> str | None:
     return weight.removesuffix(".weight") + ".bias"
 
 
-def match_lora(adapters: Mapping[str, Adapter],
-               aliases: Mapping[str, str]) -> tuple[dict[str, Adapter], list[str]]:
+def match_lora(
+    adapters: Mapping[str, Adapter], aliases: Mapping[str, str]
+) -> tuple[dict[str, Adapter], list[str]]:
     """(parameter name -> adapter, module names no alias matched)."""
     matched: dict[str, Adapter] = {}
     unmatched: list[str] = []

@@ -131,7 +131,7 @@ def _folder(path: Path) -> Parts:
         tokenizer = transformers.CLIPTokenizer.from_pretrained(
             path / spec.tokenizer_component, **common
         )
-        layer = spec.layer if spec.folder_layer is None else spec.folder_layer
+        layer = None if spec.folder_drops_last else spec.layer
         towers.append((spec, encoder, tokenizer, layer, int(tokenizer.pad_token_id)))
     scheduler = _read_json(path / "scheduler" / "scheduler_config.json")
     return Parts(variant, unet, vae, towers, scheduler)

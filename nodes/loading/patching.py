@@ -79,8 +79,9 @@ def patched(module: torch.nn.Module, patches: Sequence[Patch]) -> Iterator[torch
             for name in dict.fromkeys(name for patch in active for name in patch.adapters):
                 tensor = tensors.get(name)
                 if tensor is None:
-                    log.warning("LoRA target %s is not a parameter of %s", name,
-                                type(module).__name__)
+                    log.warning(
+                        "LoRA target %s is not a parameter of %s", name, type(module).__name__
+                    )
                     continue
                 if id(tensor) not in backups:
                     backups[id(tensor)] = (tensor, tensor.detach().clone())

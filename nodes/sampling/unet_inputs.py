@@ -3,6 +3,7 @@ inpainting channels, batched for classifier-free guidance (negative first, as di
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +36,16 @@ def _batch(tensor: torch.Tensor, n: int, model: Model, what: str) -> torch.Tenso
     if tensor.shape[0] == 1:
         return tensor.expand(n, *tensor.shape[1:])
     raise ValueError(f"{what} of batch {tensor.shape[0]} cannot guide a batch of {n}")
+
+
+def _same_length(texts: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Prompts of different chunk counts, each repeated to their least common multiple of
+    tokens (as ComfyUI batches a long prompt with a short one)."""
+    lengths = {t.shape[1] for t in texts}
+    if len(lengths) == 1:
+        return texts
+    common = math.lcm(*lengths)
+    return [t.repeat(1, common // t.shape[1], 1) for t in texts]
 
 
 def _concat(model: Model, latents: torch.Tensor) -> torch.Tensor | None:
@@ -76,7 +87,9 @@ class UnetInputs:
                 ("positive", positive),
             ]
         )
-        text = torch.cat([_batch(c.embeds, n, model, "conditioning") for _, c in conds])
+        text = torch.cat(
+            _same_length([_batch(c.embeds, n, model, "conditioning") for _, c in conds])
+        )
         added = None
         if FAMILIES[model.family].time_ids:
             pooled, ids = [], []
