@@ -47,6 +47,12 @@ def vae_encode(vae: Vae, pixels: torch.Tensor) -> tuple[torch.Tensor, bool]:
 @torch.no_grad()
 def vae_decode(vae: Vae, latent: torch.Tensor) -> torch.Tensor:
     """Images (batch, H, W, 3) in 0..1, float32, on the VAE's device."""
+    channels = int(vae.vae.config.latent_channels)
+    if latent.ndim != 4 or latent.shape[1] != channels:
+        raise ValueError(
+            f"the VAE {vae.name} decodes latents of {channels} channels, not of shape "
+            f"{tuple(latent.shape)}: the latent comes from another model family"
+        )
     z = latent.to(device=vae.device, dtype=vae.dtype)
     decoded = vae.vae.decode(z, return_dict=False)[0]
     return (decoded / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).float()

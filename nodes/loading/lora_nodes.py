@@ -15,7 +15,7 @@ from typing import Any
 from nodegraph import InputField, Node, NodeContext, Outputs
 
 from ..devices import resolve_device
-from ..formats.lora import Adapter, lora_aliases, match_lora, parse_lora
+from ..formats.lora import Adapter, LoraShapeError, lora_aliases, match_lora, parse_lora
 from ..formats.unet_names import original_unet_names
 from ..values import CLIP, MODEL, Clip, Model, TextTower
 from .checkpoint_nodes import model_fingerprint
@@ -61,6 +61,25 @@ def _unmatched_warning(unmatched: set[str]) -> str:
     return f"{len(unmatched)} of the LoRA's modules match no weight of this model (e.g. {sample})"
 
 
+def fitting(
+    adapters: Mapping[str, Adapter], aliases: Mapping[str, str], module: Any
+) -> tuple[dict[str, Adapter], set[str]]:
+    """(weight name -> adapter, LoRA modules used) for the adapters that match a weight of the
+    module by name and fit it by shape (checked on the meta device: nothing is computed)."""
+    by_weight, _ = match_lora(adapters, aliases)
+    weights = dict(module.named_parameters())
+    fits = {}
+    for name, adapter in by_weight.items():
+        try:
+            adapter.delta(weights[name].shape, device="meta")
+        except (LoraShapeError, KeyError):
+            continue
+        fits[name] = adapter
+    module_of = {id(a): m for m, a in adapters.items()}
+    used = {module_of[id(a)] for a in fits.values()}
+    return fits, used
+
+
 class LoraOutputs(Outputs):
     model: MODEL
     clip: CLIP
@@ -80,15 +99,16 @@ def apply_lora(
     key, adapters = load_lora(name, ctx.settings.options)
     matched_modules: set[str] = set()
     if strength_model != 0:
-        patch_adapters, unmatched = match_lora(adapters, unet_aliases(model))
-        matched_modules |= set(adapters) - set(unmatched)
+        patch_adapters, matched = fitting(adapters, unet_aliases(model), model.unet)
+        matched_modules |= matched
         patch = Patch(patch_adapters, strength_model, (key, "unet", strength_model))
         model = dataclasses.replace(model, patches=(*model.patches, patch))
     if clip is not None and strength_clip != 0:
         added = []
         for tower in clip.towers:
-            patch_adapters, unmatched = match_lora(adapters, tower_aliases(tower, len(clip.towers)))
-            matched_modules |= set(adapters) - set(unmatched)
+            aliases = tower_aliases(tower, len(clip.towers))
+            patch_adapters, matched = fitting(adapters, aliases, tower.encoder)
+            matched_modules |= matched
             added.append((tower.key, Patch(patch_adapters, strength_clip, (key, tower.key))))
         clip = dataclasses.replace(clip, patches=(*clip.patches, *added))
     text_patched = clip is not None and strength_clip != 0
@@ -97,6 +117,11 @@ def apply_lora(
         for m in set(adapters) - matched_modules
         if (text_patched if _is_text(m) else strength_model != 0)
     }
+    if adapters and not matched_modules:
+        raise ValueError(
+            f"LoRA {name} matches none of this model's weights ({len(adapters)} modules, e.g. "
+            f"{sorted(adapters)[0]}): it was made for another model family ({model.family} here)"
+        )
     if unmatched:
         ctx.warn(_unmatched_warning(unmatched))
     return model, clip

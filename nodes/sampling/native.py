@@ -144,6 +144,12 @@ def add_noise(
     """
     if not 0 <= keep <= steps:
         raise ValueError(f"cannot keep {keep} of {steps} steps")
+    channels = int(model.unet.config.out_channels)
+    if latent.ndim != 4 or latent.shape[1] != channels:
+        raise ValueError(
+            f"the model {model.name} denoises latents of {channels} channels, not of shape "
+            f"{tuple(latent.shape)}: the latent comes from another model family's VAE"
+        )
     start = None
     if denoising_start is not None:
         start = handover_start(model, sampler, schedule, steps, denoising_start)
