@@ -189,3 +189,44 @@ def test_sdxl_text_nodes_equal_diffusers_and_carry_their_conditions(executor, se
     cond, _ = encode(executor, settings, "sdxl_refiner.safetensors", refiner)
     assert cond.embeds.shape == (1, 77, 64) and cond.pooled.shape == (1, 64)
     assert cond.extras == {"aesthetic_score": 2.5, "width": 1024, "height": 1024}
+
+
+def sdxl_sample(executor, settings, positive: dict, ckpt: str = "sdxl.safetensors"):
+    """KSampler on an SDXL checkpoint with the given positive text node; the latent."""
+    wf = {
+        "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
+        "pos": {"class_type": positive["class_type"],
+                "inputs": {"clip": ["ckpt", 1], **positive["inputs"]}},
+        "neg": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["ckpt", 1], "text": ""}},
+        "empty": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64}},
+        "sample": {"class_type": "KSampler",
+                   "inputs": {"model": ["ckpt", 0], "positive": ["pos", 0],
+                              "negative": ["neg", 0], "latent_image": ["empty", 0], "steps": 3,
+                              "seed": 4, "cfg": 5.0}},
+        "show": {"class_type": "ShowValue", "inputs": {"value": ["sample", 0]}},
+    }  # fmt: skip
+    result = executor.run(wf, settings)
+    assert result.ok, result.error
+    return result.outputs["sample"][0]
+
+
+def test_sdxl_size_and_aesthetic_conditions_reach_the_unet(executor, settings):
+    text = "a red circle"
+    plain = sdxl_sample(executor, settings, prompt(text))
+    sizes = {"crop_w": 0, "crop_h": 0, "text_g": text, "text_l": text}
+    as_latent = {"width": 64, "height": 64, "target_width": 64, "target_height": 64, **sizes}
+    same = sdxl_sample(
+        executor, settings, {"class_type": "CLIPTextEncodeSDXL", "inputs": as_latent}
+    )
+    # CLIPTextEncode's SDXL sizes default to the latent's, in pixels (as ComfyUI's)
+    assert torch.equal(plain, same)
+    big = {**as_latent, "width": 1024, "height": 1024, "target_width": 1024, "target_height": 1024}
+    other = sdxl_sample(executor, settings, {"class_type": "CLIPTextEncodeSDXL", "inputs": big})
+    assert (other - plain).abs().max() > 1e-4
+    refiner = "sdxl_refiner.safetensors"
+    default = sdxl_sample(executor, settings, prompt(text), refiner)
+    node = {"class_type": "CLIPTextEncodeSDXLRefiner",
+            "inputs": {"ascore": 6.0, "width": 64, "height": 64, "text": text}}  # fmt: skip
+    assert torch.equal(sdxl_sample(executor, settings, node, refiner), default)  # 6.0 is default
+    node["inputs"]["ascore"] = 1.0
+    assert (sdxl_sample(executor, settings, node, refiner) - default).abs().max() > 1e-4
