@@ -147,14 +147,14 @@ sys.path.insert(0, {root!r})
 import torch
 torch.set_num_threads(2)
 path, config, who, family = sys.argv[1:5]
+import diffusers, transformers  # imports are not loading: both sides have them done
+from pathlib import Path
+from nodes.loading.checkpoints import _single_file
 started = time.perf_counter()
 if who == "nodegraph":
-    from pathlib import Path
-    from nodes.loading.checkpoints import _single_file, _place
     parts = _single_file(Path(path), "safetensors", {{}})
     modules = [parts.unet, parts.vae, *[t[1] for t in parts.towers]]
 else:
-    import diffusers
     cls = getattr(diffusers, {pipelines!r}[family])
     pipe = cls.from_single_file(path, config=config, local_files_only=True,
                                 torch_dtype=torch.float32)
