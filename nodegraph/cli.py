@@ -115,6 +115,16 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--device", default="auto", help="auto (CUDA, MPS, CPU), cpu, cuda, ...")
     parser.add_argument(
+        "--vram-budget",
+        type=float,
+        default=None,
+        metavar="GB",
+        help="device memory for models: those not in use move to the CPU past it",
+    )
+    parser.add_argument(
+        "--lowvram", action="store_true", help="keep each model on the device only while it runs"
+    )
+    parser.add_argument(
         "--allow-pickle",
         action="store_true",
         help="load .ckpt/.pt/.bin weights (torch.load(weights_only=True))",
@@ -131,13 +141,18 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
         "models": list(getattr(args, "models", [])),
         "device": getattr(args, "device", "auto"),
         "allow_pickle": getattr(args, "allow_pickle", False),
+        "vram_budget": getattr(args, "vram_budget", None),
+        "lowvram": getattr(args, "lowvram", False),
         "threads": getattr(args, "threads", 0),
     }
 
 
 def _registry(args: argparse.Namespace) -> Registry:
     registry = default_registry()
-    registry.configure(_options(args))
+    try:
+        registry.configure(_options(args))
+    except ValueError as exc:  # a node module refusing the settings (a missing models folder)
+        raise UsageError(str(exc)) from exc
     return registry
 
 
@@ -347,10 +362,12 @@ def cmd_nodes(args: argparse.Namespace) -> int:
 def cmd_models(args: argparse.Namespace) -> int:
     try:
         from nodes.loading.checkpoints import describe
-        from nodes.loading.folders import ModelsConfigError, list_models
+        from nodes.loading.folders import ModelsConfigError, check_root, list_models
     except ImportError as exc:
         return _missing("model library", str(exc))
     try:
+        for root in args.models:
+            check_root(root)
         found = [{**m.as_dict(), "family": describe(m)} for m in list_models(None, args.models)]
     except ModelsConfigError as exc:
         raise UsageError(str(exc)) from exc

@@ -123,6 +123,8 @@ class Server:
         options: dict[str, Any] = {
             "models": [str(p) for p in config.model_dirs],
             "device": config.device or "auto",
+            "vram_budget": config.vram_budget,
+            "lowvram": config.lowvram,
             "allow_pickle": False,
             "threads": config.threads or 0,
             # sizes only known at run time (a resize keeping the aspect ratio) are held to it too

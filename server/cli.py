@@ -71,6 +71,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="a models folder (ComfyUI's models/ layout or flat) or an extra_model_paths.yaml",
     )
     parser.add_argument("--device", default="auto", help="auto (CUDA, MPS, CPU), cpu, cuda, ...")
+    parser.add_argument(
+        "--vram-budget",
+        type=float,
+        default=None,
+        metavar="GB",
+        help="device memory for models: those not in use move to the CPU past it",
+    )
+    parser.add_argument(
+        "--lowvram", action="store_true", help="keep each model on the device only while it runs"
+    )
     parser.add_argument("--cache-bytes", type=int, default=None, help="engine cache budget")
     parser.add_argument(
         "--threads",
@@ -113,6 +123,8 @@ def config_from(args: argparse.Namespace) -> ServerConfig:
         limits=limits,
         model_dirs=tuple(args.models),
         device=args.device,
+        vram_budget=args.vram_budget,
+        lowvram=args.lowvram,
         cache_bytes=args.cache_bytes,
         threads=args.threads,
         web_dir=args.web,
@@ -158,7 +170,11 @@ def run(args: argparse.Namespace) -> int:
 async def _serve(config: ServerConfig, registry: object) -> int:
     from .app import create_app
 
-    app = create_app(config, registry)  # type: ignore[arg-type]
+    try:
+        app = create_app(config, registry)  # type: ignore[arg-type]
+    except ValueError as exc:  # a node module refusing the settings (a missing models folder)
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port)

@@ -50,6 +50,8 @@ class ServerConfig:
     limits: Limits = field(default_factory=Limits)
     model_dirs: tuple[Path, ...] = ()
     device: str | None = None
+    vram_budget: float | None = None
+    lowvram: bool = False
     cache_bytes: int | None = None
     threads: int | None = None
     """Torch CPU threads (the node library applies it); None leaves torch's default."""

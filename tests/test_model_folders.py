@@ -118,3 +118,17 @@ def test_roots_come_from_arguments_configuration_and_the_environment(tmp_path, m
     assert F.model_roots()[-1] == c and F.kind_dirs("checkpoints", [str(a)])[0] == a / "checkpoints"
     with pytest.raises(FileNotFoundError, match="no loras model named 'nope'"):
         F.find_model("loras", "nope")
+
+
+def test_the_cli_refuses_a_missing_folder_or_a_broken_yaml_in_one_line(tmp_path, capsys):
+    from nodegraph.cli import main
+
+    bad = tmp_path / "extra_model_paths.yaml"
+    bad.write_text("comfyui: [unclosed\n")
+    workflow = str(Path(__file__).resolve().parents[1] / "workflows" / "comfy_txt2img.json")
+    for args in (["validate", workflow, "--models", str(bad)],
+                 ["models", "--models", str(tmp_path / "nowhere")]):  # fmt: skip
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "Traceback" not in err
+        assert str(bad) in err or "nowhere does not exist" in err

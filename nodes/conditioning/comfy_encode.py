@@ -21,6 +21,9 @@ from .prompt_weights import Chunking, Token, tokenize
 from .text import hidden_state, towers_patched
 
 PLACEHOLDER = 0  # the id under a spliced embedding vector (never the end token)
+WIDTH_ORDER = ("l", "h", "g")
+"""How towers' states are joined along the width (SDXL: CLIP-L, then bigG, whose pooled text
+conditions the UNet)."""
 
 
 @dataclass
@@ -107,14 +110,16 @@ def encode_prompt(
         )
         embeddings.missing.update(missing)
     most = max(len(c) for c in chunked.values())
-    states, pooled = [], None
+    states, pools = {}, {}
     with towers_patched(clip):
         for tower in clip.towers:
             shape, chunks = shapes[tower.key], chunked[tower.key]
             if pad_chunks:
                 chunks += [shape.empty() for _ in range(most - len(chunks))]
-            z, pooled = encode_tower(tower, chunks, shape)
-            states.append(z)
+            states[tower.key], pools[tower.key] = encode_tower(tower, chunks, shape)
+    order = sorted(states, key=WIDTH_ORDER.index)
+    pooled = pools["g"] if "g" in pools else pools[order[0]]
+    states = [states[k] for k in order]
     cut = min(z.shape[1] for z in states)
     embeds = torch.cat([z[:, :cut] for z in states], dim=-1)
-    return Conditioning(embeds.to(clip.dtype), None if pooled is None else pooled.to(clip.dtype))
+    return Conditioning(embeds.to(clip.dtype), pooled.to(clip.dtype))

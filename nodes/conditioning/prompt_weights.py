@@ -86,8 +86,7 @@ def _groups(text: str) -> list[str]:
     return parts
 
 
-def parse_weights(text: str, weight: float = 1.0) -> list[tuple[str, float]]:
-    """(text, weight) segments of a prompt (escapes still hidden: see `tokenize`)."""
+def _parse(text: str, weight: float) -> list[tuple[str, float]]:
     out: list[tuple[str, float]] = []
     for part in _groups(text):
         if len(part) >= 2 and part[0] == "(" and part[-1] == ")":
@@ -99,10 +98,15 @@ def parse_weights(text: str, weight: float = 1.0) -> list[tuple[str, float]]:
                     inner = inner[:colon]
                 except ValueError:
                     pass
-            out += parse_weights(inner, inner_weight)
+            out += _parse(inner, inner_weight)
         else:
             out.append((part, weight))
     return out
+
+
+def parse_weights(text: str) -> list[tuple[str, float]]:
+    """(text, weight) segments of a prompt; `\\(` and `\\)` are literal parentheses."""
+    return [(_unescape(part), weight) for part, weight in _parse(_escape(text), 1.0)]
 
 
 Lookup = Callable[[str], torch.Tensor | None]
@@ -121,7 +125,7 @@ def _embedding(name: str, lookup: Lookup) -> tuple[torch.Tensor | None, str, str
 
 def _pieces(text: str, weight: float, tokenizer, lookup: Lookup, missing: list[str]):
     """Groups of tokens, in order: the segment's text between embeddings, and each embedding."""
-    split = re.split(f" {EMBEDDING}|\n{EMBEDDING}", _unescape(text))
+    split = re.split(f" {EMBEDDING}|\n{EMBEDDING}", text)
     words = [split[0], *(EMBEDDING + s for s in split[1:])]
     for word in (w for w in words if w):
         if word.startswith(EMBEDDING):
@@ -142,7 +146,7 @@ def tokenize(
     names not found (left out, as ComfyUI does)."""
     missing: list[str] = []
     chunks: list[list[Token]] = [[Token(shape.start)]]
-    for segment, weight in parse_weights(_escape(text)):
+    for segment, weight in parse_weights(text):
         for group in _pieces(segment, weight, tokenizer, lookup, missing):
             large = len(group) >= UNSPLIT_WORD
             while group:

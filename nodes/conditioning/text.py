@@ -15,6 +15,7 @@ from nodegraph import InputField, Node, NodeContext
 
 from ..formats.families import FAMILIES
 from ..loading.patching import patched
+from ..loading.residency import RESIDENCY
 from ..values import CLIP, CONDITIONING, Clip, Conditioning, TextTower
 
 
@@ -57,8 +58,9 @@ def encode_text(clip: Clip, text: str) -> Conditioning:
 
 
 def towers_patched(clip: Clip) -> ExitStack:
-    """One context applying the clip's weight patches to each of its towers."""
+    """One context placing the clip's towers on its device and applying their weight patches."""
     stack = ExitStack()
+    stack.enter_context(RESIDENCY.use([t.encoder for t in clip.towers], clip.device))
     for tower in clip.towers:
         mine = [patch for key, patch in clip.patches if key == tower.key]
         stack.enter_context(patched(tower.encoder, mine))

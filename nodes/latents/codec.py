@@ -7,6 +7,7 @@ import torch
 from nodegraph import InputField, Node, NodeContext
 
 from ..devices import resolve_device
+from ..loading.residency import RESIDENCY
 from ..values import IMAGE, LATENT, VAE, Vae
 
 LATENT_CHANNELS = 4
@@ -40,7 +41,8 @@ def vae_encode(vae: Vae, pixels: torch.Tensor) -> tuple[torch.Tensor, bool]:
         top, left = (h - nh) // 2, (w - nw) // 2
         pixels = pixels[:, top : top + nh, left : left + nw]
     x = pixels[..., :3].permute(0, 3, 1, 2).to(device=vae.device, dtype=vae.dtype) * 2.0 - 1.0
-    mode = vae.vae.encode(x).latent_dist.mode()
+    with RESIDENCY.use([vae.vae], vae.device):
+        mode = vae.vae.encode(x).latent_dist.mode()
     return mode, cropped
 
 
@@ -54,7 +56,8 @@ def vae_decode(vae: Vae, latent: torch.Tensor) -> torch.Tensor:
             f"{tuple(latent.shape)}: the latent comes from another model family"
         )
     z = latent.to(device=vae.device, dtype=vae.dtype)
-    decoded = vae.vae.decode(z, return_dict=False)[0]
+    with RESIDENCY.use([vae.vae], vae.device):
+        decoded = vae.vae.decode(z, return_dict=False)[0]
     return (decoded / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).float()
 
 

@@ -75,8 +75,21 @@ def use_model_dirs(dirs: Iterable[str | os.PathLike[str]]) -> None:
                 _configured.append(str(d))
 
 
+def check_root(root: str | os.PathLike[str]) -> None:
+    """A ModelsConfigError for a models root that is not there or an unreadable yaml."""
+    path = Path(root).expanduser()
+    if not path.exists():
+        raise ModelsConfigError(f"models folder {path} does not exist")
+    if path.is_file() and path.suffix.lower() in YAML_SUFFIXES:
+        _yaml_folders(path)
+    elif not path.is_dir():
+        raise ModelsConfigError(f"{path} is neither a models folder nor an extra_model_paths.yaml")
+
+
 def configure(options: Mapping[str, Any]) -> None:
     """The host's settings (called through `Registry.configure` by the CLI and the server)."""
+    for root in options.get("models", ()):
+        check_root(root)
     use_model_dirs(options.get("models", ()))
     threads = int(options.get("threads") or 0)
     if threads > 0:
@@ -120,7 +133,10 @@ def _yaml_folders(path: Path) -> list[tuple[str, Path]]:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise ModelsConfigError(f"cannot read the models config {path}: {exc}") from exc
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        cause = getattr(exc, "problem", None) or exc
+        raise ModelsConfigError(f"cannot read the models config {path}: {cause}{where}") from exc
     if not isinstance(data, dict):
         raise ModelsConfigError(f"{path}: expected sections of folder names, not {type(data)}")
     first: list[tuple[str, Path]] = []

@@ -26,9 +26,12 @@ from .patching import Patch
 LORA_STORE = Store(8)
 STRENGTH = {"ge": -100.0, "le": 100.0, "step": 0.01}
 UNET_PREFIXES = ("lora_unet",)
-TOWER_PREFIXES = {1: {"l": ("lora_te",), "h": ("lora_te",), "g": ("lora_te", "lora_te2")}}
-"""kohya's text-encoder prefixes by tower count and tower (SDXL: te1 = CLIP-L, te2 = bigG)."""
-TWO_TOWER_PREFIXES = {"l": ("lora_te1",), "g": ("lora_te2",)}
+TOWER_PREFIXES = {
+    1: {"l": ("lora_te",), "h": ("lora_te",), "g": ("lora_te", "lora_te2")},
+    2: {"l": ("lora_te1",), "g": ("lora_te2",)},
+}
+"""kohya's text-encoder prefixes by the CLIP's tower count and tower (SDXL: te1 = CLIP-L,
+te2 = bigG; the refiner's lone bigG is written either way)."""
 TEXT_MODULE_PREFIXES = ("lora_te", "text_encoder", "te.", "te1.", "te2.")
 
 
@@ -51,7 +54,7 @@ def unet_aliases(model: Model) -> dict[str, str]:
 
 def tower_aliases(tower: TextTower, towers: int) -> dict[str, str]:
     names = [n for n, _ in tower.encoder.named_parameters()]
-    prefixes = TWO_TOWER_PREFIXES if towers == 2 else TOWER_PREFIXES[1]
+    prefixes = TOWER_PREFIXES[towers]
     spelled = {n: n if n.startswith("text_model.") else "text_model." + n for n in names}
     return lora_aliases(names, prefixes[tower.key], spelled)
 

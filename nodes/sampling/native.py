@@ -21,6 +21,7 @@ import torch
 from nodegraph import InputField, Node, NodeContext
 
 from ..loading.patching import patched
+from ..loading.residency import RESIDENCY
 from ..values import CONDITIONING, LATENT, MODEL, NOISY_LATENT, Conditioning, Model, Noisy
 from .preview import latent_preview
 from .unet_inputs import UnetInputs
@@ -218,7 +219,7 @@ def denoise(
         torch.randn(latents.shape, generator=generator, dtype=model.dtype)  # the initial noise
         kwargs["generator"] = generator
     total = len(timesteps)
-    with patched(model.unet, model.patches):
+    with RESIDENCY.use([model.unet], model.device), patched(model.unet, model.patches):
         for i, t in enumerate(timesteps):
             model_in = torch.cat([latents] * 2) if guided else latents
             model_in = scheduler.scale_model_input(model_in, t)
