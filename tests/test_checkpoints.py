@@ -276,3 +276,22 @@ def test_v_prediction_family_denoises_with_v(executor, settings):
         guidance_scale=CFG, generator=torch.Generator("cpu").manual_seed(SEED), output_type="np",
     ).images  # fmt: skip
     assert np.abs(result.outputs["decode"][0].cpu().numpy() - theirs).max() <= 1e-4
+
+
+@pytest.mark.parametrize("family", ["sd1_inpaint", "sdxl_inpaint"])
+def test_inpainting_checkpoints_sample_with_their_extra_channels(family, executor, settings):
+    """With nothing masked, a 9-channel UNet sees a mask of ones and ComfyUI's black latent."""
+    model, _, _ = C.load_checkpoint(f"{family}.safetensors", settings.options)
+    seen = []
+    hook = model.unet.conv_in.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    try:
+        wf = {"empty": EMPTY} | native_stage("", f"{family}.safetensors", ["empty", 0], {}, {})
+        result = executor.run(wf, settings)
+    finally:
+        hook.remove()
+    assert result.ok, result.error
+    x = seen[0]
+    assert x.shape[1] == 9 and torch.all(x[:, 4] == 1.0)
+    from nodes.sampling.unet_inputs import BLACK_LATENT
+
+    assert torch.allclose(x[0, 5:, 0, 0], torch.tensor(BLACK_LATENT))
