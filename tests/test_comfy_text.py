@@ -230,3 +230,42 @@ def test_sdxl_size_and_aesthetic_conditions_reach_the_unet(executor, settings):
     assert torch.equal(sdxl_sample(executor, settings, node, refiner), default)  # 6.0 is default
     node["inputs"]["ascore"] = 1.0
     assert (sdxl_sample(executor, settings, node, refiner) - default).abs().max() > 1e-4
+
+
+def advanced(latent: list, **inputs) -> dict:
+    defaults = {"add_noise": "enable", "noise_seed": 4, "steps": 6, "cfg": 5.0,
+                "sampler_name": "euler", "scheduler": "normal", "start_at_step": 0,
+                "end_at_step": 10000, "return_with_leftover_noise": "disable"}  # fmt: skip
+    return {"class_type": "KSamplerAdvanced",
+            "inputs": {"model": ["ckpt", 0], "positive": ["pos", 0], "negative": ["neg", 0],
+                       "latent_image": latent, **defaults, **inputs}}  # fmt: skip
+
+
+def test_ksampler_advanced_hands_over_with_its_leftover_noise(executor, settings):
+    """KSamplerAdvanced over the whole schedule is KSampler; cut at step 4 with the leftover
+    noise and continued from step 4 without new noise, it is the same walk."""
+    loader = {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "sdxl.safetensors"}}
+    base = {
+        "ckpt": loader,
+        "pos": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["ckpt", 1], "text": "a cat"}},
+        "neg": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["ckpt", 1], "text": ""}},
+        "empty": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64}},
+        "plain": {"class_type": "KSampler",
+                  "inputs": {"model": ["ckpt", 0], "positive": ["pos", 0], "negative": ["neg", 0],
+                             "latent_image": ["empty", 0], "steps": 6, "seed": 4, "cfg": 5.0}},
+        "whole": advanced(["empty", 0]),
+        "first": advanced(["empty", 0], end_at_step=4, return_with_leftover_noise="enable"),
+        "rest": advanced(["first", 0], add_noise="disable", start_at_step=4),
+        "cut": advanced(["empty", 0], end_at_step=4),
+    }  # fmt: skip
+    base["show"] = {"class_type": "ShowValue", "inputs": {"value": ["rest", 0]}}
+    base["show2"] = {"class_type": "ShowValue", "inputs": {"value": ["cut", 0]}}
+    base["show3"] = {"class_type": "ShowValue", "inputs": {"value": ["plain", 0]}}
+    base["show4"] = {"class_type": "ShowValue", "inputs": {"value": ["whole", 0]}}
+    result = executor.run(base, settings)
+    assert result.ok, result.error
+    out = {k: result.outputs[k][0] for k in ("plain", "whole", "first", "rest", "cut")}
+    assert torch.equal(out["plain"], out["whole"])
+    assert torch.allclose(out["rest"], out["whole"], atol=1e-5)
+    # without leftover noise the cut walk ends on its clean estimate, not on the noisy latent
+    assert (out["first"] - out["cut"]).abs().max() > 1e-2

@@ -21,7 +21,7 @@ CHECKPOINTS = {
     "sd_xl_refiner_1.0.safetensors": "sdxl_refiner",
     "v1-5-pruned-emaonly.safetensors": "sd1",
 }
-NAMES = ["sdxl_base_refiner", "comfy_lora_sd1"]
+NAMES = ["sdxl_base_refiner", "comfy_sdxl_base_refiner", "comfy_lora_sd1"]
 
 
 @pytest.fixture(scope="module")

@@ -136,9 +136,12 @@ def add_noise(
     keep: int,
     strength: float,
     denoising_start: float | None = None,
+    add: bool = True,
 ) -> tuple[Noisy, list[str]]:
     """Noise `latent` for denoising its last `keep` of `steps` steps; keep == steps is txt2img.
 
+    With `add` false the latent is taken as already noisy for where the walk starts (ComfyUI's
+    KSamplerAdvanced with add_noise disabled: a hand-over with leftover noise).
     With `denoising_start` the latent is a hand-over, still noisy, from a sampler stopped at that
     fraction of the schedule (diffusers' denoising_end): no noise is added and the walk resumes
     at the same fraction, as StableDiffusionXLImg2ImgPipeline(denoising_start=...) does.
@@ -161,8 +164,10 @@ def add_noise(
         noisy = Noisy(latent, start=plan.start, timesteps=empty, strength=strength, **common)
         return noisy, plan.warnings
     latent = model.latent_in(latent.to(device=model.device, dtype=model.dtype))
-    if start is not None:
-        noisy = Noisy(latent, start=start, timesteps=plan.timesteps, strength=strength, **common)
+    if start is not None or not add:
+        noisy = Noisy(
+            latent, start=plan.start, timesteps=plan.timesteps, strength=strength, **common
+        )
         return noisy, plan.warnings
     noise = initial_noise(latent.shape, seed, model)
     if keep == steps:
@@ -187,11 +192,16 @@ def denoise(
     cfg: float,
     on_step: Any = None,
     denoising_end: float | None = None,
+    end_step: int | None = None,
+    finish: bool = False,
 ) -> torch.Tensor:
     """Walk the remaining schedule with classifier-free guidance; returns the clean LATENT.
 
     With `denoising_end` the walk stops where that fraction of the schedule ends, as
-    StableDiffusionXLPipeline(denoising_end=...) does, and returns the still noisy latent.
+    StableDiffusionXLPipeline(denoising_end=...) does, and returns the still noisy latent; with
+    `end_step` it stops before that step of the schedule (KSamplerAdvanced's end_at_step), and
+    with `finish` it returns the last step's estimate of the clean latent instead (the step to
+    sigma 0 that ComfyUI forces when no leftover noise is wanted).
 
     One batched model evaluation per scheduler step (negative and positive together, as the
     diffusers pipelines do); `on_step(i, total, estimate)` is called after each step with the
@@ -207,6 +217,11 @@ def denoise(
     if denoising_end is not None:
         cutoff = timestep_cutoff(model, denoising_end)
         timesteps = timesteps[: int((timesteps >= cutoff).sum())]
+    stopped = end_step is not None and end_step * scheduler.order - noisy.start < len(timesteps)
+    if end_step is not None:
+        timesteps = timesteps[: max(0, end_step * scheduler.order - noisy.start)]
+    if len(timesteps) == 0:
+        return model.latent_out(noisy.latent)
     latents = noisy.latent.to(device=model.device, dtype=model.dtype)
     guided = negative is not None and cfg != 1.0
     inputs = UnetInputs.build(model, latents, positive, negative if guided else None)
@@ -229,9 +244,11 @@ def denoise(
                 pred = uncond + cfg * (text - uncond)
             out = scheduler.step(pred, t, latents, **kwargs)
             latents = out.prev_sample
+            estimate = getattr(out, "pred_original_sample", None)
             if on_step is not None:
-                estimate = getattr(out, "pred_original_sample", None)
                 on_step(i + 1, total, latents if estimate is None else estimate)
+    if finish and stopped and estimate is not None:
+        latents = estimate
     return model.latent_out(latents)
 
 
