@@ -30,6 +30,7 @@ from ..values import Clip, Model, TextTower, Vae
 from .folders import SHIPPED_DIR, ModelFile, find_model, modified
 
 STORE_SIZE = 3
+TEXT_ENCODERS = ("CLIPTextModel", "CLIPTextModelWithProjection")
 
 
 class PickleRefused(CheckpointError):
@@ -126,6 +127,11 @@ def _folder(path: Path) -> Parts:
         entry = index.get(spec.diffusers_component) or [None, None]
         if entry[0] is None:
             continue
+        if entry[1] not in TEXT_ENCODERS:
+            raise CheckpointError(
+                f"{path.name}: {spec.diffusers_component} is a {entry[1]}, not a CLIP text "
+                f"encoder ({', '.join(TEXT_ENCODERS)})"
+            )
         cls = getattr(transformers, entry[1])
         encoder = cls.from_pretrained(path, subfolder=spec.diffusers_component, **common)
         tokenizer = transformers.CLIPTokenizer.from_pretrained(
