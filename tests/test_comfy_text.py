@@ -159,6 +159,9 @@ def test_sdxl_embeddings_missing_ones_and_wrong_widths(executor, settings):
     _, warnings = encode(executor, settings, "sdxl.safetensors",
                          prompt("embedding:xl/both, embedding:gone"))  # fmt: skip
     assert warnings == ["embedding not found in the embeddings folders, ignored: gone"]
+    # an SD 1.x embedding (CLIP-L's width) in an SDXL prompt: used by CLIP-L, not by bigG
+    _, warnings = encode(executor, settings, "sdxl.safetensors", prompt("embedding:ink"))
+    assert warnings == ["embedding ink.pt has no vectors for tower g"]
     with pytest.raises(
         RuntimeError, match=r"embedding sd2ish\.safetensors .* another model family"
     ):

@@ -35,6 +35,7 @@ class Embeddings:
     misfits: dict[str, set[str]] = field(default_factory=dict)
     """file name -> the towers it has no vectors of the right width for."""
     _files: dict[str, object] = field(default_factory=dict)
+    unfit: set[str] = field(default_factory=set)  # names found but of another width
 
     def lookup(self, tower: TextTower) -> Callable[[str], torch.Tensor | None]:
         def find(name: str) -> torch.Tensor | None:
@@ -46,6 +47,7 @@ class Embeddings:
             vectors = embedding_vectors(self._files[str(path)], tower.key, tower.width)
             if vectors is None:
                 self.misfits.setdefault(path.name, set()).add(tower.key)
+                self.unfit.add(name)
             return vectors
 
         return find
@@ -108,7 +110,7 @@ def encode_prompt(
         chunked[t.key], missing = tokenize(
             t.tokenizer, texts[t.key], shapes[t.key], embeddings.lookup(t)
         )
-        embeddings.missing.update(missing)
+        embeddings.missing.update(set(missing) - embeddings.unfit)
     most = max(len(c) for c in chunked.values())
     states, pools = {}, {}
     with towers_patched(clip):
