@@ -104,7 +104,8 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_model_options(parser: argparse.ArgumentParser) -> None:
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """--models, --device, --vram-budget and --lowvram (the CLI's and the server's)."""
     parser.add_argument(
         "--models",
         action="append",
@@ -124,6 +125,10 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--lowvram", action="store_true", help="keep each model on the device only while it runs"
     )
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    add_model_arguments(parser)
     parser.add_argument(
         "--allow-pickle",
         action="store_true",

@@ -16,6 +16,8 @@ from pathlib import Path
 
 from aiohttp import web
 
+from nodegraph.cli import add_model_arguments
+
 from .config import DEFAULT_WEB_DIR, Limits, ServerConfig, is_loopback
 
 log = logging.getLogger("nodegraph.server")
@@ -62,25 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="URL",
         help="another origin (scheme://host:port) whose pages may call the API (repeatable)",
     )
-    parser.add_argument(
-        "--models",
-        action="append",
-        type=Path,
-        default=[],
-        metavar="DIR|YAML",
-        help="a models folder (ComfyUI's models/ layout or flat) or an extra_model_paths.yaml",
-    )
-    parser.add_argument("--device", default="auto", help="auto (CUDA, MPS, CPU), cpu, cuda, ...")
-    parser.add_argument(
-        "--vram-budget",
-        type=float,
-        default=None,
-        metavar="GB",
-        help="device memory for models: those not in use move to the CPU past it",
-    )
-    parser.add_argument(
-        "--lowvram", action="store_true", help="keep each model on the device only while it runs"
-    )
+    add_model_arguments(parser)
     parser.add_argument("--cache-bytes", type=int, default=None, help="engine cache budget")
     parser.add_argument(
         "--threads",
@@ -121,7 +105,7 @@ def config_from(args: argparse.Namespace) -> ServerConfig:
         allowed_hosts=tuple(args.allow_host),
         allowed_origins=tuple(args.allow_origin),
         limits=limits,
-        model_dirs=tuple(args.models),
+        model_dirs=tuple(Path(m) for m in args.models),
         device=args.device,
         vram_budget=args.vram_budget,
         lowvram=args.lowvram,

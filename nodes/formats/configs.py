@@ -8,6 +8,7 @@ activation, the latent scale) comes from the family (nodes.formats.families).
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Any
 
 from .detect import UNET_PREFIX
@@ -146,40 +147,60 @@ def _hf_root(tensors: Tensors, prefix: str) -> str:
     return prefix + "text_model." if tensors.count(prefix + "text_model.") else prefix
 
 
+@dataclass(frozen=True)
+class TextLayout:
+    """Where a text tower's shapes are read, in one key layout."""
+
+    token: str
+    position: str
+    layers: str
+    mlp: str
+    activation: str
+    projection: str
+    projection_axis: int
+    """The projection's output width is this axis of its tensor (a Linear weight, or
+    OpenCLIP's [width, projection] matrix)."""
+
+
+TEXT_LAYOUTS = {
+    "hf": TextLayout(
+        "embeddings.token_embedding.weight",
+        "embeddings.position_embedding.weight",
+        "encoder.layers.",
+        "encoder.layers.0.mlp.fc1.weight",
+        "quick_gelu",
+        "text_projection.weight",
+        0,
+    ),
+    "open_clip": TextLayout(
+        "token_embedding.weight",
+        "positional_embedding",
+        "transformer.resblocks.",
+        "transformer.resblocks.0.mlp.c_fc.weight",
+        "gelu",
+        "text_projection",
+        1,
+    ),
+}
+
+
 def text_config(tensors: Tensors, prefix: str, spec: TowerSpec) -> dict[str, Any]:
     """CLIPTextConfig keyword arguments for a tower stored under `prefix`."""
-    if spec.layout == "hf":
-        root = _hf_root(tensors, prefix)
-        vocab, width = tensors.shape(root + "embeddings.token_embedding.weight")
-        positions = tensors.shape(root + "embeddings.position_embedding.weight")[0]
-        layers = len(_indices(tensors, root + "encoder.layers."))
-        mlp = tensors.shape(root + "encoder.layers.0.mlp.fc1.weight")[0]
-        act = "quick_gelu"
-        projection = (
-            tensors.shape(prefix + "text_projection.weight")[0]
-            if (prefix + "text_projection.weight" in tensors)
-            else width
-        )
-    else:
-        vocab, width = tensors.shape(prefix + "token_embedding.weight")
-        positions = tensors.shape(prefix + "positional_embedding")[0]
-        layers = len(_indices(tensors, prefix + "transformer.resblocks."))
-        mlp = tensors.shape(prefix + "transformer.resblocks.0.mlp.c_fc.weight")[0]
-        act = "gelu"
-        projection = (
-            tensors.shape(prefix + "text_projection")[1]
-            if (prefix + "text_projection" in tensors)
-            else width
-        )
+    keys = TEXT_LAYOUTS[spec.layout]
+    root = _hf_root(tensors, prefix) if spec.layout == "hf" else prefix
+    vocab, width = tensors.shape(root + keys.token)
+    projection = prefix + keys.projection
     return {
         "vocab_size": vocab,
         "hidden_size": width,
-        "intermediate_size": mlp,
-        "num_hidden_layers": layers,
+        "intermediate_size": tensors.shape(root + keys.mlp)[0],
+        "num_hidden_layers": len(_indices(tensors, root + keys.layers)),
         "num_attention_heads": max(1, width // HEAD_WIDTH),
-        "max_position_embeddings": positions,
-        "hidden_act": act,
-        "projection_dim": projection,
+        "max_position_embeddings": tensors.shape(root + keys.position)[0],
+        "hidden_act": keys.activation,
+        "projection_dim": (
+            tensors.shape(projection)[keys.projection_axis] if projection in tensors else width
+        ),
         "bos_token_id": 49406,
         "eos_token_id": 49407,
         "pad_token_id": spec.pad_id,
