@@ -332,8 +332,12 @@ def _explain(inp: InputSpec, value: Any, err: dict[str, Any]) -> tuple[str, str]
             f"The text is {len(value)} characters long; the limit is {ctx.get('max_length')}."
         )
     if kind == "literal_error":
+        choices = [str(c) for c in inp.static_choices or ()]
         shown = ", ".join(map(repr, inp.static_choices or ()))
-        return _PYDANTIC_ERRORS[kind], f"{_short(value)!r} is not one of the choices: {shown}."
+        nearest = _did_you_mean(str(value), choices) if isinstance(value, str) else ""
+        return _PYDANTIC_ERRORS[kind], (
+            f"{_short(value)!r} is not one of the choices: {shown}.{nearest}"
+        )
     if kind == "finite_number":
         return (
             "invalid_input_type",

@@ -32,6 +32,8 @@ class Model:
     """The checkpoint's family (a key of nodes.formats.families.FAMILIES)."""
     patches: tuple[Any, ...] = ()
     """Weight patches (LoRA, ...) applied to the UNet while it samples (nodes.loading.patching)."""
+    sampling: Any = None
+    """ComfyUI's model sampling set by a ModelSampling node (None: the scheduler config's)."""
     latent_scale: float = 1.0
     latent_shift: float = 0.0
     """LATENTs are the VAE's own (as ComfyUI's); the UNet works on (latent - shift) * scale."""

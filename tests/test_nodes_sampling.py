@@ -12,7 +12,9 @@ import torch
 
 from nodegraph import RunSettings, events
 from nodes.loading.checkpoints import load_checkpoint
-from nodes.sampling.ksampler import ksampler_schedule
+from nodes.sampling.comfy.model_sampling import ModelSampling
+from nodes.sampling.comfy.run import Sampler, ksampler_sigmas
+from nodes.sampling.comfy.samplers import SAMPLERS as SAMPLERS_BY_NAME
 from nodes.sampling.native import SAMPLERS, add_noise, denoise, plan_start, strength_steps
 from tests import diffusion_fixtures as df
 from tests.diffusion_fixtures import TINY_NAME, write_picture
@@ -101,8 +103,9 @@ def test_every_sampler_runs_its_steps(bundle, sampler, schedule):
         assert warnings and "karras" in warnings[0]
     with counting(model.unet) as calls:
         out = denoise(model, noisy, pos, neg, 5.0)
-    # heun is second order: two evaluations per step but the last.
-    assert len(calls) == (2 * 2 - 1 if sampler == "heun" else 2)
+    # second-order schedulers (heun, dpm_2, dpmpp_sde): two evaluations per step but the last
+    order = plan_start(model, sampler, schedule, 4, 2).scheduler.order
+    assert len(calls) == (2 * 2 - 1 if order == 2 else 2)
     assert out.shape == (1, 4, 8, 8) and torch.isfinite(out).all()
     assert not torch.equal(out, noisy.latent)
 
@@ -128,38 +131,55 @@ def test_ancestral_sampler_equals_the_pipeline(tiny_sd, bundle):
 
 
 def test_ksampler_denoise_follows_comfyui():
-    assert ksampler_schedule(20, 1.0) == (20, 20)
-    assert ksampler_schedule(10, 0.5) == (20, 10)
-    assert ksampler_schedule(10, 0.3) == (33, 10)  # int(10 / 0.3) = 33
-    assert ksampler_schedule(7, 0.75) == (9, 7)
-    assert ksampler_schedule(10, 0.0) == (10, 0)
+    """denoise d: the last steps + 1 sigmas of a schedule for int(steps / d) steps."""
+    ms = ModelSampling.discrete({"beta_start": 0.00085, "beta_end": 0.012})
+    euler = Sampler("euler", SAMPLERS_BY_NAME["euler"])
+    full = ksampler_sigmas(ms, euler, "normal", 20)
+    assert len(full) == 21 and float(full[-1]) == 0.0
+    for steps, d, total in ((10, 0.5, 20), (10, 0.3, 33), (7, 0.75, 9)):
+        longer = ksampler_sigmas(ms, euler, "normal", total)
+        assert torch.equal(ksampler_sigmas(ms, euler, "normal", steps, d), longer[-(steps + 1):])
+    assert len(ksampler_sigmas(ms, euler, "normal", 10, 0.0)) == 0
+    dpm2 = Sampler("dpm_2", SAMPLERS_BY_NAME["dpm_2"])  # one more step, less the penultimate
+    longer = ksampler_sigmas(ms, euler, "normal", 11)
+    dropped = torch.cat([longer[:-2], longer[-1:]])
+    assert torch.equal(ksampler_sigmas(ms, dpm2, "normal", 10), dropped)
 
 
 def test_ksampler_walks_steps_of_the_stretched_schedule(diffusion_executor, settings, bundle):
-    model, clip, _ = bundle
+    model, _, _ = bundle
     # The text-to-image source runs first (and is cached); then only the sampler runs.
     assert diffusion_executor.run(comfy_workflow("txt2img", 6, 1.0), settings).ok
     wf = comfy_workflow(latent_from="txt2img", steps=6, denoise=0.4)
     with counting(model.unet) as calls:
         result = diffusion_executor.run(wf, settings)
     assert result.ok, result.error
-    assert len(calls) == 6  # always `steps` evaluations
-    # The same as noising for the last 6 of int(6 / 0.4) = 15 steps and denoising.
-    src = result.outputs["src"][0]
-    noisy, _ = add_noise(model, src, seed=42, sampler="euler", schedule="normal", steps=15,
-                         keep=6, strength=0.4)  # fmt: skip
-    expected = denoise(model, noisy, _cond(clip, "a red circle"), _cond(clip, ""), 8.0)
-    assert torch.equal(result.outputs["sampler"][0], expected)
-
-
-def test_ksampler_at_full_denoise_is_text_to_image(diffusion_executor, settings, bundle):
-    model, clip, _ = bundle
-    result = diffusion_executor.run(comfy_workflow("empty", steps=5, denoise=1.0), settings)
+    assert len(calls) == 6  # always `steps` evaluations (cond and uncond batched)
+    walked = result.outputs["sampler"][0]
+    # SamplerCustom on BasicScheduler(denoise 0.4) walks the same sigmas from the same noise
+    wf["sigmas"] = node("BasicScheduler", model=["ckpt", 0], scheduler="normal", steps=6,
+                        denoise=0.4)  # fmt: skip
+    wf["select"] = node("KSamplerSelect", sampler_name="euler")
+    wf["custom"] = node("SamplerCustom", model=["ckpt", 0], add_noise=True, noise_seed=42,
+                        cfg=8.0, positive=["pos", 0], negative=["neg", 0],
+                        sampler=["select", 0], sigmas=["sigmas", 0], latent_image=["src", 0])
+    wf["show2"] = node("ShowValue", value=["custom", 0])
+    result = diffusion_executor.run(wf, settings)
     assert result.ok, result.error
-    noisy, _ = add_noise(model, torch.zeros(1, 4, 8, 8), seed=42, sampler="euler",
-                         schedule="normal", steps=5, keep=5, strength=1.0)  # fmt: skip
-    expected = denoise(model, noisy, _cond(clip, "a red circle"), _cond(clip, ""), 8.0)
-    assert torch.equal(result.outputs["sampler"][0], expected)
+    assert torch.equal(walked, result.outputs["custom"][0])
+
+
+def test_ksampler_at_full_denoise_is_the_whole_walk(diffusion_executor, settings):
+    """denoise 1 is the full schedule from pure noise: KSamplerAdvanced over all its steps."""
+    wf = comfy_workflow("empty", steps=5, denoise=1.0)
+    inputs = {k: v for k, v in wf["sampler"]["inputs"].items() if k not in ("seed", "denoise")}
+    wf["advanced"] = node("KSamplerAdvanced", **inputs, noise_seed=42, add_noise="enable",
+                          start_at_step=0, end_at_step=10000,
+                          return_with_leftover_noise="disable")  # fmt: skip
+    wf["show2"] = node("ShowValue", value=["advanced", 0])
+    result = diffusion_executor.run(wf, settings)
+    assert result.ok, result.error
+    assert torch.equal(result.outputs["sampler"][0], result.outputs["advanced"][0])
 
 
 def test_denoise_reports_each_step_and_stops_when_interrupted(

@@ -1,9 +1,5 @@
-"""ComfyUI's KSampler and KSamplerAdvanced: noise and denoise in one node, with ComfyUI's
-denoise and start / end step semantics (the SDXL base-to-refiner hand-over).
-
-The samplers themselves are still diffusers' schedulers under ComfyUI's names (see
-nodes.sampling.native); ComfyUI's own sigma tables and samplers are issue 18.
-"""
+"""ComfyUI's KSampler and KSamplerAdvanced, with ComfyUI's own sigmas, noise and samplers
+(nodes.sampling.comfy), so a workflow moved from ComfyUI gives the same picture."""
 
 from __future__ import annotations
 
@@ -11,74 +7,67 @@ from typing import Literal
 
 from nodegraph import InputField, Node, NodeContext
 
-from ..values import CONDITIONING, LATENT, MODEL
-from .native import (
-    MAX_SEED,
-    SamplerName,
-    ScheduleName,
-    add_noise,
-    denoise,
-    progress_with_preview,
-)
+from ..values import CONDITIONING, LATENT, MODEL, Conditioning, Model
+from .comfy.guidance import Guider
+from .comfy.noise import Noise
+from .comfy.run import Sampler, cut_sigmas, ksampler_sigmas
+from .comfy.samplers import SAMPLERS
+from .comfy.schedulers import SCHEDULERS
+from .comfy_sampling import sample_latent
+from .native import MAX_SEED
+
+SamplerName = Literal[tuple(SAMPLERS)]  # type: ignore[valid-type]
+SchedulerName = Literal[tuple(SCHEDULERS)]  # type: ignore[valid-type]
 
 
-def ksampler_schedule(steps: int, denoise: float) -> tuple[int, int]:
-    """ComfyUI's denoise: (steps of the whole schedule, steps walked).
-
-    Always `steps` steps, the last ones of a schedule stretched to int(steps / denoise);
-    denoise 1 (or more) is the plain schedule from pure noise; denoise 0 walks nothing.
-    """
-    if denoise > 0.9999:
-        return steps, steps
-    if denoise <= 0.0:
-        return steps, 0
-    return int(steps / denoise), steps
+def cfg_guider(model: Model, positive: Conditioning, negative: Conditioning, cfg: float) -> Guider:
+    return Guider(model, {"positive": positive, "negative": negative}, "cfg", cfg)
 
 
 class KSampler(Node):
-    """Add noise and denoise in one node, with ComfyUI's denoise semantics."""
+    """Denoise a latent with a sampler and scheduler (ComfyUI's KSampler)."""
 
     category = "sampling"
     display_name = "KSampler"
-    model: MODEL = InputField(description="The denoising model.")
+    model: MODEL = InputField(description="The model used for denoising the input latent.")
     seed: int = InputField(
-        0, description="Noise seed.", ge=0, le=MAX_SEED, control_after_generate=True
+        0,
+        description="The random seed used for creating the noise.",
+        ge=0,
+        le=MAX_SEED,
+        control_after_generate=True,
     )
-    steps: int = InputField(20, description="Model evaluations (sampler steps).", ge=1, le=1000)
-    cfg: float = InputField(8.0, description="Guidance scale.", ge=0.0, le=100.0, step=0.1)
-    sampler_name: SamplerName = InputField("euler", description="The sampler.")
-    scheduler: ScheduleName = InputField("normal", description="The timestep spacing.")
-    positive: CONDITIONING = InputField(description="What the image should show.")
-    negative: CONDITIONING = InputField(description="What it should not.")
-    latent_image: LATENT = InputField(description="The latent to start from.")
+    steps: int = InputField(
+        20, description="The number of steps used in the denoising process.", ge=1, le=10000
+    )
+    cfg: float = InputField(
+        8.0, description="Classifier-free guidance scale.", ge=0.0, le=100.0, step=0.1
+    )
+    sampler_name: SamplerName = InputField("euler", description="The sampling algorithm.")
+    scheduler: SchedulerName = InputField("simple", description="How noise is removed per step.")
+    positive: CONDITIONING = InputField(description="What to include in the image.")
+    negative: CONDITIONING = InputField(description="What to exclude from the image.")
+    latent_image: LATENT = InputField(description="The latent image to denoise.")
     denoise: float = InputField(
-        1.0, description="Share of the schedule to walk.", ge=0.0, le=1.0, step=0.01
+        1.0,
+        description="The amount of denoising applied (below 1: img2img).",
+        ge=0.0,
+        le=1.0,
+        step=0.01,
     )
 
     def invoke(self, ctx: NodeContext) -> LATENT:
-        total, keep = ksampler_schedule(self.steps, self.denoise)
-        limit = int(self.model.scheduler_config.get("num_train_timesteps", 1000))
-        if total > limit:
-            raise ValueError(
-                f"denoise {self.denoise} with {self.steps} steps needs a schedule of {total} "
-                f"steps, more than the model's {limit} training timesteps; raise denoise"
-            )
-        noisy, warnings = add_noise(
-            self.model,
-            self.latent_image,
-            seed=self.seed,
-            sampler=self.sampler_name,
-            schedule=self.scheduler,
-            steps=total,
-            keep=keep,
-            strength=self.denoise,
-        )
-        for w in warnings:
-            ctx.warn(w)
-        if keep == 0:
+        guider = cfg_guider(self.model, self.positive, self.negative, self.cfg)
+        sampler = Sampler(self.sampler_name, SAMPLERS[self.sampler_name])
+        ms = guider.model_sampling()
+        sigmas = ksampler_sigmas(ms, sampler, self.scheduler, self.steps, self.denoise)
+        if len(sigmas) == 0:
             ctx.warn("denoise is 0: the latent passes through unchanged")
-        on_step = progress_with_preview(ctx, self.model)
-        return denoise(self.model, noisy, self.positive, self.negative, self.cfg, on_step)
+            return self.latent_image
+        noise = Noise(self.seed).generate(self.latent_image)
+        return sample_latent(
+            ctx, guider, sampler, sigmas, noise, self.latent_image, self.seed
+        ).latent
 
 
 class KSamplerAdvanced(Node):
@@ -95,8 +84,8 @@ class KSamplerAdvanced(Node):
     )
     steps: int = InputField(20, description="Steps of the whole schedule.", ge=1, le=10000)
     cfg: float = InputField(8.0, description="Guidance scale.", ge=0.0, le=100.0, step=0.1)
-    sampler_name: SamplerName = InputField("euler", description="The sampler.")
-    scheduler: ScheduleName = InputField("normal", description="The timestep spacing.")
+    sampler_name: SamplerName = InputField("euler", description="The sampling algorithm.")
+    scheduler: SchedulerName = InputField("simple", description="How noise is removed per step.")
     positive: CONDITIONING = InputField(description="What the image should show.")
     negative: CONDITIONING = InputField(description="What it should not.")
     latent_image: LATENT = InputField(description="The latent to start from.")
@@ -107,31 +96,16 @@ class KSamplerAdvanced(Node):
     )
 
     def invoke(self, ctx: NodeContext) -> LATENT:
-        start = min(self.start_at_step, self.steps)
-        if start >= min(self.end_at_step, self.steps):
+        guider = cfg_guider(self.model, self.positive, self.negative, self.cfg)
+        sampler = Sampler(self.sampler_name, SAMPLERS[self.sampler_name])
+        sigmas = ksampler_sigmas(guider.model_sampling(), sampler, self.scheduler, self.steps)
+        force_full_denoise = self.return_with_leftover_noise == "disable"
+        sigmas = cut_sigmas(sigmas, self.start_at_step, self.end_at_step, force_full_denoise)
+        if sigmas is None:
             ctx.warn("start_at_step is not before end_at_step: the latent passes through")
             return self.latent_image
-        noisy, warnings = add_noise(
-            self.model,
-            self.latent_image,
-            seed=self.noise_seed,
-            sampler=self.sampler_name,
-            schedule=self.scheduler,
-            steps=self.steps,
-            keep=self.steps - start,
-            strength=1.0 - start / self.steps,
-            add=self.add_noise == "enable",
+        noise = Noise(self.noise_seed, self.add_noise == "enable").generate(self.latent_image)
+        result = sample_latent(
+            ctx, guider, sampler, sigmas, noise, self.latent_image, self.noise_seed
         )
-        for w in warnings:
-            ctx.warn(w)
-        on_step = progress_with_preview(ctx, self.model)
-        return denoise(
-            self.model,
-            noisy,
-            self.positive,
-            self.negative,
-            self.cfg,
-            on_step,
-            end_step=self.end_at_step,
-            finish=self.return_with_leftover_noise == "disable",
-        )
+        return result.latent

@@ -26,41 +26,71 @@ from ..values import CONDITIONING, LATENT, MODEL, NOISY_LATENT, Conditioning, Mo
 from .preview import latent_preview
 from .unet_inputs import UnetInputs
 
-SAMPLERS: dict[str, str] = {
-    "euler": "EulerDiscreteScheduler",
-    "euler_ancestral": "EulerAncestralDiscreteScheduler",
-    "ddim": "DDIMScheduler",
-    "dpmpp_2m": "DPMSolverMultistepScheduler",
-    "heun": "HeunDiscreteScheduler",
+SAMPLERS: dict[str, tuple[str, dict[str, Any]]] = {
+    # ComfyUI's name -> diffusers' scheduler class and the config that makes it that algorithm
+    "euler": ("EulerDiscreteScheduler", {}),
+    "euler_ancestral": ("EulerAncestralDiscreteScheduler", {}),
+    "heun": ("HeunDiscreteScheduler", {}),
+    "dpm_2": ("KDPM2DiscreteScheduler", {}),
+    "dpm_2_ancestral": ("KDPM2AncestralDiscreteScheduler", {}),
+    "lms": ("LMSDiscreteScheduler", {}),
+    "dpmpp_sde": ("DPMSolverSDEScheduler", {}),
+    "dpmpp_2m": (
+        "DPMSolverMultistepScheduler",
+        {"algorithm_type": "dpmsolver++", "solver_order": 2},
+    ),
+    "dpmpp_2m_sde": (
+        "DPMSolverMultistepScheduler",
+        {"algorithm_type": "sde-dpmsolver++", "solver_order": 2},
+    ),
+    "ddpm": ("DDPMScheduler", {}),
+    "lcm": ("LCMScheduler", {}),
+    "deis": ("DEISMultistepScheduler", {}),
+    "ddim": ("DDIMScheduler", {}),
+    "uni_pc_bh2": ("UniPCMultistepScheduler", {"solver_type": "bh2"}),
 }
-SCHEDULES = ("normal", "karras")
-SamplerName = Literal["euler", "euler_ancestral", "ddim", "dpmpp_2m", "heun"]
-ScheduleName = Literal["normal", "karras"]
+# uni_pc (bh1) is left out: diffusers 0.42's UniPCMultistepScheduler(solver_type="bh1") gives
+# NaN on our models in every setting tried; its bh2 variant works (ComfyUI's KSampler has both).
+SCHEDULE_FLAGS = {
+    "normal": None,
+    "karras": "use_karras_sigmas",
+    "exponential": "use_exponential_sigmas",
+    "beta": "use_beta_sigmas",
+}
+"""The schedule names diffusers has, as the scheduler flag that turns each on (normal: none)."""
+SCHEDULES = tuple(SCHEDULE_FLAGS)
+SamplerName = Literal[tuple(SAMPLERS)]  # type: ignore[valid-type]
+ScheduleName = Literal[SCHEDULES]  # type: ignore[valid-type]
 MAX_SEED = 2**64 - 1
 
 
 def make_scheduler(model: Model, sampler: str, schedule: str) -> tuple[Any, list[str]]:
     """A fresh diffusers scheduler for `sampler` on the model's training schedule.
 
-    "normal" keeps the model's own timestep spacing; "karras" uses Karras sigmas where the
-    scheduler has them (a warning is returned where it does not). Returns (scheduler, warnings).
+    "normal" keeps the model's own timestep spacing; "karras", "exponential" and "beta" use
+    those sigma spacings where the scheduler has them (a warning is returned where it does
+    not). Returns (scheduler, warnings).
     """
     import diffusers
 
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler '{sampler}'; one of {', '.join(SAMPLERS)}")
-    if schedule not in SCHEDULES:
+    if schedule not in SCHEDULE_FLAGS:
         raise ValueError(f"unknown scheduler '{schedule}'; one of {', '.join(SCHEDULES)}")
-    cls = getattr(diffusers, SAMPLERS[sampler])
+    class_name, algorithm = SAMPLERS[sampler]
+    cls = getattr(diffusers, class_name)
     config = {k: v for k, v in model.scheduler_config.items() if k != "_use_default_values"}
+    config.update(algorithm)
     warnings = []
-    if sampler == "dpmpp_2m":
-        config.update(algorithm_type="dpmsolver++", solver_order=2)
-    karras_ok = "use_karras_sigmas" in inspect.signature(cls.__init__).parameters
-    if karras_ok:
-        config["use_karras_sigmas"] = schedule == "karras"
-    elif schedule == "karras":
-        warnings.append(f"{sampler} has no karras schedule in diffusers; used its normal spacing")
+    params = inspect.signature(cls.__init__).parameters
+    for name, flag in SCHEDULE_FLAGS.items():
+        if flag is not None and flag in params:
+            config[flag] = schedule == name
+    wanted = SCHEDULE_FLAGS[schedule]
+    if wanted is not None and wanted not in params:
+        warnings.append(
+            f"{sampler} has no {schedule} schedule in diffusers; used its normal spacing"
+        )
     scheduler = cls.from_config(config)
     # The corrections the Stable Diffusion pipelines apply to outdated scheduler configs.
     fixes = {}

@@ -78,15 +78,19 @@ class UnetInputs:
         positive: Conditioning,
         negative: Conditioning | None,
     ) -> UnetInputs:
+        """Inputs for the positive prompt, batched after the negative one when there is one."""
+        conds = [("positive", positive)]
+        if negative is not None:
+            conds.insert(0, ("negative", negative))
+        return cls.batched(model, latents, conds)
+
+    @classmethod
+    def batched(
+        cls, model: Model, latents: torch.Tensor, conds: list[tuple[str, Conditioning]]
+    ) -> UnetInputs:
+        """Inputs for several prompts batched in the given order; each prompt's role
+        ("positive" / "negative") picks the SDXL refiner's default aesthetic score."""
         n = latents.shape[0]
-        conds = (
-            [("positive", positive)]
-            if negative is None
-            else [
-                ("negative", negative),
-                ("positive", positive),
-            ]
-        )
         text = torch.cat(
             _same_length([_batch(c.embeds, n, model, "conditioning") for _, c in conds])
         )
@@ -103,8 +107,8 @@ class UnetInputs:
                 ids.append(row.to(model.device).expand(n, -1))
             added = {"text_embeds": torch.cat(pooled), "time_ids": torch.cat(ids)}
         concat = _concat(model, latents)
-        if concat is not None and negative is not None:
-            concat = torch.cat([concat, concat])
+        if concat is not None and len(conds) > 1:
+            concat = torch.cat([concat] * len(conds))
         return cls(text, added, concat)
 
     def run(self, model: Model, model_in: torch.Tensor, t: Any) -> torch.Tensor:

@@ -1,0 +1,31 @@
+"""Running a ComfyUI sampling call inside a node: progress, previews and interrupt per step."""
+
+from __future__ import annotations
+
+import torch
+
+from nodegraph import NodeContext
+
+from .comfy.guidance import Guider
+from .comfy.run import Sampled, Sampler, sample
+from .preview import latent_preview
+
+
+def sample_latent(
+    ctx: NodeContext,
+    guider: Guider,
+    sampler: Sampler,
+    sigmas: torch.Tensor,
+    noise: torch.Tensor,
+    latent: torch.Tensor,
+    seed: int,
+) -> Sampled:
+    """nodes.sampling.comfy.run.sample, reporting each step to the node's context."""
+    total = max(len(sigmas) - 1, 1)
+    factors = guider.model.preview_factors
+
+    def report(i: int, x: torch.Tensor, denoised: torch.Tensor, sigma: torch.Tensor) -> None:
+        preview = None if factors is None else latent_preview(denoised, factors)
+        ctx.progress(min(i + 1, total), total, preview=preview)
+
+    return sample(guider, sampler, sigmas, noise, latent, seed, report)

@@ -1,0 +1,282 @@
+"""ComfyUI's sampling against ComfyUI's own numbers (tests/data/comfy_reference, made by
+tools/comfy_reference/make_reference.py from ComfyUI's node classes on the same tiny UNets).
+
+Every scheduler's sigmas to 1e-6; every sampler's final latent, txt2img and at denoise 0.5, to
+1e-4 (relative to the latent's scale where it is large); KSamplerAdvanced splits; the custom-
+sampling nodes; ModelSampling patches; v-prediction; and properties that need no oracle.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from nodes.sampling import custom, ksampler
+from nodes.sampling.comfy.guidance import Guider
+from nodes.sampling.comfy.samplers import SAMPLERS
+from nodes.sampling.comfy.schedulers import SCHEDULERS, schedule
+from nodes.sampling.model_sampling_nodes import ModelSamplingContinuousEDM, ModelSamplingDiscrete
+from nodes.values import Conditioning
+from tests import comfy_cases as C
+
+DATA = Path(__file__).parent / "data" / "comfy_reference"
+MANIFEST = json.loads((DATA / "manifest.json").read_text())
+CASES = {case["name"]: case for case in MANIFEST["cases"]}
+SIGMA_TOL, LATENT_TOL = 1e-6, 1e-4
+
+
+class Ctx:
+    """A node context that records progress and warnings."""
+
+    def __init__(self) -> None:
+        self.steps: list[tuple[int, int]] = []
+        self.warnings: list[str] = []
+
+    def progress(self, value: int, total: int, preview: Any = None) -> None:
+        self.steps.append((value, total))
+
+    def warn(self, message: str) -> None:
+        self.warnings.append(message)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """The reference was made on one CPU thread; matmuls on more may round differently (and
+    the error-controlled dpm_adaptive would then take other steps)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@cache
+def reference() -> dict[str, torch.Tensor]:
+    return load_file(DATA / "tensors.safetensors")
+
+
+@cache
+def model(family: str, patch: str | None = None) -> Any:
+    base = C.tiny_model(family)
+    if patch is None:
+        return base
+    spec = json.loads(patch)
+    if spec["node"] == "discrete":
+        node = ModelSamplingDiscrete(model=base, sampling=spec["sampling"], zsnr=spec["zsnr"])
+    else:
+        node = ModelSamplingContinuousEDM(
+            model=base,
+            sampling=spec["sampling"],
+            sigma_max=spec["sigma_max"],
+            sigma_min=spec["sigma_min"],
+        )
+    return node.invoke(Ctx())
+
+
+def case_model(case: dict[str, Any]) -> Any:
+    patch = case.get("model_sampling")
+    return model(case["family"], None if patch is None else json.dumps(patch, sort_keys=True))
+
+
+def cond(case: dict[str, Any], name: str) -> Conditioning:
+    return Conditioning(reference()[f"{case['family']}.{name}"])
+
+
+def latent(case: dict[str, Any], results: dict[str, torch.Tensor]) -> torch.Tensor:
+    source = case.get("latent", "empty")
+    if source == "empty":
+        return C.empty(case.get("batch", 1))
+    return results.get(source, reference().get(source)).clone()
+
+
+def close(ours: torch.Tensor, theirs: torch.Tensor, tol: float) -> float:
+    """The largest difference, in units of the tolerance scaled to the reference's size."""
+    assert ours.shape == theirs.shape, (ours.shape, theirs.shape)
+    nan = theirs.isnan()
+    assert torch.equal(ours.isnan(), nan), "NaN where ComfyUI has none, or the other way"
+    ours, theirs = ours.float()[~nan], theirs[~nan]
+    if theirs.numel() == 0:
+        return 0.0
+    scale = max(1.0, float(theirs.abs().max()))
+    return float((ours - theirs).abs().max()) / (tol * scale)
+
+
+def test_the_reference_names_every_sampler_and_scheduler():
+    assert MANIFEST["comfyui_commit"]
+    assert list(SAMPLERS) == C.SAMPLER_NAMES  # every ComfyUI name runs, in ComfyUI's order
+    assert list(SCHEDULERS) == C.SCHEDULER_NAMES
+    sampled = {c["sampler"] for c in CASES.values() if c["name"].startswith("txt2img.")}
+    assert sampled == set(C.SAMPLER_NAMES)
+
+
+@pytest.mark.parametrize("name", [n for n, c in CASES.items() if c["kind"] == "sigmas"])
+def test_scheduler_sigmas_match_comfyui(name):
+    case = CASES[name]
+    ms = Guider(case_model(case), {}).model_sampling()
+    ours = schedule(ms, case["scheduler"], case["steps"])
+    assert close(ours, reference()[name], SIGMA_TOL) <= 1
+
+
+def run_case(case: dict[str, Any], results: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    m, ctx = case_model(case), Ctx()
+    positive, negative = cond(case, "cond"), cond(case, "uncond")
+    kind, image = case["kind"], latent(case, results)
+    if kind == "ksampler":
+        node = ksampler.KSampler(
+            model=m,
+            seed=case["seed"],
+            steps=case["steps"],
+            cfg=case["cfg"],
+            sampler_name=case["sampler"],
+            scheduler=case["scheduler"],
+            positive=positive,
+            negative=negative,
+            latent_image=image,
+            denoise=case["denoise"],
+        )
+        return {case["name"]: node.invoke(ctx)}
+    if kind == "advanced":
+        node = ksampler.KSamplerAdvanced(
+            model=m,
+            add_noise=case["add_noise"],
+            noise_seed=case["seed"],
+            steps=case["steps"],
+            cfg=case["cfg"],
+            sampler_name=case["sampler"],
+            scheduler=case["scheduler"],
+            positive=positive,
+            negative=negative,
+            latent_image=image,
+            start_at_step=case["start"],
+            end_at_step=case["end"],
+            return_with_leftover_noise=case["leftover"],
+        )
+        return {case["name"]: node.invoke(ctx)}
+    sigmas = custom_sigmas(m, case["sigmas"])
+    sampler = custom.KSamplerSelect(sampler_name=case["sampler"]).invoke(ctx)
+    if kind == "custom":
+        out = custom.SamplerCustom(
+            model=m,
+            add_noise=case["add_noise"],
+            noise_seed=case["seed"],
+            cfg=case["cfg"],
+            positive=positive,
+            negative=negative,
+            sampler=sampler,
+            sigmas=sigmas,
+            latent_image=image,
+        ).invoke(ctx)
+    else:
+        guider = custom_guider(m, case, case["guider"])
+        noise = (
+            custom.RandomNoise(noise_seed=case["seed"])
+            if case["add_noise"]
+            else custom.DisableNoise()
+        ).invoke(ctx)
+        out = custom.SamplerCustomAdvanced(
+            noise=noise, guider=guider, sampler=sampler, sigmas=sigmas, latent_image=image
+        ).invoke(ctx)
+    return {case["name"]: out.output, case["name"] + ".denoised": out.denoised_output}
+
+
+def custom_sigmas(m: Any, spec: dict[str, Any]) -> torch.Tensor:
+    ctx, node = Ctx(), spec["node"]
+    fields = {k: v for k, v in spec.items() if k not in ("node", "split", "half", "flip")}
+    needs_model = node in ("BasicScheduler", "SDTurboScheduler")
+    sigmas = getattr(custom, node)(**({"model": m} if needs_model else {}), **fields).invoke(ctx)
+    if "split" in spec:
+        halves = custom.SplitSigmas(sigmas=sigmas, step=spec["split"]).invoke(ctx)
+        sigmas = halves.high_sigmas if spec["half"] == "high" else halves.low_sigmas
+    if spec.get("flip"):
+        sigmas = custom.FlipSigmas(sigmas=sigmas.clone()).invoke(ctx)
+    return sigmas
+
+
+def custom_guider(m: Any, case: dict[str, Any], spec: dict[str, Any]) -> Any:
+    ctx = Ctx()
+    if spec["node"] == "BasicGuider":
+        return custom.BasicGuider(model=m, conditioning=cond(case, "cond")).invoke(ctx)
+    if spec["node"] == "CFGGuider":
+        return custom.CFGGuider(
+            model=m, positive=cond(case, "cond"), negative=cond(case, "uncond"), cfg=spec["cfg"]
+        ).invoke(ctx)
+    return custom.DualCFGGuider(
+        model=m,
+        cond1=cond(case, "cond"),
+        cond2=cond(case, "cond2"),
+        negative=cond(case, "uncond"),
+        cfg_conds=spec["cfg_conds"],
+        cfg_cond2_negative=spec["cfg_cond2_negative"],
+        style=spec["style"],
+    ).invoke(ctx)
+
+
+SAMPLING = [n for n, c in CASES.items() if c["kind"] != "sigmas"]
+
+
+@pytest.mark.parametrize("name", [n for n in SAMPLING if not n.startswith("split.")])
+def test_sampling_matches_comfyui(name):
+    produced = run_case(CASES[name], {})
+    for key, ours in produced.items():
+        assert close(ours, reference()[key], LATENT_TOL) <= 1, key
+
+
+@pytest.mark.parametrize("sampler", C.SPLIT_SAMPLERS)
+def test_ksampler_advanced_split_matches_comfyui(sampler):
+    results: dict[str, torch.Tensor] = {}
+    for part in ("first", "rest", "cut"):
+        results.update(run_case(CASES[f"split.{sampler}.{part}"], results))
+    for key, ours in results.items():
+        assert close(ours, reference()[key], LATENT_TOL) <= 1, key
+
+
+def ksample(m: Any, case: dict[str, Any], image: torch.Tensor, **inputs: Any) -> torch.Tensor:
+    defaults = {"seed": 3, "steps": 6, "cfg": 5.0, "sampler_name": "euler", "scheduler": "normal"}
+    node = ksampler.KSampler(model=m, positive=cond(case, "cond"), negative=cond(case, "uncond"),
+                             latent_image=image, **{**defaults, **inputs})  # fmt: skip
+    return node.invoke(Ctx())
+
+
+@pytest.mark.parametrize("sampler", ["euler", "heun", "dpm_2"])
+def test_a_split_with_leftover_noise_resumed_is_one_walk(sampler):
+    """Single-step samplers: stopping at step k with the leftover noise and resuming at k with
+    no new noise is the uninterrupted walk (multistep and noisy samplers restart their
+    history and noise at the split, in ComfyUI as here)."""
+    case, m = CASES["txt2img.euler"], model("sd1")
+    common = {"noise_seed": 3, "steps": 6, "cfg": 5.0, "sampler_name": sampler,
+              "scheduler": "karras", "positive": cond(case, "cond"),
+              "negative": cond(case, "uncond")}  # fmt: skip
+    advanced = lambda **kw: ksampler.KSamplerAdvanced(model=m, **common, **kw).invoke(Ctx())  # noqa: E731
+    whole = advanced(latent_image=C.empty())
+    first = advanced(latent_image=C.empty(), end_at_step=2, return_with_leftover_noise="enable")
+    rest = advanced(latent_image=first, start_at_step=2, add_noise="disable")
+    assert (rest - whole).abs().max() <= 1e-5 * max(1.0, float(whole.abs().max()))
+    assert (first - whole).abs().max() > 1e-2  # the first part really stopped early
+
+
+@pytest.mark.parametrize("sampler", ["euler", "dpmpp_2m"])
+def test_a_seed_gives_the_same_picture_alone_and_first_in_a_batch(sampler):
+    """ComfyUI draws the whole batch's noise at once from the seed on the CPU: image 0 of a
+    batch of 4 is the batch-of-1 picture (deterministic samplers)."""
+    case, m = CASES["txt2img.euler"], model("sd1")
+    alone = ksample(m, case, C.empty(1), sampler_name=sampler)
+    batch = ksample(m, case, C.empty(4), sampler_name=sampler)
+    assert batch.shape[0] == 4
+    assert (batch[:1] - alone).abs().max() <= 1e-5 * max(1.0, float(alone.abs().max()))
+    assert (batch[1] - batch[0]).abs().max() > 1e-2  # the others got other noise
+
+
+def test_an_unknown_sampler_name_is_refused_at_validation_with_the_nearest():
+    from nodegraph.validate import LiteralProblem, coerce_literal
+
+    spec = ksampler.KSampler.spec.inputs["sampler_name"]
+    with pytest.raises(LiteralProblem) as problem:
+        coerce_literal(spec, "eulr_ancestral")
+    message = str(problem.value)
+    assert "Did you mean 'euler_ancestral'?" in message
+    assert all(repr(name) in message for name in C.SAMPLER_NAMES)  # the list of names

@@ -1,0 +1,258 @@
+"""Reference numbers from ComfyUI itself for tests/test_comfy_sampling.py.
+
+Run by hand, with ComfyUI importable (see README.md here); never by the tests. ComfyUI's own
+node classes (KSampler, KSamplerAdvanced, SamplerCustom, SamplerCustomAdvanced, the schedulers,
+guiders and ModelSampling nodes) sample the tests' tiny random-weight SD 1.x (eps) and SD 2.x
+(v-prediction) UNets, wrapped as ComfyUI diffusion models, from fixed conditioning tensors. The
+UNet forward is the same diffusers module on both sides, so what is compared is the sampling.
+
+Writes tests/data/comfy_reference/{manifest.json, tensors.safetensors}.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+ROOT = Path(__file__).resolve().parents[2]
+OUT = ROOT / "tests" / "data" / "comfy_reference"
+sys.path.insert(0, str(ROOT))
+
+from tests import comfy_cases as C  # noqa: E402
+from tools.comfy_reference.toy import comfy_modules  # noqa: E402
+
+
+def comfy_commit() -> str:
+    """The ComfyUI commit on sys.path: $COMFYUI_COMMIT, else its git checkout's HEAD, else
+    its version file."""
+    import comfy.samplers
+
+    if os.environ.get("COMFYUI_COMMIT"):
+        return os.environ["COMFYUI_COMMIT"]
+    folder = Path(comfy.samplers.__file__).resolve().parents[1]
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(folder), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        version = (folder / "comfyui_version.py").read_text()
+        return version.strip().splitlines()[-1]
+
+
+class DiffusersUNet(torch.nn.Module):
+    """A diffusers UNet answering ComfyUI's diffusion-model call."""
+
+    def __init__(self, unet: torch.nn.Module) -> None:
+        super().__init__()
+        self.unet = unet
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.unet.dtype
+
+    def forward(self, x, timesteps, context=None, control=None, transformer_options=None, **kw):
+        return self.unet(x, timesteps, encoder_hidden_states=context, return_dict=False)[0]
+
+
+def comfy_model(family: str, unet: torch.nn.Module) -> Any:
+    """A ComfyUI ModelPatcher around the tests' tiny UNet of `family`."""
+    import comfy.model_base as mb
+    import comfy.model_patcher as mp
+    import comfy.supported_models as sm
+
+    config = (sm.SD15 if family == "sd1" else sm.SD20)({"disable_unet_model_creation": True})
+    kind = mb.ModelType.V_PREDICTION if family == "sd2_v" else mb.ModelType.EPS
+    model = mb.BaseModel(config, model_type=kind, device=torch.device("cpu"))
+    model.diffusion_model = DiffusersUNet(unet)
+    cpu = torch.device("cpu")
+    return mp.ModelPatcher(model, load_device=cpu, offload_device=cpu)
+
+
+def main() -> None:
+    torch.set_num_threads(1)  # the tests compare on one thread: the same float reductions
+    inputs = C.inputs()
+    unets = {family: C.tiny_model(family).unet for family in C.FAMILIES}
+    comfy_modules()
+    import comfy.samplers
+    import comfy_extras.nodes_custom_sampler as ncs
+    import comfy_extras.nodes_model_advanced as nma
+
+    comfy_nodes = comfy_nodes_module()
+
+    models = {family: comfy_model(family, unet) for family, unet in unets.items()}
+    tensors: dict[str, torch.Tensor] = dict(inputs)
+    manifest: dict[str, Any] = {"comfyui_commit": comfy_commit(), "cases": []}
+    assert list(comfy.samplers.SAMPLER_NAMES) == C.SAMPLER_NAMES, "sampler list changed"
+    assert list(comfy.samplers.SCHEDULER_NAMES) == C.SCHEDULER_NAMES, "scheduler list changed"
+
+    def latent(case: dict[str, Any]) -> dict[str, torch.Tensor]:
+        source = case.get("latent", "empty")
+        samples = tensors[source] if source != "empty" else C.empty(case.get("batch", 1))
+        return {"samples": samples.clone()}
+
+    def patched(case: dict[str, Any]) -> Any:
+        model = models[case.get("family", "sd1")]
+        extra = case.get("model_sampling")
+        if extra is None:
+            return model
+        if extra["node"] == "discrete":
+            return nma.ModelSamplingDiscrete().patch(model, extra["sampling"], extra["zsnr"])[0]
+        edm = nma.ModelSamplingContinuousEDM()
+        return edm.patch(model, extra["sampling"], extra["sigma_max"], extra["sigma_min"])[0]
+
+    for case in C.sigma_cases():
+        model = patched(case)
+        ms = model.get_model_object("model_sampling")
+        tensors[case["name"]] = comfy.samplers.calculate_sigmas(
+            ms, case["scheduler"], case["steps"]
+        ).float()
+        manifest["cases"].append(case)
+    for case in C.sampling_cases():
+        model, kind, family = patched(case), case["kind"], case["family"]
+        cond = functools.partial(comfy_cond, inputs, family)
+        positive, negative = cond("cond"), cond("uncond")
+        if kind == "ksampler":
+            out = comfy_nodes.KSampler().sample(
+                model,
+                case["seed"],
+                case["steps"],
+                case["cfg"],
+                case["sampler"],
+                case["scheduler"],
+                positive,
+                negative,
+                latent(case),
+                denoise=case["denoise"],
+            )
+            tensors[case["name"]] = out[0]["samples"]
+        elif kind == "advanced":
+            out = comfy_nodes.KSamplerAdvanced().sample(
+                model,
+                case["add_noise"],
+                case["seed"],
+                case["steps"],
+                case["cfg"],
+                case["sampler"],
+                case["scheduler"],
+                positive,
+                negative,
+                latent(case),
+                case["start"],
+                case["end"],
+                case["leftover"],
+            )
+            tensors[case["name"]] = out[0]["samples"]
+        else:
+            sigmas = custom_sigmas(ncs, model, case["sigmas"])
+            sampler = ncs.KSamplerSelect.execute(case["sampler"]).result[0]
+            if kind == "custom":
+                result = ncs.SamplerCustom.execute(
+                    model,
+                    case["add_noise"],
+                    case["seed"],
+                    case["cfg"],
+                    positive,
+                    negative,
+                    sampler,
+                    sigmas,
+                    latent(case),
+                ).result
+            else:
+                guider = custom_guider(ncs, model, case["guider"], cond)
+                noise = (
+                    ncs.RandomNoise.execute(case["seed"]).result[0]
+                    if case["add_noise"]
+                    else ncs.DisableNoise.execute().result[0]
+                )
+                result = ncs.SamplerCustomAdvanced.execute(
+                    noise, guider, sampler, sigmas, latent(case)
+                ).result
+            tensors[case["name"]] = result[0]["samples"]
+            tensors[case["name"] + ".denoised"] = result[1]["samples"]
+        manifest["cases"].append(case)
+        print(case["name"], float(tensors[case["name"]].abs().max()))
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous().float() for k, v in tensors.items()}, OUT / "tensors.safetensors")
+    lines = ",\n".join(json.dumps(case) for case in manifest["cases"])
+    head = json.dumps(manifest["comfyui_commit"])
+    (OUT / "manifest.json").write_text(f'{{"comfyui_commit": {head}, "cases": [\n{lines}\n]}}\n')
+    print(f"{len(manifest['cases'])} cases written to {OUT}")
+
+
+def comfy_cond(inputs: dict[str, torch.Tensor], family: str, name: str) -> list:
+    """A conditioning tensor as ComfyUI's CONDITIONING: [[tensor, options]]."""
+    return [[inputs[f"{family}.{name}"], {}]]
+
+
+def comfy_nodes_module() -> Any:
+    """ComfyUI's nodes.py, loaded under another name (nodegraph has a `nodes` package)."""
+    import importlib.util
+
+    import comfy.samplers
+
+    path = Path(comfy.samplers.__file__).resolve().parents[1] / "nodes.py"
+    spec = importlib.util.spec_from_file_location("comfyui_nodes", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def custom_sigmas(ncs: Any, model: Any, spec: dict[str, Any]) -> torch.Tensor:
+    """The SIGMAS of a custom-sampling case, through ComfyUI's scheduler and sigma nodes."""
+    node = spec["node"]
+    if node == "BasicScheduler":
+        sigmas = ncs.BasicScheduler.execute(
+            model, spec["scheduler"], spec["steps"], spec["denoise"]
+        ).result[0]
+    elif node == "KarrasScheduler":
+        sigmas = ncs.KarrasScheduler.execute(
+            spec["steps"], spec["sigma_max"], spec["sigma_min"], spec["rho"]
+        ).result[0]
+    elif node == "ExponentialScheduler":
+        sigmas = ncs.ExponentialScheduler.execute(
+            spec["steps"], spec["sigma_max"], spec["sigma_min"]
+        ).result[0]
+    elif node == "SDTurboScheduler":
+        sigmas = ncs.SDTurboScheduler.execute(model, spec["steps"], spec["denoise"]).result[0]
+    else:
+        raise ValueError(node)
+    if "split" in spec:
+        high, low = ncs.SplitSigmas.execute(sigmas, spec["split"]).result
+        sigmas = high if spec["half"] == "high" else low
+    if spec.get("flip"):
+        sigmas = ncs.FlipSigmas.execute(sigmas.clone()).result[0]
+    return sigmas
+
+
+def custom_guider(ncs: Any, model: Any, spec: dict[str, Any], cond: Any) -> Any:
+    """The GUIDER of a SamplerCustomAdvanced case, through ComfyUI's guider nodes."""
+    if spec["node"] == "BasicGuider":
+        return ncs.BasicGuider.execute(model, cond("cond")).result[0]
+    if spec["node"] == "CFGGuider":
+        return ncs.CFGGuider.execute(model, cond("cond"), cond("uncond"), spec["cfg"]).result[0]
+    return ncs.DualCFGGuider.execute(
+        model,
+        cond("cond"),
+        cond("cond2"),
+        cond("uncond"),
+        spec["cfg_conds"],
+        spec["cfg_cond2_negative"],
+        spec["style"],
+    ).result[0]
+
+
+if __name__ == "__main__":
+    main()
