@@ -15,6 +15,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -23,6 +24,8 @@ import torch  # noqa: E402
 
 
 class Ctx:
+    settings = SimpleNamespace(options={})
+
     def progress(self, value: int, total: int, preview: object = None) -> None:
         pass
 

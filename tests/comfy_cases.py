@@ -12,35 +12,32 @@ from typing import Any
 
 import torch
 
+from nodes.sampling.comfy.samplers import SAMPLER_NAMES as SAMPLER_TABLE
+from nodes.sampling.comfy.schedulers import SCHEDULERS as SCHEDULER_TABLE
+
 FAMILIES = ("sd1", "sd2_v")
-SAMPLER_NAMES = [
-    "euler", "euler_cfg_pp", "euler_ancestral", "euler_ancestral_cfg_pp", "heun", "heunpp2",
-    "exp_heun_2_x0", "exp_heun_2_x0_sde", "dpm_2", "dpm_2_ancestral", "lms", "dpm_fast",
-    "dpm_adaptive", "dpmpp_2s_ancestral", "dpmpp_2s_ancestral_cfg_pp", "dpmpp_sde",
-    "dpmpp_sde_gpu", "dpmpp_2m", "dpmpp_2m_cfg_pp", "dpmpp_2m_sde", "dpmpp_2m_sde_gpu",
-    "dpmpp_2m_sde_heun", "dpmpp_2m_sde_heun_gpu", "dpmpp_3m_sde", "dpmpp_3m_sde_gpu", "ddpm",
-    "lcm", "ipndm", "ipndm_v", "deis", "res_multistep", "res_multistep_cfg_pp",
-    "res_multistep_ancestral", "res_multistep_ancestral_cfg_pp", "gradient_estimation",
-    "gradient_estimation_cfg_pp", "er_sde", "seeds_2", "seeds_3", "sa_solver", "sa_solver_pece",
-    "ddim", "uni_pc", "uni_pc_bh2",
-]  # fmt: skip
-"""ComfyUI's KSampler sampler list, in its order (ComfyUI 0.8.0)."""
-SCHEDULER_NAMES = ["simple", "sgm_uniform", "karras", "exponential", "ddim_uniform", "beta",
-                   "normal", "linear_quadratic", "kl_optimal"]  # fmt: skip
+SAMPLER_NAMES = list(SAMPLER_TABLE)
+"""Every sampler name nodegraph runs: the reference checks it is ComfyUI's list, in order."""
+SCHEDULER_NAMES = list(SCHEDULER_TABLE)
 LATENT = (4, 8, 8)
 SPLIT_SAMPLERS = ("euler", "euler_ancestral", "dpmpp_2m", "dpmpp_sde", "uni_pc", "lms", "dpm_2")
 V_SAMPLERS = ("euler", "euler_ancestral", "heun", "dpmpp_2m", "dpmpp_sde", "uni_pc", "lcm", "ddim")
 CFG1_SAMPLERS = ("euler", "dpmpp_2m", "euler_cfg_pp", "dpmpp_2m_cfg_pp")
 
 
-def tiny_model(family: str) -> Any:
-    """The family's tiny checkpoint as nodegraph loads it (a single original-layout file)."""
+def tiny_checkpoint(family: str) -> tuple[Any, Any, Any]:
+    """The family's tiny checkpoint as nodegraph loads it (a single original-layout file):
+    (model, clip, vae)."""
     from nodes.loading.checkpoints import load_checkpoint
     from tests import family_fixtures as ff
 
     path = ff.single_file(family)
-    model, _, _ = load_checkpoint(path.name, {"models": [str(path.parent)]})
-    return model
+    return load_checkpoint(path.name, {"models": [str(path.parent)]})
+
+
+def tiny_model(family: str) -> Any:
+    """The family's tiny model (its UNet and sampling configuration)."""
+    return tiny_checkpoint(family)[0]
 
 
 def inputs() -> dict[str, torch.Tensor]:
@@ -63,51 +60,51 @@ def empty(batch: int = 1) -> torch.Tensor:
     return torch.zeros((batch, *LATENT))
 
 
+SIGMA_STEPS = ("split", "half", "flip")
+"""Keys of a sigmas spec that are SplitSigmas / FlipSigmas after the scheduler node."""
+SIGMAS_FROM_MODEL = ("BasicScheduler", "SDTurboScheduler")
+SAMPLERS_FROM_MODEL = ("SamplerSASolver",)
+GUIDER_PROMPTS = {
+    "BasicGuider": {"conditioning": "cond"},
+    "CFGGuider": {"positive": "cond", "negative": "uncond"},
+    "DualCFGGuider": {"cond1": "cond", "cond2": "cond2", "negative": "uncond"},
+}
+"""Each guider node's conditioning inputs -> the case's prompt tensors."""
+META = ("family", "latent", "batch", "model_sampling", "sampler", "sigmas", "guider", "noise")
+"""Case keys that are not the node's literal inputs (those go under "inputs", by input name)."""
+
+
+def _case(kind: str, name: str, defaults: dict[str, Any], **kw: Any) -> dict[str, Any]:
+    meta = {"family": "sd1", "latent": "empty", **{k: v for k, v in kw.items() if k in META}}
+    inputs = {**defaults, **{k: v for k, v in kw.items() if k not in META}}
+    return {"name": name, "kind": kind, **meta, "inputs": inputs}
+
+
+KSAMPLER = {"seed": 42, "steps": 6, "cfg": 5.0, "sampler_name": "euler", "scheduler": "normal",
+            "denoise": 1.0}  # fmt: skip
+ADVANCED = {"add_noise": "enable", "noise_seed": 42, "steps": 6, "cfg": 5.0,
+            "sampler_name": "euler", "scheduler": "normal", "start_at_step": 0,
+            "end_at_step": 10000, "return_with_leftover_noise": "disable"}  # fmt: skip
+CUSTOM = {"add_noise": True, "noise_seed": 7, "cfg": 5.0}
+
+
 def _ks(name: str, sampler: str, **kw: Any) -> dict[str, Any]:
-    case = {
-        "kind": "ksampler",
-        "family": "sd1",
-        "sampler": sampler,
-        "scheduler": "normal",
-        "steps": 6,
-        "cfg": 5.0,
-        "seed": 42,
-        "denoise": 1.0,
-        "latent": "empty",
-    }
-    return {**case, **kw, "name": name}
+    return _case("KSampler", name, {**KSAMPLER, "sampler_name": sampler}, **kw)
 
 
 def _adv(name: str, sampler: str, **kw: Any) -> dict[str, Any]:
-    case = {
-        "kind": "advanced",
-        "family": "sd1",
-        "sampler": sampler,
-        "scheduler": "normal",
-        "steps": 6,
-        "cfg": 5.0,
-        "seed": 42,
-        "add_noise": "enable",
-        "start": 0,
-        "end": 10000,
-        "leftover": "disable",
-        "latent": "empty",
-    }
-    return {**case, **kw, "name": name}
+    return _case("KSamplerAdvanced", name, {**ADVANCED, "sampler_name": sampler}, **kw)
 
 
-def _custom(name: str, kind: str, sigmas: dict[str, Any], **kw: Any) -> dict[str, Any]:
-    case = {
-        "kind": kind,
-        "family": "sd1",
-        "sampler": "euler",
-        "cfg": 5.0,
-        "seed": 7,
-        "add_noise": True,
-        "latent": "empty",
-        "sigmas": sigmas,
-    }
-    return {**case, **kw, "name": name}
+def _custom(name: str, sigmas: dict[str, Any], **kw: Any) -> dict[str, Any]:
+    """SamplerCustom (KSamplerSelect's sampler, default euler) on the given sigmas node."""
+    return _case("SamplerCustom", name, CUSTOM, **{"sampler": "euler", "sigmas": sigmas, **kw})
+
+
+def _guided(name: str, guider: dict[str, Any], seed: int | None = 7, **kw: Any) -> dict[str, Any]:
+    """SamplerCustomAdvanced with RandomNoise(seed) (None: DisableNoise) and a guider node."""
+    spec = {"sampler": "euler", "sigmas": BASIC, "guider": guider, "noise": seed, **kw}
+    return _case("SamplerCustomAdvanced", name, {}, **spec)
 
 
 BASIC = {"node": "BasicScheduler", "scheduler": "karras", "steps": 6, "denoise": 1.0}
@@ -127,148 +124,93 @@ MODEL_SAMPLINGS = {
 def sigma_cases() -> list[dict[str, Any]]:
     """Every scheduler's sigmas for the SD table, and a few under ModelSampling patches."""
     cases = [
-        {"kind": "sigmas", "family": "sd1", "scheduler": s, "steps": n, "name": f"sigmas.{s}.{n}"}
+        _case("sigmas", f"sigmas.{s}.{n}", {"scheduler": s, "steps": n})
         for s in SCHEDULER_NAMES
         for n in (1, 4, 9, 20, 33)
     ]
     for patch, spec in MODEL_SAMPLINGS.items():
         for s in ("normal", "karras", "simple", "ddim_uniform", "beta", "sgm_uniform"):
-            cases.append(
-                {
-                    "kind": "sigmas",
-                    "family": "sd1",
-                    "scheduler": s,
-                    "steps": 9,
-                    "model_sampling": spec,
-                    "name": f"sigmas.{patch}.{s}",
-                }
-            )
+            inputs = {"scheduler": s, "steps": 9}
+            cases.append(_case("sigmas", f"sigmas.{patch}.{s}", inputs, model_sampling=spec))
     return cases
 
 
+# fmt: off
 def sampling_cases() -> list[dict[str, Any]]:
     """Every sampler txt2img and at denoise 0.5; every scheduler; v-prediction; cfg 1; a
     batch; KSamplerAdvanced splits; the custom-sampling nodes; ModelSampling patches."""
     cases = [_ks(f"txt2img.{s}", s) for s in SAMPLER_NAMES]
     cases += [_ks(f"img2img.{s}", s, denoise=0.5, latent="sd1.image") for s in SAMPLER_NAMES]
-    cases += [
-        _ks(f"scheduler.{s}.{sampler}", sampler, scheduler=s, steps=7)
-        for s in SCHEDULER_NAMES
-        for sampler in ("euler", "dpmpp_2m")
-    ]
+    cases += [_ks(f"scheduler.{s}.{sampler}", sampler, scheduler=s, steps=7)
+              for s in SCHEDULER_NAMES for sampler in ("euler", "dpmpp_2m")]
     cases += [_ks(f"v.{s}", s, family="sd2_v") for s in V_SAMPLERS]
-    cases += [
-        _ks(f"v.img2img.{s}", s, family="sd2_v", denoise=0.6, latent="sd2_v.image")
-        for s in ("euler", "dpmpp_2m")
-    ]
+    cases += [_ks(f"v.img2img.{s}", s, family="sd2_v", denoise=0.6, latent="sd2_v.image")
+              for s in ("euler", "dpmpp_2m")]
     cases += [_ks(f"cfg1.{s}", s, cfg=1.0) for s in CFG1_SAMPLERS]
     cases += [_ks(f"batch2.{s}", s, batch=2, seed=5) for s in ("euler_ancestral", "dpmpp_2m_sde")]
     for s in SPLIT_SAMPLERS:
         cases += [
-            _adv(f"split.{s}.first", s, end=3, leftover="enable"),
-            _adv(f"split.{s}.rest", s, start=3, add_noise="disable", latent=f"split.{s}.first"),
-            _adv(f"split.{s}.cut", s, end=3),
+            _adv(f"split.{s}.first", s, end_at_step=3, return_with_leftover_noise="enable"),
+            _adv(f"split.{s}.rest", s, start_at_step=3, add_noise="disable",
+                 latent=f"split.{s}.first"),
+            _adv(f"split.{s}.cut", s, end_at_step=3),
         ]
-    cases.append(
-        _adv("advanced.img2img.window", "dpmpp_2m", start=2, end=5, steps=8, latent="sd1.image")
-    )
+    cases.append(_adv("advanced.img2img.window", "dpmpp_2m", start_at_step=2, end_at_step=5,
+                      steps=8, latent="sd1.image"))
+    exponential = {"node": "ExponentialScheduler", "steps": 5, "sigma_max": 14.614642,
+                   "sigma_min": 0.0291675}
+    turbo = {"node": "SDTurboScheduler", "steps": 2, "denoise": 1.0}
+    image = {"latent": "sd1.image"}
     cases += [
-        _custom("custom.basic_karras", "custom", BASIC, sampler="dpmpp_2m_sde"),
-        _custom("custom.karras", "custom", KARRAS, sampler="heun"),
-        _custom(
-            "custom.exponential",
-            "custom",
-            {
-                "node": "ExponentialScheduler",
-                "steps": 5,
-                "sigma_max": 14.614642,
-                "sigma_min": 0.0291675,
-            },
-        ),
-        _custom(
-            "custom.turbo",
-            "custom",
-            {"node": "SDTurboScheduler", "steps": 2, "denoise": 1.0},
-            sampler="euler_ancestral",
-            cfg=1.0,
-        ),
-        _custom(
-            "custom.turbo_img2img",
-            "custom",
-            {"node": "SDTurboScheduler", "steps": 1, "denoise": 0.5},
-            latent="sd1.image",
-            cfg=1.0,
-        ),
-        _custom("custom.split_high", "custom", {**BASIC, "split": 2, "half": "high"}),
-        _custom(
-            "custom.split_low",
-            "custom",
-            {**BASIC, "split": 2, "half": "low"},
-            latent="sd1.image",
-            add_noise=False,
-        ),
-        _custom(
-            "custom.flip",
-            "custom",
-            {**BASIC, "scheduler": "normal", "flip": True},
-            latent="sd1.image",
-            add_noise=False,
-            cfg=1.0,
-        ),
-        _custom(
-            "custom.basic_denoise",
-            "custom",
-            {**BASIC, "denoise": 0.4},
-            latent="sd1.image",
-            sampler="dpmpp_2m",
-        ),
+        _custom("custom.basic_karras", BASIC, sampler="dpmpp_2m_sde"),
+        _custom("custom.karras", KARRAS, sampler="heun"),
+        _custom("custom.exponential", exponential),
+        _custom("custom.turbo", turbo, sampler="euler_ancestral", cfg=1.0),
+        _custom("custom.turbo_img2img", {**turbo, "steps": 1, "denoise": 0.5}, cfg=1.0, **image),
+        _custom("custom.split_high", {**BASIC, "split": 2, "half": "high"}),
+        _custom("custom.split_low", {**BASIC, "split": 2, "half": "low"}, add_noise=False,
+                **image),
+        _custom("custom.flip", {**BASIC, "scheduler": "normal", "flip": True}, add_noise=False,
+                cfg=1.0, **image),
+        _custom("custom.basic_denoise", {**BASIC, "denoise": 0.4}, sampler="dpmpp_2m", **image),
     ]
+    options = {
+        "euler_ancestral": {"node": "SamplerEulerAncestral", "eta": 0.6, "s_noise": 0.9},
+        "euler_ancestral_cfg_pp": {"node": "SamplerEulerAncestralCFGPP", "eta": 0.5,
+                                   "s_noise": 1.0},
+        "lms": {"node": "SamplerLMS", "order": 2},
+        "dpmpp_3m_sde": {"node": "SamplerDPMPP_3M_SDE", "eta": 0.7, "s_noise": 1.1,
+                         "noise_device": "cpu"},
+        "dpmpp_2m_sde": {"node": "SamplerDPMPP_2M_SDE", "solver_type": "heun", "eta": 0.5,
+                         "s_noise": 1.0, "noise_device": "gpu"},
+        "dpmpp_sde": {"node": "SamplerDPMPP_SDE", "eta": 0.8, "s_noise": 1.0, "r": 0.4,
+                      "noise_device": "cpu"},
+        "dpmpp_2s_ancestral": {"node": "SamplerDPMPP_2S_Ancestral", "eta": 0.5, "s_noise": 1.0},
+        "dpm_adaptive": {"node": "SamplerDPMAdaptative", "order": 2, "rtol": 0.1, "atol": 0.01,
+                         "h_init": 0.1, "pcoeff": 0.1, "icoeff": 0.9, "dcoeff": 0.05,
+                         "accept_safety": 0.8, "eta": 0.3, "s_noise": 1.0},
+        "sa_solver": {"node": "SamplerSASolver", "eta": 0.8, "sde_start_percent": 0.1,
+                      "sde_end_percent": 0.7, "s_noise": 1.0, "predictor_order": 2,
+                      "corrector_order": 3, "use_pece": True, "simple_order_2": False},
+        "seeds_2": {"node": "SamplerSEEDS2", "solver_type": "phi_2", "eta": 0.0,
+                    "s_noise": 1.0, "r": 1.0},
+    }
+    cases += [_custom(f"options.{name}", BASIC, sampler=spec) for name, spec in options.items()]
+    dual = {"node": "DualCFGGuider", "cfg_conds": 4.0, "cfg_cond2_negative": 2.0,
+            "style": "regular"}
     guiders = {
         "basic": {"node": "BasicGuider"},
         "cfg": {"node": "CFGGuider", "cfg": 3.0},
-        "dual_regular": {
-            "node": "DualCFGGuider",
-            "cfg_conds": 4.0,
-            "cfg_cond2_negative": 2.0,
-            "style": "regular",
-        },
-        "dual_nested": {
-            "node": "DualCFGGuider",
-            "cfg_conds": 4.0,
-            "cfg_cond2_negative": 2.0,
-            "style": "nested",
-        },
-        "dual_cfg2_one": {
-            "node": "DualCFGGuider",
-            "cfg_conds": 3.0,
-            "cfg_cond2_negative": 1.0,
-            "style": "regular",
-        },
+        "dual_regular": dual,
+        "dual_nested": {**dual, "style": "nested"},
+        "dual_cfg2_one": {**dual, "cfg_conds": 3.0, "cfg_cond2_negative": 1.0},
     }
-    cases += [
-        _custom(f"guider.{name}", "custom_advanced", BASIC, guider=spec)
-        for name, spec in guiders.items()
-    ]
-    cases.append(
-        _custom(
-            "guider.cfg_no_noise",
-            "custom_advanced",
-            BASIC,
-            guider=guiders["cfg"],
-            add_noise=False,
-            latent="sd1.image",
-            sampler="euler_ancestral",
-        )
-    )
+    cases += [_guided(f"guider.{name}", spec) for name, spec in guiders.items()]
+    cases.append(_guided("guider.cfg_no_noise", guiders["cfg"], seed=None,
+                         sampler="euler_ancestral", **image))
     samplers = {"discrete_lcm": "lcm", "edm_edm": "dpmpp_2m", "discrete_v_zsnr": "euler"}
-    for patch, spec in MODEL_SAMPLINGS.items():
-        cases.append(
-            _ks(
-                f"model_sampling.{patch}",
-                samplers.get(patch, "euler_ancestral"),
-                model_sampling=spec,
-                scheduler="karras",
-                steps=5,
-            )
-        )
+    cases += [_ks(f"model_sampling.{patch}", samplers.get(patch, "euler_ancestral"),
+                  model_sampling=spec, scheduler="karras", steps=5)
+              for patch, spec in MODEL_SAMPLINGS.items()]
     return cases
+# fmt: on

@@ -16,6 +16,7 @@ import torch
 from nodes.sampling.comfy.model_sampling import ModelSampling
 from nodes.sampling.comfy.sampler_api import SamplerRun, SamplerSpec
 from nodes.sampling.comfy.samplers import dpmpp, euler, multistep, stepwise
+from nodes.sampling.comfy.samplers import steps as sampler_steps
 
 SAMPLERS: dict[str, SamplerSpec] = {
     **euler.SAMPLERS, **multistep.SAMPLERS, **dpmpp.SAMPLERS, **stepwise.SAMPLERS
@@ -277,7 +278,7 @@ def test_ipndm_v_weights_sum_to_one_up_to_order_3():
 
 def test_phi_functions():
     h = torch.tensor([-2.0, -0.5, 0.3])
-    assert torch.allclose(dpmpp.h_phi_1(h), h.exp() - 1)
-    assert torch.allclose(dpmpp.h_phi_2(h), (h.exp() - 1 - h) / h)
+    assert torch.allclose(sampler_steps.h_phi_1(h), h.exp() - 1)
+    assert torch.allclose(sampler_steps.h_phi_2(h), (h.exp() - 1 - h) / h)
     sigma = torch.tensor([0.1, 1.0, 14.6])
-    assert torch.allclose(dpmpp.sigma_at(dpmpp.half_log_snr(sigma)), sigma)
+    assert torch.allclose(sampler_steps.sigma_at(sampler_steps.half_log_snr(sigma)), sigma)

@@ -206,6 +206,52 @@ def test_denoise_reports_each_step_and_stops_when_interrupted(
     assert all(e.preview is not None and e.preview.size == (64, 64) for e in seen)
 
 
+@pytest.mark.parametrize("sampler", ["euler", "dpmpp_sde", "uni_pc", "lms", "dpm_adaptive"])
+def test_ksampler_reports_each_step_with_a_preview_and_stops_when_interrupted(
+    diffusion_executor, settings, sampler
+):
+    seen: list[events.Progress] = []
+    interrupt = threading.Event()
+
+    def on_event(event):
+        if isinstance(event, events.Progress) and event.node_id == "sampler":
+            seen.append(event)
+            if len(seen) == 2:
+                interrupt.set()
+
+    wf = comfy_workflow("empty", steps=5, denoise=1.0)
+    wf["sampler"]["inputs"].update(sampler_name=sampler, seed=777)  # not cached by another test
+    result = diffusion_executor.run(wf, settings, on_event=on_event, interrupt=interrupt)
+    assert result.status == "interrupted" and len(seen) == 2
+    seen.clear()
+    result = diffusion_executor.run(wf, settings, on_event=on_event)
+    assert result.ok, result.error
+    assert seen and all(e.max == 5 for e in seen) and seen[-1].value <= 5
+    if sampler != "dpm_adaptive":  # the adaptive sampler reports its own accepted steps
+        assert [e.value for e in seen] == [1, 2, 3, 4, 5]
+    assert all(e.preview is not None and e.preview.size == (64, 64) for e in seen)
+
+
+def test_a_change_of_end_at_step_reruns_only_the_sampler_it_feeds(diffusion_executor, settings):
+    """A base KSamplerAdvanced stopping at end_at_step with its leftover noise, handed to a
+    second one: changing the second's steps re-runs it (and its decode), not the first."""
+    wf = comfy_workflow("empty", steps=6, denoise=1.0)
+    inputs = {k: v for k, v in wf["sampler"]["inputs"].items() if k not in ("seed", "denoise")}
+    common = {**inputs, "noise_seed": 42, "return_with_leftover_noise": "enable"}
+    wf["sampler"] = node("KSamplerAdvanced", **common, add_noise="enable", start_at_step=0,
+                         end_at_step=3)  # fmt: skip
+    wf["finish"] = node("KSamplerAdvanced", **{**common, "latent_image": ["sampler", 0]},
+                        add_noise="disable", start_at_step=3, end_at_step=10000)  # fmt: skip
+    wf["decode"]["inputs"]["samples"] = ["finish", 0]
+    assert diffusion_executor.run(wf, settings).ok
+    wf["finish"]["inputs"]["end_at_step"] = 5
+    ran: list[str] = []
+    on_event = lambda e: isinstance(e, events.NodeStarted) and ran.append(e.node_id)  # noqa: E731
+    result = diffusion_executor.run(wf, settings, on_event=on_event)
+    assert result.ok, result.error
+    assert set(ran) == {"finish", "decode", "show"}
+
+
 def test_cache_hands_back_the_same_tensors_and_sweeps_rerun_only_the_tail(
     diffusion_executor, settings, tmp_path
 ):

@@ -29,6 +29,7 @@ NAMES = [
     "comfy_txt2img",
     "comfy_img2img",
     "comfy_txt2img_img2img",
+    "comfy_custom_sampling",
 ]
 # The AddNoise / KSampler ids a strength sweep targets, and what must re-run after the first.
 SWEEPS = {

@@ -67,51 +67,43 @@ class BasicScheduler(Node):
         return schedule(ms, self.scheduler, total).cpu()[-(self.steps + 1) :]
 
 
-class KarrasScheduler(Node):
-    """Karras et al.'s schedule between two sigmas."""
+class _SigmaRange(Node):
+    """Steps and a sigma range: the inputs the range schedulers share, in ComfyUI's order."""
 
     category = "sampling/custom_sampling/schedulers"
     steps: int = InputField(20, description="Steps.", ge=1, le=10000)
     sigma_max: float = _sigma_input(SD_SIGMA_MAX, "The first sigma.")
     sigma_min: float = _sigma_input(SD_SIGMA_MIN, "The last sigma before 0.")
+
+
+class KarrasScheduler(_SigmaRange):
+    """Karras et al.'s schedule between two sigmas."""
+
     rho: float = InputField(7.0, description="Curvature.", ge=0.0, le=100.0, step=0.01)
 
     def invoke(self, ctx: NodeContext) -> SIGMAS:
         return karras_sigmas(self.steps, self.sigma_min, self.sigma_max, self.rho)
 
 
-class ExponentialScheduler(Node):
+class ExponentialScheduler(_SigmaRange):
     """Sigmas uniform in log sigma."""
-
-    category = "sampling/custom_sampling/schedulers"
-    steps: int = InputField(20, description="Steps.", ge=1, le=10000)
-    sigma_max: float = _sigma_input(SD_SIGMA_MAX, "The first sigma.")
-    sigma_min: float = _sigma_input(SD_SIGMA_MIN, "The last sigma before 0.")
 
     def invoke(self, ctx: NodeContext) -> SIGMAS:
         return exponential_sigmas(self.steps, self.sigma_min, self.sigma_max)
 
 
-class PolyexponentialScheduler(Node):
+class PolyexponentialScheduler(_SigmaRange):
     """Sigmas uniform in log sigma along a ramp raised to rho."""
 
-    category = "sampling/custom_sampling/schedulers"
-    steps: int = InputField(20, description="Steps.", ge=1, le=10000)
-    sigma_max: float = _sigma_input(SD_SIGMA_MAX, "The first sigma.")
-    sigma_min: float = _sigma_input(SD_SIGMA_MIN, "The last sigma before 0.")
     rho: float = InputField(1.0, description="Curvature.", ge=0.0, le=100.0, step=0.01)
 
     def invoke(self, ctx: NodeContext) -> SIGMAS:
         return polyexponential_sigmas(self.steps, self.sigma_min, self.sigma_max, self.rho)
 
 
-class LaplaceScheduler(Node):
+class LaplaceScheduler(_SigmaRange):
     """The Laplace schedule between two sigmas."""
 
-    category = "sampling/custom_sampling/schedulers"
-    steps: int = InputField(20, description="Steps.", ge=1, le=10000)
-    sigma_max: float = _sigma_input(SD_SIGMA_MAX, "The first sigma.")
-    sigma_min: float = _sigma_input(SD_SIGMA_MIN, "The last sigma before 0.")
     mu: float = InputField(0.0, description="Location.", ge=-10.0, le=10.0, step=0.1)
     beta: float = InputField(0.5, description="Scale.", ge=0.0, le=10.0, step=0.1)
 

@@ -90,20 +90,16 @@ def main() -> None:
     import comfy_extras.nodes_model_advanced as nma
 
     comfy_nodes = comfy_nodes_module()
-
     models = {family: comfy_model(family, unet) for family, unet in unets.items()}
     tensors: dict[str, torch.Tensor] = dict(inputs)
-    manifest: dict[str, Any] = {"comfyui_commit": comfy_commit(), "cases": []}
-    assert list(comfy.samplers.SAMPLER_NAMES) == C.SAMPLER_NAMES, "sampler list changed"
-    assert list(comfy.samplers.SCHEDULER_NAMES) == C.SCHEDULER_NAMES, "scheduler list changed"
-
-    def latent(case: dict[str, Any]) -> dict[str, torch.Tensor]:
-        source = case.get("latent", "empty")
-        samples = tensors[source] if source != "empty" else C.empty(case.get("batch", 1))
-        return {"samples": samples.clone()}
+    names = {"sampler_names": list(comfy.samplers.SAMPLER_NAMES),
+             "scheduler_names": list(comfy.samplers.SCHEDULER_NAMES)}  # fmt: skip
+    manifest: dict[str, Any] = {"comfyui_commit": comfy_commit(), **names, "cases": []}
+    if names["sampler_names"] != C.SAMPLER_NAMES:
+        print("note: ComfyUI's sampler list differs from nodegraph's", file=sys.stderr)
 
     def patched(case: dict[str, Any]) -> Any:
-        model = models[case.get("family", "sd1")]
+        model = models[case["family"]]
         extra = case.get("model_sampling")
         if extra is None:
             return model
@@ -113,82 +109,47 @@ def main() -> None:
         return edm.patch(model, extra["sampling"], extra["sigma_max"], extra["sigma_min"])[0]
 
     for case in C.sigma_cases():
-        model = patched(case)
-        ms = model.get_model_object("model_sampling")
-        tensors[case["name"]] = comfy.samplers.calculate_sigmas(
-            ms, case["scheduler"], case["steps"]
-        ).float()
+        ms = patched(case).get_model_object("model_sampling")
+        sigmas = comfy.samplers.calculate_sigmas(ms, case["inputs"]["scheduler"],
+                                                 case["inputs"]["steps"])  # fmt: skip
+        tensors[case["name"]] = sigmas.float()
         manifest["cases"].append(case)
     for case in C.sampling_cases():
-        model, kind, family = patched(case), case["kind"], case["family"]
-        cond = functools.partial(comfy_cond, inputs, family)
-        positive, negative = cond("cond"), cond("uncond")
-        if kind == "ksampler":
-            out = comfy_nodes.KSampler().sample(
-                model,
-                case["seed"],
-                case["steps"],
-                case["cfg"],
-                case["sampler"],
-                case["scheduler"],
-                positive,
-                negative,
-                latent(case),
-                denoise=case["denoise"],
-            )
-            tensors[case["name"]] = out[0]["samples"]
-        elif kind == "advanced":
-            out = comfy_nodes.KSamplerAdvanced().sample(
-                model,
-                case["add_noise"],
-                case["seed"],
-                case["steps"],
-                case["cfg"],
-                case["sampler"],
-                case["scheduler"],
-                positive,
-                negative,
-                latent(case),
-                case["start"],
-                case["end"],
-                case["leftover"],
-            )
+        model, kind = patched(case), case["kind"]
+        cond = functools.partial(comfy_cond, inputs, case["family"])
+        source = case["latent"]
+        image = tensors[source] if source != "empty" else C.empty(case.get("batch", 1))
+        given = {"positive": cond("cond"), "negative": cond("uncond"),
+                 "latent_image": {"samples": image.clone()}}  # fmt: skip
+        if kind in ("KSampler", "KSamplerAdvanced"):
+            out = getattr(comfy_nodes, kind)().sample(model=model, **given, **case["inputs"])
             tensors[case["name"]] = out[0]["samples"]
         else:
+            sampler = custom_sampler(ncs, model, case["sampler"])
             sigmas = custom_sigmas(ncs, model, case["sigmas"])
-            sampler = ncs.KSamplerSelect.execute(case["sampler"]).result[0]
-            if kind == "custom":
-                result = ncs.SamplerCustom.execute(
-                    model,
-                    case["add_noise"],
-                    case["seed"],
-                    case["cfg"],
-                    positive,
-                    negative,
-                    sampler,
-                    sigmas,
-                    latent(case),
-                ).result
+            parts = {"sampler": sampler, "sigmas": sigmas, "latent_image": given["latent_image"]}
+            if kind == "SamplerCustom":
+                node = ncs.SamplerCustom
+                parts.update(model=model, positive=given["positive"], **case["inputs"],
+                             negative=given["negative"])  # fmt: skip
             else:
-                guider = custom_guider(ncs, model, case["guider"], cond)
-                noise = (
-                    ncs.RandomNoise.execute(case["seed"]).result[0]
-                    if case["add_noise"]
-                    else ncs.DisableNoise.execute().result[0]
-                )
-                result = ncs.SamplerCustomAdvanced.execute(
-                    noise, guider, sampler, sigmas, latent(case)
-                ).result
-            tensors[case["name"]] = result[0]["samples"]
-            tensors[case["name"] + ".denoised"] = result[1]["samples"]
+                node = ncs.SamplerCustomAdvanced
+                seed = case["noise"]
+                parts["guider"] = custom_guider(ncs, model, case["guider"], cond)
+                parts["noise"] = (ncs.DisableNoise.execute() if seed is None
+                                  else ncs.RandomNoise.execute(seed)).result[0]  # fmt: skip
+            output, denoised = node.execute(**parts).result
+            tensors[case["name"]] = output["samples"]
+            tensors[case["name"] + ".denoised"] = denoised["samples"]
         manifest["cases"].append(case)
         print(case["name"], float(tensors[case["name"]].abs().max()))
 
     OUT.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous().float() for k, v in tensors.items()}, OUT / "tensors.safetensors")
+    contiguous = {k: v.contiguous().float() for k, v in tensors.items()}
+    save_file(contiguous, OUT / "tensors.safetensors")
     lines = ",\n".join(json.dumps(case) for case in manifest["cases"])
-    head = json.dumps(manifest["comfyui_commit"])
-    (OUT / "manifest.json").write_text(f'{{"comfyui_commit": {head}, "cases": [\n{lines}\n]}}\n')
+    head = json.dumps({k: v for k, v in manifest.items() if k != "cases"})[:-1]
+    (OUT / "manifest.json").write_text(f'{head}, "cases": [\n{lines}\n]}}\n')
     print(f"{len(manifest['cases'])} cases written to {OUT}")
 
 
@@ -210,25 +171,23 @@ def comfy_nodes_module() -> Any:
     return module
 
 
+def custom_sampler(ncs: Any, model: Any, spec: str | dict[str, Any]) -> Any:
+    """The SAMPLER of a case: KSamplerSelect by name, or a sampler node with its options."""
+    if isinstance(spec, str):
+        return ncs.KSamplerSelect.execute(spec).result[0]
+    fields = {k: v for k, v in spec.items() if k != "node"}
+    if spec["node"] in C.SAMPLERS_FROM_MODEL:
+        fields["model"] = model
+    return getattr(ncs, spec["node"]).execute(**fields).result[0]
+
+
 def custom_sigmas(ncs: Any, model: Any, spec: dict[str, Any]) -> torch.Tensor:
     """The SIGMAS of a custom-sampling case, through ComfyUI's scheduler and sigma nodes."""
-    node = spec["node"]
-    if node == "BasicScheduler":
-        sigmas = ncs.BasicScheduler.execute(
-            model, spec["scheduler"], spec["steps"], spec["denoise"]
-        ).result[0]
-    elif node == "KarrasScheduler":
-        sigmas = ncs.KarrasScheduler.execute(
-            spec["steps"], spec["sigma_max"], spec["sigma_min"], spec["rho"]
-        ).result[0]
-    elif node == "ExponentialScheduler":
-        sigmas = ncs.ExponentialScheduler.execute(
-            spec["steps"], spec["sigma_max"], spec["sigma_min"]
-        ).result[0]
-    elif node == "SDTurboScheduler":
-        sigmas = ncs.SDTurboScheduler.execute(model, spec["steps"], spec["denoise"]).result[0]
-    else:
-        raise ValueError(node)
+    fields = {k: v for k, v in spec.items() if k not in C.SIGMA_STEPS}
+    node = getattr(ncs, fields.pop("node"))
+    if spec["node"] in C.SIGMAS_FROM_MODEL:
+        fields["model"] = model
+    sigmas = node.execute(**fields).result[0]
     if "split" in spec:
         high, low = ncs.SplitSigmas.execute(sigmas, spec["split"]).result
         sigmas = high if spec["half"] == "high" else low
@@ -239,19 +198,9 @@ def custom_sigmas(ncs: Any, model: Any, spec: dict[str, Any]) -> torch.Tensor:
 
 def custom_guider(ncs: Any, model: Any, spec: dict[str, Any], cond: Any) -> Any:
     """The GUIDER of a SamplerCustomAdvanced case, through ComfyUI's guider nodes."""
-    if spec["node"] == "BasicGuider":
-        return ncs.BasicGuider.execute(model, cond("cond")).result[0]
-    if spec["node"] == "CFGGuider":
-        return ncs.CFGGuider.execute(model, cond("cond"), cond("uncond"), spec["cfg"]).result[0]
-    return ncs.DualCFGGuider.execute(
-        model,
-        cond("cond"),
-        cond("cond2"),
-        cond("uncond"),
-        spec["cfg_conds"],
-        spec["cfg_cond2_negative"],
-        spec["style"],
-    ).result[0]
+    fields = {k: v for k, v in spec.items() if k != "node"}
+    prompts = {name: cond(slot) for name, slot in C.GUIDER_PROMPTS[spec["node"]].items()}
+    return getattr(ncs, spec["node"]).execute(model=model, **prompts, **fields).result[0]
 
 
 if __name__ == "__main__":

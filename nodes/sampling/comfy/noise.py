@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -51,7 +52,9 @@ class _Tree:
         device, dtype = t0.device, t0.dtype
         if self.cpu:
             t0, t1 = t0.detach().cpu().float(), t1.detach().cpu().float()
-        w = self.tree(t0, t1).to(device=device, dtype=dtype)
+        with warnings.catch_warnings():  # torchsde warns of float32 rounding at the ends
+            warnings.filterwarnings("ignore", message="Should have", category=UserWarning)
+            w = self.tree(t0, t1).to(device=device, dtype=dtype)
         return w * (self.sign * sign)
 
 

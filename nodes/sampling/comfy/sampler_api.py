@@ -10,31 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 
+from .model_sampling import ModelSampling
+
 NoiseSampler = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """(sigma, sigma_next) -> a standard normal tensor shaped like the latent."""
-
-
-class ModelSampling(Protocol):
-    """The model's noise schedule and prediction type (nodes.sampling.comfy.model_sampling)."""
-
-    sigmas: torch.Tensor
-    sigma_min: torch.Tensor
-    sigma_max: torch.Tensor
-
-    def timestep(self, sigma: torch.Tensor) -> torch.Tensor: ...
-    def sigma(self, timestep: torch.Tensor) -> torch.Tensor: ...
-    def percent_to_sigma(self, percent: float) -> float: ...
-    def noise_scaling(
-        self,
-        sigma: torch.Tensor,
-        noise: torch.Tensor,
-        latent: torch.Tensor,
-        max_denoise: bool = False,
-    ) -> torch.Tensor: ...
 
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

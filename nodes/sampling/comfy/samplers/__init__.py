@@ -3,7 +3,8 @@
 The algorithms live by kind: Euler / Heun / DPM2 (euler), linear multistep and its kin
 (multistep), DPM-Solver++ and the SDE samplers (dpmpp), one-step-at-a-time stochastic ones
 (stepwise), DPM-Solver fast / adaptive (dpm_solver), UniPC (unipc), DEIS (deis), SA-Solver
-(sa_solver).
+(sa_solver); `steps` holds what they share (the step loop, the model call that reports the
+step, Euler / CFG++ moves, half-log-SNR math).
 """
 
 from __future__ import annotations

@@ -92,7 +92,7 @@ def sample_deis(
             x = x + (sigma_next - sigma) * d
         else:
             x = _combine(x, d, weights[i], history)
-        history = (history + [d])[-(max_order - 1):] if max_order > 1 else []
+        history = (history + [d])[-(max_order - 1) :] if max_order > 1 else []
     return x
 
 

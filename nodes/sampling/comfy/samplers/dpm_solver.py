@@ -13,30 +13,31 @@ import torch
 
 from ..sampler_api import SamplerRun, SamplerSpec, ancestral_step
 
+Tensor = torch.Tensor
 
-def _sigma_of(t: torch.Tensor) -> torch.Tensor:
+
+def _sigma_of(t: Tensor) -> Tensor:
     return t.neg().exp()
 
 
-def _time_of(sigma: torch.Tensor) -> torch.Tensor:
+def _time_of(sigma: Tensor) -> Tensor:
     return -sigma.log()
 
 
-def _noise_eps(run: SamplerRun, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+def _noise_eps(run: SamplerRun, x: Tensor, t: Tensor) -> Tensor:
     """The model's noise estimate at time t (one evaluation)."""
     return (x - run.denoise(x, _sigma_of(t))) / _sigma_of(t)
 
 
-def _order1(x: torch.Tensor, t: torch.Tensor, t_to: torch.Tensor, e0: torch.Tensor) -> torch.Tensor:
+def _order1(x: Tensor, t: Tensor, t_to: Tensor, e0: Tensor) -> Tensor:
     """DPM-Solver-1 (DDIM) from t to t_to given the noise estimate at t."""
     h = t_to - t
     return x - _sigma_of(t_to) * h.expm1() * e0
 
 
 def _order2(
-    run: SamplerRun, x: torch.Tensor, t: torch.Tensor, t_to: torch.Tensor, e0: torch.Tensor,
-    r1: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    run: SamplerRun, x: Tensor, t: Tensor, t_to: Tensor, e0: Tensor, r1: float
+) -> tuple[Tensor, Tensor]:
     """DPM-Solver-2 with its midpoint at fraction r1: (the new x, the midpoint's estimate)."""
     h = t_to - t
     s1 = t + r1 * h
@@ -48,9 +49,8 @@ def _order2(
 
 
 def _order3(
-    run: SamplerRun, x: torch.Tensor, t: torch.Tensor, t_to: torch.Tensor, e0: torch.Tensor,
-    e1: torch.Tensor | None = None,
-) -> torch.Tensor:
+    run: SamplerRun, x: Tensor, t: Tensor, t_to: Tensor, e0: Tensor, e1: Tensor | None = None
+) -> Tensor:
     """DPM-Solver-3 (stages at 1/3 and 2/3); `e1` reuses a known estimate at the 1/3 stage."""
     r1, r2 = 1 / 3, 2 / 3
     h = t_to - t
@@ -65,7 +65,7 @@ def _order3(
     return x - sigma_to * h.expm1() * e0 - sigma_to / r2 * (h.expm1() / h - 1) * (e2 - e0)
 
 
-def _ends(sigmas: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _ends(sigmas: Tensor) -> tuple[Tensor, Tensor]:
     """(t at sigmas[0], t at the last non-zero sigma), as ComfyUI's ksampler picks them."""
     low = sigmas[-2] if sigmas[-1] == 0 else sigmas[-1]
     if low <= 0 or sigmas[0] <= 0:
@@ -74,8 +74,8 @@ def _ends(sigmas: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _noisy_target(
-    t: torch.Tensor, t_next: torch.Tensor, t_end: torch.Tensor, eta: float
-) -> tuple[torch.Tensor, torch.Tensor | float]:
+    t: Tensor, t_next: Tensor, t_end: Tensor, eta: float
+) -> tuple[Tensor, Tensor | float]:
     """(where an ancestral step's deterministic part lands, the noise it adds back)."""
     if not eta:
         return t_next, 0.0
@@ -93,8 +93,8 @@ def _stage_orders(evaluations: int) -> list[int]:
 
 
 def sample_dpm_fast(
-    run: SamplerRun, x: torch.Tensor, sigmas: torch.Tensor, eta: float = 0.0, s_noise: float = 1.0
-) -> torch.Tensor:
+    run: SamplerRun, x: Tensor, sigmas: Tensor, eta: float = 0.0, s_noise: float = 1.0
+) -> Tensor:
     """DPM-Solver-fast: len(sigmas) - 1 evaluations spent on equal steps in t."""
     if len(sigmas) <= 1:
         return x
@@ -124,17 +124,24 @@ class _StepControl:
     """The PID step-size controller: grows or shrinks h from the scaled error, accepts or not."""
 
     def __init__(
-        self, h: float, pcoeff: float, icoeff: float, dcoeff: float, order: float,
+        self,
+        h: float,
+        pcoeff: float,
+        icoeff: float,
+        dcoeff: float,
+        order: float,
         accept_safety: float,
     ) -> None:
         self.h = h
         self.weights = (
-            (pcoeff + icoeff + dcoeff) / order, -(pcoeff + 2 * dcoeff) / order, dcoeff / order
+            (pcoeff + icoeff + dcoeff) / order,
+            -(pcoeff + 2 * dcoeff) / order,
+            dcoeff / order,
         )
         self.accept_safety = accept_safety
         self.history: list[float] = []
 
-    def judge(self, error: torch.Tensor) -> bool:
+    def judge(self, error: Tensor) -> bool:
         """Rescale h for the step just tried; whether that step is kept."""
         inverse = 1 / (float(error) + 1e-8)
         if not self.history:
@@ -152,8 +159,8 @@ class _StepControl:
 
 def sample_dpm_adaptive(
     run: SamplerRun,
-    x: torch.Tensor,
-    sigmas: torch.Tensor,
+    x: Tensor,
+    sigmas: Tensor,
     order: int = 3,
     rtol: float = 0.05,
     atol: float = 0.0078,
@@ -164,7 +171,7 @@ def sample_dpm_adaptive(
     accept_safety: float = 0.81,
     eta: float = 0.0,
     s_noise: float = 1.0,
-) -> torch.Tensor:
+) -> Tensor:
     """DPM-Solver-12 / 23: an embedded pair of orders picks each step's size; `order` per try."""
     if len(sigmas) <= 1:
         return x
@@ -175,7 +182,11 @@ def sample_dpm_adaptive(
     if eta and not forward:
         raise ValueError("dpm_adaptive: eta must be 0 when sampling towards more noise")
     control = _StepControl(
-        abs(h_init) * (1 if forward else -1), pcoeff, icoeff, dcoeff, 1.5 if eta else order,
+        abs(h_init) * (1 if forward else -1),
+        pcoeff,
+        icoeff,
+        dcoeff,
+        1.5 if eta else order,
         accept_safety,
     )
     atol_t, rtol_t = torch.tensor(atol), torch.tensor(rtol)

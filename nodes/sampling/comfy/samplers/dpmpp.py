@@ -7,105 +7,175 @@ rounding, so they are kept here too.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 
-from ..sampler_api import NoiseSampler, SamplerRun, SamplerSpec, ancestral_step, to_d
+from ..sampler_api import NoiseSampler, SamplerRun, SamplerSpec, ancestral_step
+from .steps import (
+    ancestral_steps,
+    cfg_pp_shifted,
+    euler_to,
+    guided_pair,
+    h_phi_1,
+    h_phi_2,
+    half_log_snr,
+    observe,
+    observe_pair,
+    schedule_steps,
+    sigma_at,
+)
 
 Tensor = torch.Tensor
 
 
-# -- shared with euler and multistep: the step loop, exponential-integrator math -------------------
-
-
-def half_log_snr(sigma: Tensor) -> Tensor:
-    """lambda = log(alpha / sigma) = -log(sigma) for a variance-exploding sigma."""
-    return sigma.log().neg()
-
-
-def sigma_at(lam: Tensor) -> Tensor:
-    """The sigma of a half-log-SNR (the inverse of half_log_snr)."""
-    return lam.neg().exp()
-
-
-def h_phi_1(h: Tensor) -> Tensor:
-    """h * phi_1(h) = e^h - 1."""
-    return torch.expm1(h)
-
-
-def h_phi_2(h: Tensor) -> Tensor:
-    """h * phi_2(h) = (e^h - 1 - h) / h."""
-    return (torch.expm1(h) - h) / h
-
-
-def schedule_steps(sigmas: Tensor) -> Iterator[tuple[int, Tensor, Tensor]]:
-    """(step index, sigma, next sigma) for each step of a schedule."""
-    return zip(range(len(sigmas) - 1), sigmas[:-1], sigmas[1:], strict=True)
-
-
-# -- DPM-Solver++(2S) ancestral ----------------------------------------------------------------
-
-
 def dpmpp_2s_ancestral(
-    run: SamplerRun, x: Tensor, sigmas: Tensor, eta: float = 1.0, s_noise: float = 1.0
+    run: SamplerRun,
+    x: Tensor,
+    sigmas: Tensor,
+    eta: float = 1.0,
+    s_noise: float = 1.0,
+    cfg_pp: bool = False,
 ) -> Tensor:
-    """Two-stage DPM-Solver++ to sigma_down (midpoint in lambda), then ancestral noise."""
-    noise = run.default_noise(x)
-    for i, sigma, sigma_next in schedule_steps(sigmas):
-        denoised = run.denoise(x, sigma)
-        down, up = ancestral_step(sigma, sigma_next, eta)
-        run.step(i, x, denoised, sigma)
-        if down == 0:
-            x = x + to_d(x, sigma, denoised) * (down - sigma)
-        else:
-            lam, lam_down = half_log_snr(sigma), half_log_snr(down)
-            h = lam_down - lam
-            lam_mid = lam + 0.5 * h
-            x_mid = (sigma_at(lam_mid) / sigma_at(lam)) * x - (-h * 0.5).expm1() * denoised
-            denoised_mid = run.denoise(x_mid, sigma_at(lam_mid))
-            x = (sigma_at(lam_down) / sigma_at(lam)) * x - (-h).expm1() * denoised_mid
-        if sigma_next > 0:
-            x = x + noise(sigma, sigma_next) * s_noise * up
-    return x
+    """Two-stage DPM-Solver++ to sigma_down (midpoint in lambda), then ancestral noise.
 
-
-def dpmpp_2s_ancestral_cfg_pp(
-    run: SamplerRun, x: Tensor, sigmas: Tensor, eta: float = 1.0, s_noise: float = 1.0
-) -> Tensor:
-    """CFG++ DPM-Solver++(2S) ancestral.
-
-    As in ComfyUI, the final update pairs the first evaluation's guided x0 with the second
-    evaluation's negative x0 (its post-cfg hook keeps only the latest one).
+    With `cfg_pp`, as in ComfyUI, the final update pairs the first evaluation's guided x0 with the
+    second evaluation's negative x0 (its post-cfg hook keeps only the latest one).
     """
     noise = run.default_noise(x)
-    for i, sigma, sigma_next in schedule_steps(sigmas):
-        denoised, uncond = run.denoise_pair(x, sigma)
-        down, up = ancestral_step(sigma, sigma_next, eta)
-        run.step(i, x, denoised, sigma)
+    for i, sigma, sigma_next, down, up in ancestral_steps(sigmas, eta):
+        denoised, uncond = observe_pair(run, i, x, sigma, cfg_pp)
         if down == 0:
-            x = denoised + to_d(x, sigma, uncond) * down
+            x = euler_to(x, sigma, down, denoised, uncond, cfg_pp)
         else:
             lam, lam_down = half_log_snr(sigma), half_log_snr(down)
             h = lam_down - lam
             lam_mid = lam + 0.5 * h
-            shifted = x + (denoised - uncond)
+            shifted = cfg_pp_shifted(x, denoised, uncond, cfg_pp)
             x_mid = (sigma_at(lam_mid) / sigma_at(lam)) * shifted - (-h * 0.5).expm1() * denoised
-            denoised_mid, uncond = run.denoise_pair(x_mid, sigma_at(lam_mid))
-            shifted = x + (denoised - uncond)
+            denoised_mid, uncond = guided_pair(run, x_mid, sigma_at(lam_mid), cfg_pp)
+            shifted = cfg_pp_shifted(x, denoised, uncond, cfg_pp)
             x = (sigma_at(lam_down) / sigma_at(lam)) * shifted - (-h).expm1() * denoised_mid
         if sigma_next > 0:
             x = x + noise(sigma, sigma_next) * s_noise * up
     return x
 
 
-# -- DPM-Solver++ SDE (single step, Brownian noise) ---------------------------------------------
+# -- the single-step SDE solvers: DPM-Solver++ SDE, SEEDS-2 / exponential Heun, SEEDS-3 -----------
 
 
-def _ancestral_lambda(lam: Tensor, lam_to: Tensor, eta: float) -> tuple[Tensor, Tensor | float]:
-    """The ancestral split of a lambda step: (lambda landed on, noise sigma to add)."""
-    down, up = ancestral_step(sigma_at(lam), sigma_at(lam_to), eta)
-    return half_log_snr(down), up
+class _Point(NamedTuple):
+    """A point of an SDE step: its fraction r of the step, its lambda, sigma and alpha."""
+
+    r: float
+    lam: Tensor
+    sigma: Tensor
+    alpha: Tensor
+
+
+def _point(r: float, lam: Tensor) -> _Point:
+    """The point at lambda `lam`, fraction r of its step."""
+    sigma = sigma_at(lam)
+    return _Point(r, lam, sigma, sigma * lam.exp())
+
+
+class _SdeStep:
+    """One lambda step of the data-prediction SDE solvers: its points, moves and noise source."""
+
+    def __init__(
+        self,
+        sigma: Tensor,
+        sigma_next: Tensor,
+        eta: float,
+        noise: NoiseSampler | None,
+        s_noise: float,
+    ) -> None:
+        self.sigma, self.eta, self.noise, self.s_noise = sigma, eta, noise, s_noise
+        self.lam, lam_next = half_log_snr(sigma), half_log_snr(sigma_next)
+        self.h = lam_next - self.lam
+        self.h_eta = self.h * (eta + 1)
+        self.end = _Point(1.0, lam_next, sigma_next, sigma_next * lam_next.exp())
+
+    def point(self, r: float) -> _Point:
+        """The point at fraction r of the step (a lerp in lambda)."""
+        return _point(r, torch.lerp(self.lam, self.end.lam, r))
+
+    def decay(self, x: Tensor, to: _Point) -> Tensor:
+        """What is left of x at `to`: (its sigma / sigma) * e^(-r h eta) * x."""
+        return to.sigma / self.sigma * (-to.r * self.h * self.eta).exp() * x
+
+    def first_order(self, x: Tensor, x0: Tensor, to: _Point) -> Tensor:
+        """The first-order (phi_1) move to `to` on one x0 estimate."""
+        return self.decay(x, to) - to.alpha * h_phi_1(-to.r * self.h_eta) * x0
+
+    def weighted(self, x: Tensor, x0_terms: Tensor, to: _Point) -> Tensor:
+        """The move to `to` on a weighted sum of x0 estimates."""
+        return self.decay(x, to) - to.alpha * x0_terms
+
+
+class _CarriedNoise:
+    """SEEDS's noise over a step's stages: fresh at the first, then carried, decayed, topped up."""
+
+    def __init__(self, step: _SdeStep) -> None:
+        self.step = step
+        self.carried: Tensor | None = None
+        self.r, self.sigma = 0.0, step.sigma
+
+    def add(self, x: Tensor, to: _Point) -> Tensor:
+        """x at `to` plus the noise carried there."""
+        step, noise = self.step, self.step.noise
+        if noise is None:
+            return x
+        if self.carried is None:
+            fresh = (-2 * to.r * step.h * step.eta).expm1().neg().sqrt()
+            self.carried = fresh * noise(self.sigma, to.sigma)
+        else:
+            segment = (self.r - to.r) * step.h * step.eta
+            fresh = segment.mul(2).expm1().neg().sqrt() * noise(self.sigma, to.sigma)
+            self.carried = self.carried * segment.exp() + fresh
+        self.r, self.sigma = to.r, to.sigma
+        return x + self.carried * to.sigma * step.s_noise
+
+
+def _noisy(noise: NoiseSampler, eta: float, s_noise: float) -> NoiseSampler | None:
+    """The noise an SDE solver adds, or None where eta or s_noise turns it off."""
+    return noise if eta > 0 and s_noise > 0 else None
+
+
+SdeMove = Callable[[Tensor, Tensor, _SdeStep], Tensor]
+"""(x, its x0 estimate, the step) -> x at the step's end."""
+
+
+def _sde_walk(
+    run: SamplerRun,
+    x: Tensor,
+    sigmas: Tensor,
+    move: SdeMove,
+    eta: float,
+    noise: NoiseSampler,
+    s_noise: float,
+) -> Tensor:
+    """Each step: the model's x0 estimate, straight onto it into sigma 0, else `move` there."""
+    added = _noisy(noise, eta, s_noise)
+    for i, sigma, sigma_next in schedule_steps(sigmas):
+        denoised = observe(run, i, x, sigma)
+        if sigma_next == 0:
+            x = denoised
+        else:
+            x = move(x, denoised, _SdeStep(sigma, sigma_next, eta, added, s_noise))
+    return x
+
+
+def _ancestral_stage(x: Tensor, x0: Tensor, step: _SdeStep, to: _Point) -> Tensor:
+    """A first-order move towards `to`, ancestral: to where its sigma_down lands, noise up."""
+    down, up = ancestral_step(sigma_at(step.lam), sigma_at(to.lam), step.eta)
+    h_eff = half_log_snr(down) - step.lam
+    alpha = step.sigma * step.lam.exp()
+    x = (to.alpha / alpha) * (-h_eff).exp() * x - to.alpha * (-h_eff).expm1() * x0
+    if step.noise is not None:
+        x = x + to.alpha * step.noise(step.sigma, to.sigma) * step.s_noise * up
+    return x
 
 
 def dpmpp_sde(
@@ -120,37 +190,75 @@ def dpmpp_sde(
     """DPM-Solver++ stochastic: an intermediate stage at lambda + r*h, Brownian-tree noise."""
     if len(sigmas) <= 1:
         return x
-    noise = run.brownian_noise(x, sigmas, cpu=cpu_tree)
-    noisy = eta > 0 and s_noise > 0
     blend = 1 / (2 * r)
-    for i, sigma, sigma_next in schedule_steps(sigmas):
-        denoised = run.denoise(x, sigma)
-        run.step(i, x, denoised, sigma)
-        if sigma_next == 0:
-            x = denoised
-            continue
-        lam, lam_next = half_log_snr(sigma), half_log_snr(sigma_next)
-        h = lam_next - lam
-        lam_mid = lam + r * h
-        sigma_mid = sigma_at(lam_mid)
-        alpha = sigma * lam.exp()
-        alpha_mid = sigma_mid * lam_mid.exp()
-        alpha_next = sigma_next * lam_next.exp()
 
-        reached, up = _ancestral_lambda(lam, lam_mid, eta)
-        h_eff = reached - lam
-        x_mid = (alpha_mid / alpha) * (-h_eff).exp() * x - alpha_mid * (-h_eff).expm1() * denoised
-        if noisy:
-            x_mid = x_mid + alpha_mid * noise(sigma, sigma_mid) * s_noise * up
-        denoised_mid = run.denoise(x_mid, sigma_mid)
-
-        reached, up = _ancestral_lambda(lam, lam_next, eta)
-        h_eff = reached - lam
+    def move(x: Tensor, denoised: Tensor, step: _SdeStep) -> Tensor:
+        mid = _point(r, step.lam + r * step.h)
+        denoised_mid = run.denoise(_ancestral_stage(x, denoised, step, mid), mid.sigma)
         mixed = (1 - blend) * denoised + blend * denoised_mid
-        x = (alpha_next / alpha) * (-h_eff).exp() * x - alpha_next * (-h_eff).expm1() * mixed
-        if noisy:
-            x = x + alpha_next * noise(sigma, sigma_next) * s_noise * up
-    return x
+        return _ancestral_stage(x, mixed, step, step.end)
+
+    noise = run.brownian_noise(x, sigmas, cpu=cpu_tree)
+    return _sde_walk(run, x, sigmas, move, eta, noise, s_noise)
+
+
+def _seeds_stage_1(
+    run: SamplerRun, x: Tensor, denoised: Tensor, step: _SdeStep, r: float
+) -> tuple[_CarriedNoise, Tensor]:
+    """SEEDS's first stage, a first-order move to fraction r: (its noise, the model's x0 there)."""
+    carry, to = _CarriedNoise(step), step.point(r)
+    return carry, run.denoise(carry.add(step.first_order(x, denoised, to), to), to.sigma)
+
+
+def seeds_2(
+    run: SamplerRun,
+    x: Tensor,
+    sigmas: Tensor,
+    eta: float = 1.0,
+    s_noise: float = 1.0,
+    r: float = 0.5,
+    solver_type: str = "phi_1",
+) -> Tensor:
+    """SEEDS-2 (stochastic exponential derivative-free, data prediction), two stages a step."""
+    if solver_type not in ("phi_1", "phi_2"):
+        raise ValueError("solver_type must be 'phi_1' or 'phi_2'")
+
+    def move(x: Tensor, denoised: Tensor, step: _SdeStep) -> Tensor:
+        carry, denoised_1 = _seeds_stage_1(run, x, denoised, step, r)
+        if solver_type == "phi_1":
+            x = step.first_order(x, torch.lerp(denoised, denoised_1, 1 / (2 * r)), step.end)
+        else:
+            b_1 = h_phi_2(-step.h_eta) / r
+            b_0 = h_phi_1(-step.h_eta) - b_1
+            x = step.weighted(x, b_0 * denoised + b_1 * denoised_1, step.end)
+        return carry.add(x, step.end)
+
+    return _sde_walk(run, x, sigmas, move, eta, run.default_noise(x), s_noise)
+
+
+def seeds_3(
+    run: SamplerRun,
+    x: Tensor,
+    sigmas: Tensor,
+    eta: float = 1.0,
+    s_noise: float = 1.0,
+    r_1: float = 1.0 / 3,
+    r_2: float = 2.0 / 3,
+) -> Tensor:
+    """SEEDS-3: three stages a step at lambda fractions r_1 and r_2."""
+
+    def move(x: Tensor, denoised: Tensor, step: _SdeStep) -> Tensor:
+        carry, denoised_1 = _seeds_stage_1(run, x, denoised, step, r_1)
+        second = step.point(r_2)
+        a_1 = r_2 / r_1 * h_phi_2(-r_2 * step.h_eta)
+        a_0 = h_phi_1(-r_2 * step.h_eta) - a_1
+        x_2 = carry.add(step.weighted(x, a_0 * denoised + a_1 * denoised_1, second), second)
+        denoised_2 = run.denoise(x_2, second.sigma)
+        b_2 = h_phi_2(-step.h_eta) / r_2
+        b_0 = h_phi_1(-step.h_eta) - b_2
+        return carry.add(step.weighted(x, b_0 * denoised + b_2 * denoised_2, step.end), step.end)
+
+    return _sde_walk(run, x, sigmas, move, eta, run.default_noise(x), s_noise)
 
 
 # -- DPM-Solver++(2M) / (3M) SDE ----------------------------------------------------------------
@@ -161,7 +269,7 @@ def _sde_noise_scale(h: Tensor, eta: float) -> Tensor:
     return (-2 * h * eta).expm1().neg().sqrt()
 
 
-def dpmpp_2m_sde(
+def dpmpp_multistep_sde(
     run: SamplerRun,
     x: Tensor,
     sigmas: Tensor,
@@ -170,57 +278,29 @@ def dpmpp_2m_sde(
     solver_type: str = "midpoint",
     cpu_tree: bool = True,
 ) -> Tensor:
-    """Second-order multistep DPM-Solver++ SDE ('midpoint' or 'heun' correction)."""
-    return _dpmpp_multistep_sde(run, x, sigmas, eta, s_noise, cpu_tree, 2, solver_type)
-
-
-def dpmpp_3m_sde(
-    run: SamplerRun,
-    x: Tensor,
-    sigmas: Tensor,
-    eta: float = 1.0,
-    s_noise: float = 1.0,
-    cpu_tree: bool = True,
-) -> Tensor:
-    """Third-order multistep DPM-Solver++ SDE."""
-    return _dpmpp_multistep_sde(run, x, sigmas, eta, s_noise, cpu_tree, 3, "3m")
-
-
-def _dpmpp_multistep_sde(
-    run: SamplerRun,
-    x: Tensor,
-    sigmas: Tensor,
-    eta: float,
-    s_noise: float,
-    cpu_tree: bool,
-    order: int,
-    solver_type: str,
-) -> Tensor:
-    """The 2M / 3M SDE loop: a first-order exponential step plus history corrections."""
+    """Multistep DPM-Solver++ SDE: 2M ('midpoint' or 'heun' correction) or 3M ('3m')."""
     if solver_type not in ("midpoint", "heun", "3m"):
         raise ValueError("solver_type must be 'heun' or 'midpoint'")
+    order = 3 if solver_type == "3m" else 2
     if len(sigmas) <= 1:
         return x
-    noise = run.brownian_noise(x, sigmas, cpu=cpu_tree)
+    noise = _noisy(run.brownian_noise(x, sigmas, cpu=cpu_tree), eta, s_noise)
     # the newest first: previous x0 estimates and the lambda steps that followed them
     past_x0: list[Tensor] = []
     past_h: list[Tensor] = []
     h = None
     for i, sigma, sigma_next in schedule_steps(sigmas):
-        denoised = run.denoise(x, sigma)
-        run.step(i, x, denoised, sigma)
+        denoised = observe(run, i, x, sigma)
         if sigma_next == 0:
             x = denoised
         else:
-            lam, lam_next = half_log_snr(sigma), half_log_snr(sigma_next)
-            h = lam_next - lam
-            h_eta = h * (eta + 1)
-            alpha_next = sigma_next * lam_next.exp()
-            x = sigma_next / sigma * (-h * eta).exp() * x
-            x = x + alpha_next * (-h_eta).expm1().neg() * denoised
-            x = _history_terms(x, denoised, past_x0, past_h, h, h_eta, alpha_next, solver_type)
-            if eta > 0 and s_noise > 0:
-                x = x + noise(sigma, sigma_next) * sigma_next * _sde_noise_scale(h, eta) * s_noise
+            step = _SdeStep(sigma, sigma_next, eta, noise, s_noise)
+            x = step.first_order(x, denoised, step.end)
+            x = _history_terms(x, denoised, past_x0, past_h, step, solver_type)
+            if noise is not None:
+                scale = _sde_noise_scale(step.h, eta)
+                x = x + noise(sigma, sigma_next) * sigma_next * scale * s_noise
+            h = step.h
         past_x0 = [denoised, *past_x0][: order - 1]
         if h is not None:
             past_h = [h, *past_h][: order - 1]
@@ -232,14 +312,13 @@ def _history_terms(
     denoised: Tensor,
     past_x0: list[Tensor],
     past_h: list[Tensor],
-    h: Tensor,
-    h_eta: Tensor,
-    alpha_next: Tensor,
+    step: _SdeStep,
     solver_type: str,
 ) -> Tensor:
     """Add the higher-order terms the x0 history allows (none on the first step)."""
     if not past_h:
         return x
+    h, h_eta, alpha_next = step.h, step.h_eta, step.end.alpha
     if solver_type == "3m":
         phi_2 = h_eta.neg().expm1() / h_eta + 1
         r0 = past_h[0] / h
@@ -258,116 +337,6 @@ def _history_terms(
         weight = (-h_eta).expm1().neg() / (-h_eta) + 1
         return x + alpha_next * weight * inverse_ratio * change
     return x + 0.5 * alpha_next * (-h_eta).expm1().neg() * inverse_ratio * change
-
-
-# -- SEEDS-2 / exponential Heun / SEEDS-3 ---------------------------------------------------------
-
-
-def seeds_2(
-    run: SamplerRun,
-    x: Tensor,
-    sigmas: Tensor,
-    eta: float = 1.0,
-    s_noise: float = 1.0,
-    r: float = 0.5,
-    solver_type: str = "phi_1",
-) -> Tensor:
-    """SEEDS-2 (stochastic exponential derivative-free, data prediction), two stages a step."""
-    if solver_type not in ("phi_1", "phi_2"):
-        raise ValueError("solver_type must be 'phi_1' or 'phi_2'")
-    noise = run.default_noise(x)
-    noisy = eta > 0 and s_noise > 0
-    for i, sigma, sigma_next in schedule_steps(sigmas):
-        denoised = run.denoise(x, sigma)
-        run.step(i, x, denoised, sigma)
-        if sigma_next == 0:
-            x = denoised
-            continue
-        lam, lam_next = half_log_snr(sigma), half_log_snr(sigma_next)
-        h = lam_next - lam
-        h_eta = h * (eta + 1)
-        lam_1 = torch.lerp(lam, lam_next, r)
-        sigma_1 = sigma_at(lam_1)
-        alpha_1 = sigma_1 * lam_1.exp()
-        alpha_next = sigma_next * lam_next.exp()
-
-        x_1 = sigma_1 / sigma * (-r * h * eta).exp() * x
-        x_1 = x_1 - alpha_1 * h_phi_1(-r * h_eta) * denoised
-        if noisy:
-            carried = (-2 * r * h * eta).expm1().neg().sqrt() * noise(sigma, sigma_1)
-            x_1 = x_1 + carried * sigma_1 * s_noise
-        denoised_1 = run.denoise(x_1, sigma_1)
-
-        decay = sigma_next / sigma * (-h * eta).exp() * x
-        if solver_type == "phi_1":
-            x = decay - alpha_next * h_phi_1(-h_eta) * torch.lerp(denoised, denoised_1, 1 / (2 * r))
-        else:
-            b_1 = h_phi_2(-h_eta) / r
-            b_0 = h_phi_1(-h_eta) - b_1
-            x = decay - alpha_next * (b_0 * denoised + b_1 * denoised_1)
-        if noisy:
-            carried = _carry_noise(carried, (r - 1) * h * eta, noise, sigma_1, sigma_next)
-            x = x + carried * sigma_next * s_noise
-    return x
-
-
-def _carry_noise(
-    carried: Tensor, segment: Tensor, noise: NoiseSampler, sigma: Tensor, sigma_next: Tensor
-) -> Tensor:
-    """Decay the noise carried from the previous stage and top it up with fresh noise."""
-    return carried * segment.exp() + segment.mul(2).expm1().neg().sqrt() * noise(sigma, sigma_next)
-
-
-def seeds_3(
-    run: SamplerRun,
-    x: Tensor,
-    sigmas: Tensor,
-    eta: float = 1.0,
-    s_noise: float = 1.0,
-    r_1: float = 1.0 / 3,
-    r_2: float = 2.0 / 3,
-) -> Tensor:
-    """SEEDS-3: three stages a step at lambda fractions r_1 and r_2."""
-    noise = run.default_noise(x)
-    noisy = eta > 0 and s_noise > 0
-    for i, sigma, sigma_next in schedule_steps(sigmas):
-        denoised = run.denoise(x, sigma)
-        run.step(i, x, denoised, sigma)
-        if sigma_next == 0:
-            x = denoised
-            continue
-        lam, lam_next = half_log_snr(sigma), half_log_snr(sigma_next)
-        h = lam_next - lam
-        h_eta = h * (eta + 1)
-        lam_1, lam_2 = torch.lerp(lam, lam_next, r_1), torch.lerp(lam, lam_next, r_2)
-        sigma_1, sigma_2 = sigma_at(lam_1), sigma_at(lam_2)
-        alpha_1, alpha_2 = sigma_1 * lam_1.exp(), sigma_2 * lam_2.exp()
-        alpha_next = sigma_next * lam_next.exp()
-
-        x_1 = sigma_1 / sigma * (-r_1 * h * eta).exp() * x
-        x_1 = x_1 - alpha_1 * h_phi_1(-r_1 * h_eta) * denoised
-        if noisy:
-            carried = (-2 * r_1 * h * eta).expm1().neg().sqrt() * noise(sigma, sigma_1)
-            x_1 = x_1 + carried * sigma_1 * s_noise
-        denoised_1 = run.denoise(x_1, sigma_1)
-
-        a_1 = r_2 / r_1 * h_phi_2(-r_2 * h_eta)
-        a_0 = h_phi_1(-r_2 * h_eta) - a_1
-        x_2 = sigma_2 / sigma * (-r_2 * h * eta).exp() * x
-        x_2 = x_2 - alpha_2 * (a_0 * denoised + a_1 * denoised_1)
-        if noisy:
-            carried = _carry_noise(carried, (r_1 - r_2) * h * eta, noise, sigma_1, sigma_2)
-            x_2 = x_2 + carried * sigma_2 * s_noise
-        denoised_2 = run.denoise(x_2, sigma_2)
-
-        b_2 = h_phi_2(-h_eta) / r_2
-        b_0 = h_phi_1(-h_eta) - b_2
-        x = sigma_next / sigma * (-h * eta).exp() * x
-        x = x - alpha_next * (b_0 * denoised + b_2 * denoised_2)
-        if noisy:
-            carried = _carry_noise(carried, (r_2 - 1) * h * eta, noise, sigma_2, sigma_next)
-            x = x + carried * sigma_next * s_noise
-    return x
 
 
 # -- ER-SDE ----------------------------------------------------------------------------------------
@@ -391,8 +360,7 @@ def er_sde(
     prev_x0: Tensor | None = None
     prev_slope: Tensor | None = None
     for i, sigma, sigma_next in schedule_steps(sigmas):
-        denoised = run.denoise(x, sigma)
-        run.step(i, x, denoised, sigma)
+        denoised = observe(run, i, x, sigma)
         stages = min(max_stage, i + 1)
         if sigma_next == 0:
             x = denoised
@@ -425,17 +393,21 @@ def er_sde(
 
 SAMPLERS: dict[str, SamplerSpec] = {
     "dpmpp_2s_ancestral": SamplerSpec(dpmpp_2s_ancestral, evaluations_per_step=2),
-    "dpmpp_2s_ancestral_cfg_pp": SamplerSpec(dpmpp_2s_ancestral_cfg_pp, evaluations_per_step=2),
+    "dpmpp_2s_ancestral_cfg_pp": SamplerSpec(
+        dpmpp_2s_ancestral, evaluations_per_step=2, options={"cfg_pp": True}
+    ),
     "dpmpp_sde": SamplerSpec(dpmpp_sde, evaluations_per_step=2),
     "dpmpp_sde_gpu": SamplerSpec(dpmpp_sde, evaluations_per_step=2, options={"cpu_tree": False}),
-    "dpmpp_2m_sde": SamplerSpec(dpmpp_2m_sde),
-    "dpmpp_2m_sde_gpu": SamplerSpec(dpmpp_2m_sde, options={"cpu_tree": False}),
-    "dpmpp_2m_sde_heun": SamplerSpec(dpmpp_2m_sde, options={"solver_type": "heun"}),
+    "dpmpp_2m_sde": SamplerSpec(dpmpp_multistep_sde),
+    "dpmpp_2m_sde_gpu": SamplerSpec(dpmpp_multistep_sde, options={"cpu_tree": False}),
+    "dpmpp_2m_sde_heun": SamplerSpec(dpmpp_multistep_sde, options={"solver_type": "heun"}),
     "dpmpp_2m_sde_heun_gpu": SamplerSpec(
-        dpmpp_2m_sde, options={"solver_type": "heun", "cpu_tree": False}
+        dpmpp_multistep_sde, options={"solver_type": "heun", "cpu_tree": False}
     ),
-    "dpmpp_3m_sde": SamplerSpec(dpmpp_3m_sde),
-    "dpmpp_3m_sde_gpu": SamplerSpec(dpmpp_3m_sde, options={"cpu_tree": False}),
+    "dpmpp_3m_sde": SamplerSpec(dpmpp_multistep_sde, options={"solver_type": "3m"}),
+    "dpmpp_3m_sde_gpu": SamplerSpec(
+        dpmpp_multistep_sde, options={"solver_type": "3m", "cpu_tree": False}
+    ),
     "exp_heun_2_x0": SamplerSpec(
         seeds_2,
         evaluations_per_step=2,

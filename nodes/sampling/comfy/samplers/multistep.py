@@ -8,8 +8,17 @@ import numpy as np
 import torch
 from scipy import integrate
 
-from ..sampler_api import SamplerRun, SamplerSpec, ancestral_step, to_d
-from .dpmpp import half_log_snr, schedule_steps, sigma_at
+from ..sampler_api import SamplerRun, SamplerSpec, to_d
+from .steps import (
+    ancestral_steps,
+    cfg_pp_shifted,
+    euler_to,
+    half_log_snr,
+    observe,
+    observe_pair,
+    schedule_steps,
+    sigma_at,
+)
 
 Tensor = torch.Tensor
 
@@ -44,9 +53,8 @@ def lms(run: SamplerRun, x: Tensor, sigmas: Tensor, order: int = 4) -> Tensor:
     nodes = sigmas.detach().cpu().numpy()
     slopes: deque[Tensor] = deque(maxlen=order)
     for i, sigma, sigma_next in schedule_steps(sigmas):
-        denoised = run.denoise(x, sigma)
+        denoised = observe(run, i, x, sigma)
         slopes.append(to_d(x, sigma, denoised))
-        run.step(i, x, denoised, sigma)
         if sigma_next == 0:
             x = denoised
             continue
@@ -113,8 +121,7 @@ def ipndm(
     weights for the actual (unequal) step sizes (iPNDM-v)."""
     earlier: deque[Tensor] = deque(maxlen=max_order - 1)
     for i, sigma, sigma_next in schedule_steps(sigmas):
-        denoised = run.denoise(x, sigma)
-        run.step(i, x, denoised, sigma)
+        denoised = observe(run, i, x, sigma)
         slope = (x - denoised) / sigma
         order = min(max_order, i + 1)
         if sigma_next == 0:
@@ -139,36 +146,26 @@ def ipndm(
 # -- DPM-Solver++(2M) ----------------------------------------------------------------------------
 
 
-def dpmpp_2m(run: SamplerRun, x: Tensor, sigmas: Tensor) -> Tensor:
-    """DPM-Solver++(2M): exponential-integrator steps with a linear x0 extrapolation."""
+def dpmpp_2m(run: SamplerRun, x: Tensor, sigmas: Tensor, cfg_pp: bool = False) -> Tensor:
+    """DPM-Solver++(2M): exponential steps on a linear x0 extrapolation (CFG++ with cfg_pp)."""
     previous: Tensor | None = None
     for i, sigma, sigma_next in schedule_steps(sigmas):
-        denoised = run.denoise(x, sigma)
-        run.step(i, x, denoised, sigma)
+        denoised, uncond = observe_pair(run, i, x, sigma, cfg_pp)
         lam, lam_next = half_log_snr(sigma), half_log_snr(sigma_next)
         h = lam_next - lam
-        target = denoised
+        half_inverse = None  # 1 / (2 * the last step's lambda length over this one's)
         if previous is not None and sigma_next != 0:
             half_inverse = 1 / (2 * ((lam - half_log_snr(sigmas[i - 1])) / h))
-            target = (1 + half_inverse) * denoised - half_inverse * previous
-        x = (sigma_at(lam_next) / sigma_at(lam)) * x - (-h).expm1() * target
-        previous = denoised
-    return x
-
-
-def dpmpp_2m_cfg_pp(run: SamplerRun, x: Tensor, sigmas: Tensor) -> Tensor:
-    """CFG++ DPM-Solver++(2M): the decay acts on the negative prompt's x0."""
-    previous: Tensor | None = None
-    for i, sigma, sigma_next in schedule_steps(sigmas):
-        denoised, uncond = run.denoise_pair(x, sigma)
-        run.step(i, x, denoised, sigma)
-        lam, lam_next = half_log_snr(sigma), half_log_snr(sigma_next)
-        h = lam_next - lam
-        mix = -torch.exp(-h) * uncond
-        if previous is not None and sigma_next != 0:
-            ratio = (lam - half_log_snr(sigmas[i - 1])) / h
-            mix = mix - torch.expm1(-h) * (1 / (2 * ratio)) * (denoised - previous)
-        x = denoised + mix + torch.exp(-h) * x
+        if cfg_pp:
+            mix = -torch.exp(-h) * uncond
+            if half_inverse is not None:
+                mix = mix - torch.expm1(-h) * half_inverse * (denoised - previous)
+            x = denoised + mix + torch.exp(-h) * x
+        else:
+            target = denoised
+            if half_inverse is not None:
+                target = (1 + half_inverse) * denoised - half_inverse * previous
+            x = (sigma_at(lam_next) / sigma_at(lam)) * x - (-h).expm1() * target
         previous = uncond
     return x
 
@@ -189,18 +186,10 @@ def res_multistep(
     noise = run.default_noise(x)
     previous: Tensor | None = None
     previous_down: Tensor | None = None
-    for i, sigma, sigma_next in schedule_steps(sigmas):
-        if cfg_pp:
-            denoised, uncond = run.denoise_pair(x, sigma)
-        else:
-            denoised = uncond = run.denoise(x, sigma)
-        down, up = ancestral_step(sigma, sigma_next, eta)
-        run.step(i, x, denoised, sigma)
+    for i, sigma, sigma_next, down, up in ancestral_steps(sigmas, eta):
+        denoised, uncond = observe_pair(run, i, x, sigma, cfg_pp)
         if down == 0 or previous is None:
-            if cfg_pp:
-                x = denoised + to_d(x, sigma, uncond) * down
-            else:
-                x = x + to_d(x, sigma, denoised) * (down - sigma)
+            x = euler_to(x, sigma, down, denoised, uncond, cfg_pp)
         else:
             lam, lam_down = half_log_snr(sigma), half_log_snr(down)
             h = lam_down - lam
@@ -209,8 +198,7 @@ def res_multistep(
             phi_2 = (phi_1 - 1.0) / -h
             b_1 = torch.nan_to_num(phi_1 - phi_2 / c2, nan=0.0)
             b_2 = torch.nan_to_num(phi_2 / c2, nan=0.0)
-            if cfg_pp:
-                x = x + (denoised - uncond)
+            x = cfg_pp_shifted(x, denoised, uncond, cfg_pp)
             x = sigma_at(h) * x + h * (b_1 * uncond + b_2 * previous)
         if sigma_next > 0 and eta:
             x = x + noise(sigma, sigma_next) * s_noise * up
@@ -228,17 +216,13 @@ def gradient_estimation(
     """Euler plus a correction from the change in slope (arXiv: gradient-estimation sampler)."""
     previous: Tensor | None = None
     for i, sigma, sigma_next in schedule_steps(sigmas):
-        if cfg_pp:
-            denoised, uncond = run.denoise_pair(x, sigma)
-        else:
-            denoised = uncond = run.denoise(x, sigma)
+        denoised, uncond = observe_pair(run, i, x, sigma, cfg_pp)
         slope = to_d(x, sigma, uncond)
-        run.step(i, x, denoised, sigma)
         dt = sigma_next - sigma
         if sigma_next == 0:
             x = denoised
         else:
-            x = denoised + slope * sigma_next if cfg_pp else x + slope * dt
+            x = euler_to(x, sigma, sigma_next, denoised, uncond, cfg_pp)
             if previous is not None:
                 x = x + (ge_gamma - 1) * (slope - previous) * dt
         previous = slope
@@ -250,7 +234,7 @@ SAMPLERS: dict[str, SamplerSpec] = {
     "ipndm": SamplerSpec(ipndm),
     "ipndm_v": SamplerSpec(ipndm, options={"variable": True}),
     "dpmpp_2m": SamplerSpec(dpmpp_2m),
-    "dpmpp_2m_cfg_pp": SamplerSpec(dpmpp_2m_cfg_pp),
+    "dpmpp_2m_cfg_pp": SamplerSpec(dpmpp_2m, options={"cfg_pp": True}),
     "res_multistep": SamplerSpec(res_multistep),
     "res_multistep_cfg_pp": SamplerSpec(res_multistep, options={"cfg_pp": True}),
     "res_multistep_ancestral": SamplerSpec(res_multistep, options={"eta": 1.0}),

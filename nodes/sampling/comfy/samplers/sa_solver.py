@@ -16,23 +16,25 @@ import torch
 
 from ..sampler_api import SamplerRun, SamplerSpec
 
-Tau = Callable[[torch.Tensor | float], float]
+Tensor = torch.Tensor
+
+Tau = Callable[[Tensor | float], float]
 """sigma -> the SDE's stochastic strength tau there (0: an ODE step)."""
 
 
 def window_tau(start_sigma: float, end_sigma: float, eta: float = 1.0) -> Tau:
     """tau = eta for sigmas in [end_sigma, start_sigma], else 0."""
 
-    def tau(sigma: torch.Tensor | float) -> float:
+    def tau(sigma: Tensor | float) -> float:
         if eta <= 0:
             return 0.0
-        value = sigma.item() if isinstance(sigma, torch.Tensor) else sigma
+        value = sigma.item() if isinstance(sigma, Tensor) else sigma
         return eta if start_sigma >= value >= end_sigma else 0.0
 
     return tau
 
 
-def _exp_moments(s: torch.Tensor, t: torch.Tensor, count: int, tau: float) -> torch.Tensor:
+def _exp_moments(s: Tensor, t: Tensor, count: int, tau: float) -> Tensor:
     """(1 + tau^2) * int_s^t exp((1 + tau^2) x) x^p dx / exp((1 + tau^2) t) for p < count,
     by repeated integration by parts (a signed lower-triangular matrix of factorial ratios)."""
     rate = 1 + tau**2
@@ -48,9 +50,8 @@ def _exp_moments(s: torch.Tensor, t: torch.Tensor, count: int, tau: float) -> to
 
 
 def _two_point(
-    sigma_to: torch.Tensor, lambdas: torch.Tensor, lam_s: torch.Tensor, lam_t: torch.Tensor,
-    tau: float, corrector: bool,
-) -> torch.Tensor:
+    sigma_to: Tensor, lambdas: Tensor, lam_s: Tensor, lam_t: Tensor, tau: float, corrector: bool
+) -> Tensor:
     """The paper's simplified order-2 weights (its appendix D), oldest estimate first."""
     rate = 1 + tau**2
     h = lam_t - lam_s
@@ -64,9 +65,14 @@ def _two_point(
 
 
 def adams_weights(
-    sigma_to: torch.Tensor, lambdas: torch.Tensor, lam_s: torch.Tensor, lam_t: torch.Tensor,
-    tau: float, simple_order_2: bool = False, corrector: bool = False,
-) -> torch.Tensor:
+    sigma_to: Tensor,
+    lambdas: Tensor,
+    lam_s: Tensor,
+    lam_t: Tensor,
+    tau: float,
+    simple_order_2: bool = False,
+    corrector: bool = False,
+) -> Tensor:
     """The weight of each x0 estimate (at `lambdas`) in a step from lam_s to lam_t."""
     count = lambdas.shape[0]
     if simple_order_2 and count == 2:
@@ -76,15 +82,15 @@ def adams_weights(
     return sigma_to * lam_t.exp() * lagrange
 
 
-def _weighted(estimates: list[torch.Tensor], weights: torch.Tensor) -> torch.Tensor:
+def _weighted(estimates: list[Tensor], weights: Tensor) -> Tensor:
     """sum_k weights[k] * estimates[k] (as one tensordot over a stacked axis)."""
     return torch.tensordot(torch.stack(estimates, dim=1), weights, dims=([1], [0]))
 
 
 def sample_sa_solver(
     run: SamplerRun,
-    x: torch.Tensor,
-    sigmas: torch.Tensor,
+    x: Tensor,
+    sigmas: Tensor,
     tau_func: Tau | None = None,
     eta: float = 1.0,
     sde_start_percent: float = 0.2,
@@ -94,7 +100,7 @@ def sample_sa_solver(
     corrector_order: int = 4,
     use_pece: bool = False,
     simple_order_2: bool = False,
-) -> torch.Tensor:
+) -> Tensor:
     """SA-Solver; `tau_func` overrides the window built from eta and the two percents."""
     if len(sigmas) <= 1:
         return x
@@ -104,16 +110,17 @@ def sample_sa_solver(
         sampling = run.model_sampling
         tau_func = window_tau(
             sampling.percent_to_sigma(sde_start_percent),
-            sampling.percent_to_sigma(sde_end_percent), eta,
+            sampling.percent_to_sigma(sde_end_percent),
+            eta,
         )
     keep = max(predictor_order, corrector_order)
     last = len(sigmas) - 1
     taper = sigmas[-1].item() == 0  # lower the orders near a final 0
     x_pred = x
-    h: torch.Tensor | float = 0.0
+    h: Tensor | float = 0.0
     tau = 0.0
-    fresh: torch.Tensor | float = 0.0  # the noise the last predictor added
-    estimates: list[torch.Tensor] = []
+    fresh: Tensor | float = 0.0  # the noise the last predictor added
+    estimates: list[Tensor] = []
     for i in range(last):
         denoised = run.denoise(x_pred, sigmas[i])
         run.step(i, x_pred, denoised, sigmas[i])
@@ -129,8 +136,13 @@ def sample_sa_solver(
             x = x_pred
         else:
             w = adams_weights(
-                sigmas[i], lambdas[i - c_order + 1:i + 1], lambdas[i - 1], lambdas[i], tau,
-                simple_order_2, corrector=True,
+                sigmas[i],
+                lambdas[i - c_order + 1 : i + 1],
+                lambdas[i - 1],
+                lambdas[i],
+                tau,
+                simple_order_2,
+                corrector=True,
             )
             x = sigmas[i] / sigmas[i - 1] * (-(tau**2) * h).exp() * x + _weighted(
                 estimates[-c_order:], w
@@ -146,8 +158,13 @@ def sample_sa_solver(
             continue
         tau = tau_func(sigmas[i + 1])
         w = adams_weights(
-            sigmas[i + 1], lambdas[i - p_order + 1:i + 1], lambdas[i], lambdas[i + 1], tau,
-            simple_order_2, corrector=False,
+            sigmas[i + 1],
+            lambdas[i - p_order + 1 : i + 1],
+            lambdas[i],
+            lambdas[i + 1],
+            tau,
+            simple_order_2,
+            corrector=False,
         )
         h = lambdas[i + 1] - lambdas[i]
         x_pred = sigmas[i + 1] / sigmas[i] * (-(tau**2) * h).exp() * x + _weighted(
@@ -160,9 +177,7 @@ def sample_sa_solver(
     return x_pred
 
 
-def sample_sa_solver_pece(
-    run: SamplerRun, x: torch.Tensor, sigmas: torch.Tensor, **options: Any
-) -> torch.Tensor:
+def sample_sa_solver_pece(run: SamplerRun, x: Tensor, sigmas: Tensor, **options: Any) -> Tensor:
     """SA-Solver in predict-evaluate-correct-evaluate mode."""
     return sample_sa_solver(run, x, sigmas, **{**options, "use_pece": True})
 

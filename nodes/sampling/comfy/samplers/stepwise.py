@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..sampler_api import NoiseSampler, SamplerRun, SamplerSpec
+from .steps import observe, schedule_steps
 
 Tensor = torch.Tensor
 
@@ -26,10 +27,8 @@ def _ddpm_posterior(
 def ddpm(run: SamplerRun, x: Tensor, sigmas: Tensor) -> Tensor:
     """DDPM ancestral sampling on the given sigmas."""
     noise = run.default_noise(x)
-    for i in range(len(sigmas) - 1):
-        sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        denoised = run.denoise(x, sigma)
-        run.step(i, x, denoised, sigma)
+    for i, sigma, sigma_next in schedule_steps(sigmas):
+        denoised = observe(run, i, x, sigma)
         scaled = x / torch.sqrt(1.0 + sigma**2.0)
         x = _ddpm_posterior(scaled, sigma, sigma_next, (x - denoised) / sigma, noise)
         if sigma_next != 0:
@@ -40,10 +39,8 @@ def ddpm(run: SamplerRun, x: Tensor, sigmas: Tensor) -> Tensor:
 def lcm(run: SamplerRun, x: Tensor, sigmas: Tensor) -> Tensor:
     """Latent-consistency sampling: jump to the x0 estimate, then noise it to the next sigma."""
     noise = run.default_noise(x)
-    for i in range(len(sigmas) - 1):
-        sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        denoised = run.denoise(x, sigma)
-        run.step(i, x, denoised, sigma)
+    for i, sigma, sigma_next in schedule_steps(sigmas):
+        denoised = observe(run, i, x, sigma)
         x = denoised
         if sigma_next > 0:
             x = run.model_sampling.noise_scaling(sigma_next, noise(sigma, sigma_next), x)

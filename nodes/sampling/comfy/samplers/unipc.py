@@ -97,7 +97,8 @@ def _move(
     x_t = base
     if stacked is not None:
         rhos_p = (
-            torch.tensor([0.5], device=x.device) if order == 2
+            torch.tensor([0.5], device=x.device)
+            if order == 2
             else torch.linalg.solve(r_mat[:-1, :-1], rhs[:-1])
         )
         x_t = base - step * torch.tensordot(stacked, rhos_p, dims=([1], [0]))
