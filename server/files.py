@@ -6,13 +6,12 @@ import asyncio
 import contextlib
 import hashlib
 import io
-import os
 from pathlib import Path
 
 from aiohttp import web
 from PIL import Image
 
-from nodegraph.files import UnsafePath, atomic_write, confined
+from nodegraph.files import Staged, UnsafePath, atomic_write, confined
 
 from .config import CONFIG, Limits, ServerConfig
 from .guard import refuse
@@ -195,24 +194,21 @@ async def _read_limited(part: object, limit: int) -> bytes:
 
 
 def _store(target: Path, data: bytes, overwrite: bool) -> str:
-    """Write the upload; without overwrite, other content under the same name gets `name (n)`."""
+    """Write the upload; without overwrite, other content under the same name gets `name (n)`.
+
+    The file is complete before its name appears (never an empty or partial upload)."""
     if overwrite:
         atomic_write(target, data)
         return target.name
     digest = hashlib.sha256(data).digest()
-    target.parent.mkdir(parents=True, exist_ok=True)
     stem, suffix = target.stem, target.suffix
-    for n in range(10_000):
-        path = target if n == 0 else target.with_name(f"{stem} ({n}){suffix}")
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
+    with Staged(target.parent, data) as staged:
+        for n in range(10_000):
+            path = target if n == 0 else target.with_name(f"{stem} ({n}){suffix}")
+            if staged.publish(path):
+                return path.name
             if path.is_file() and not path.is_symlink() and _digest(path) == digest:
                 return path.name  # the same file is already there
-            continue
-        os.close(fd)
-        atomic_write(path, data)
-        return path.name
     raise Refused(409, "Too many files with this name.")
 
 

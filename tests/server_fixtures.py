@@ -92,12 +92,11 @@ class WriteOutput(Node):
     def invoke(self, ctx: NodeContext) -> None:
         import io
 
-        from nodegraph.files import atomic_write, claim_unique
+        from nodegraph.files import write_unique
 
-        path = claim_unique(ctx.settings.output_dir, self.prefix, ".png")
         buf = io.BytesIO()
         Image.new("RGB", (8, 8), (self.value % 256, 10, 20)).save(buf, format="PNG")
-        atomic_write(path, buf.getvalue())
+        path = write_unique(ctx.settings.output_dir, self.prefix, ".png", buf.getvalue())
         ctx.show("images", [{"filename": path.name, "subfolder": "", "type": "output"}])
 
 

@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 from nodes.sampling import custom, ksampler, sampler_options
-from nodes.sampling.comfy.guidance import Guider
+from nodes.sampling.comfy.model_sampling import ModelSampling
 from nodes.sampling.comfy.samplers import SAMPLERS
 from nodes.sampling.comfy.schedulers import SCHEDULERS, schedule
 from nodes.sampling.model_sampling_nodes import ModelSamplingContinuousEDM, ModelSamplingDiscrete
@@ -117,7 +117,7 @@ def test_the_reference_names_every_sampler_and_scheduler():
 @pytest.mark.parametrize("name", [n for n, c in CASES.items() if c["kind"] == "sigmas"])
 def test_scheduler_sigmas_match_comfyui(name):
     case = CASES[name]
-    ms = Guider(case_model(case), {}).model_sampling()
+    ms = ModelSampling.for_model(case_model(case))
     ours = schedule(ms, case["inputs"]["scheduler"], case["inputs"]["steps"])
     assert close(ours, reference()[name], SIGMA_TOL) <= 1
 

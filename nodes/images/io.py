@@ -16,7 +16,7 @@ import torch
 from PIL import Image, ImageOps, PngImagePlugin
 
 from nodegraph import InputField, Node, NodeContext, Outputs, RunSettings
-from nodegraph.files import atomic_write, claim_unique, confined
+from nodegraph.files import confined, write_unique
 
 from ..devices import resolve_device
 from ..values import IMAGE, MASK
@@ -159,11 +159,15 @@ def save_images(
     """Write each image as `<prefix>_00001_.png` (numbers not taken yet) under `folder`."""
     target = confined(folder, prefix.strip() or "image")
     sub = target.parent.relative_to(folder.resolve())
-    written = []
-    for picture in to_pil(images):
-        path = claim_unique(target.parent, target.name, ".png")
-        atomic_write(path, png_bytes(picture, text, compress))
-        written.append(path)
+    written: list[Path] = []
+    try:
+        for picture in to_pil(images):  # each file appears whole under its name, or not at all
+            data = png_bytes(picture, text, compress)
+            written.append(write_unique(target.parent, target.name, ".png", data))
+    except BaseException:  # a full disk: none of the batch stays, as the job records none
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
     subfolder = "" if str(sub) == "." else sub.as_posix()
     return [{"filename": p.name, "subfolder": subfolder, "path": str(p)} for p in written]
 

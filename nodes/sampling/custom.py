@@ -11,6 +11,7 @@ from nodegraph import InputField, Node, NodeContext, Outputs
 
 from ..values import CONDITIONING, LATENT, MODEL
 from .comfy.guidance import Guider
+from .comfy.model_sampling import ModelSampling
 from .comfy.noise import Noise
 from .comfy.run import Sampler
 from .comfy.samplers import SAMPLERS
@@ -63,7 +64,7 @@ class BasicScheduler(Node):
             if self.denoise <= 0.0:
                 return torch.zeros(0)
             total = int(self.steps / self.denoise)
-        ms = Guider(self.model, {}).model_sampling()
+        ms = ModelSampling.for_model(self.model)
         return schedule(ms, self.scheduler, total).cpu()[-(self.steps + 1) :]
 
 
@@ -134,7 +135,7 @@ class BetaSamplingScheduler(Node):
     beta: float = InputField(0.6, description="Beta's beta.", ge=0.0, le=50.0, step=0.01)
 
     def invoke(self, ctx: NodeContext) -> SIGMAS:
-        ms = Guider(self.model, {}).model_sampling()
+        ms = ModelSampling.for_model(self.model)
         return beta_schedule(ms, self.steps, self.alpha, self.beta)
 
 
@@ -151,7 +152,7 @@ class SDTurboScheduler(Node):
     def invoke(self, ctx: NodeContext) -> SIGMAS:
         start = 10 - int(10 * self.denoise)
         timesteps = torch.flip(torch.arange(1, 11) * 100 - 1, (0,))[start : start + self.steps]
-        sigmas = Guider(self.model, {}).model_sampling().sigma(timesteps)
+        sigmas = ModelSampling.for_model(self.model).sigma(timesteps)
         return torch.cat([sigmas, sigmas.new_zeros([1])])
 
 

@@ -9,7 +9,7 @@ from typing import Any, Literal
 from nodegraph import InputField, Node, NodeContext
 
 from ..values import MODEL
-from .comfy.guidance import Guider
+from .comfy.model_sampling import ModelSampling
 from .comfy.run import Sampler
 from .comfy.samplers import SAMPLERS
 from .comfy.samplers.sa_solver import window_tau
@@ -167,7 +167,7 @@ class SamplerSASolver(Node):
     simple_order_2: bool = InputField(False, description="The simpler second-order step.")
 
     def invoke(self, ctx: NodeContext) -> SAMPLER:
-        ms = Guider(self.model, {}).model_sampling()
+        ms = ModelSampling.for_model(self.model)
         start, end = (
             ms.percent_to_sigma(p) for p in (self.sde_start_percent, self.sde_end_percent)
         )
