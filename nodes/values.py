@@ -1,8 +1,9 @@
 """The values that flow between diffusion nodes: socket types and the small classes behind them.
 
 Conventions (as in ComfyUI): IMAGE is a float tensor (batch, height, width, 3) in 0..1; MASK is
-(batch, height, width) in 0..1; LATENT is a (batch, channels, height/8, width/8) tensor in the
-VAE's own space (not scaled: the model scales it, as in ComfyUI, so any VAE fits any model);
+(batch, height, width) in 0..1; LATENT holds a (batch, channels, height/8, width/8) tensor in the
+VAE's own space (not scaled: the model scales it, as in ComfyUI, so any VAE fits any model), with
+an optional noise mask and batch indices;
 CONDITIONING is the text encoders' hidden states (batch, tokens, width) with what else guides.
 Tensors stay on the device they were made on.
 """
@@ -141,6 +142,25 @@ class Vae:
 
 
 @dataclass(eq=False)
+class Latent:
+    """LATENT: latents in the VAE's own space (batch, channels, height/8, width/8), and what
+    ComfyUI's latent dictionary carries besides them.
+
+    `noise_mask` (SetLatentNoiseMask, VAEEncodeForInpaint): where the sampler may change the
+    latent (1) and where it keeps it (0), any size (it is resized to the latent's); `batch_index`
+    (the latent batch nodes): which noise of the seed each image gets.
+    """
+
+    samples: torch.Tensor
+    noise_mask: torch.Tensor | None = None
+    batch_index: tuple[int, ...] | None = None
+
+    def like(self, samples: torch.Tensor) -> Latent:
+        """Other samples with this latent's mask and batch indices (a sampler's output)."""
+        return Latent(samples, self.noise_mask, self.batch_index)
+
+
+@dataclass(eq=False)
 class Noisy:
     """NOISY_LATENT: a noised latent and the part of the schedule that is left to walk.
 
@@ -170,7 +190,7 @@ MODEL = socket("MODEL", Model)
 CLIP = socket("CLIP", Clip)
 VAE = socket("VAE", Vae)
 CONDITIONING = socket("CONDITIONING", Conditioning)
-LATENT = socket("LATENT", torch.Tensor)
+LATENT = socket("LATENT", Latent)
 NOISY_LATENT = socket("NOISY_LATENT", Noisy)
 IMAGE = socket("IMAGE", torch.Tensor)
 MASK = socket("MASK", torch.Tensor)

@@ -15,7 +15,7 @@ import torch
 from nodes.sampling.comfy.samplers import SAMPLER_NAMES as SAMPLER_TABLE
 from nodes.sampling.comfy.schedulers import SCHEDULERS as SCHEDULER_TABLE
 
-FAMILIES = ("sd1", "sd2_v")
+FAMILIES = ("sd1", "sd2_v", "sd1_inpaint")
 SAMPLER_NAMES = list(SAMPLER_TABLE)
 """Every sampler name nodegraph runs: the reference checks it is ComfyUI's list, in order."""
 SCHEDULER_NAMES = list(SCHEDULER_TABLE)
@@ -52,6 +52,14 @@ def inputs() -> dict[str, torch.Tensor]:
         for name in ("cond", "uncond", "cond2"):
             out[f"{family}.{name}"] = torch.randn((1, 77, width), generator=g)
         out[f"{family}.image"] = torch.randn((1, *LATENT), generator=g) * 4.0
+    size = LATENT[-1] * 8  # a soft-edged disc at the pictures' size, and a latent of its inside
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    radius = ((yy - size * 0.4) ** 2 + (xx - size * 0.55) ** 2).sqrt()
+    out["mask"] = (1.0 - (radius - size * 0.25).clamp(0, 4) / 4).reshape(1, 1, size, size)
+    out["sd1_inpaint.masked"] = torch.randn((1, *LATENT), generator=g) * 4.0
+    out["sd1.uncond_image"] = torch.randn((1, 4, 5, 6), generator=g) * 4.0
+    out["sd1.small"] = torch.randn((2, 4, 4, 6), generator=g) * 4.0
+    out["sd1.batch3"] = torch.randn((3, *LATENT), generator=g) * 4.0
     return out
 
 
@@ -70,7 +78,19 @@ GUIDER_PROMPTS = {
     "DualCFGGuider": {"cond1": "cond", "cond2": "cond2", "negative": "uncond"},
 }
 """Each guider node's conditioning inputs -> the case's prompt tensors."""
-META = ("family", "latent", "batch", "model_sampling", "sampler", "sigmas", "guider", "noise")
+INPAINT_SAMPLERS = ("euler", "dpmpp_2m_sde", "ddim", "lcm", "uni_pc")
+META = (
+    "family",
+    "latent",
+    "batch",
+    "model_sampling",
+    "sampler",
+    "sigmas",
+    "guider",
+    "noise",
+    "noise_mask",
+    "concat",
+)
 """Case keys that are not the node's literal inputs (those go under "inputs", by input name)."""
 
 
@@ -208,9 +228,57 @@ def sampling_cases() -> list[dict[str, Any]]:
     cases += [_guided(f"guider.{name}", spec) for name, spec in guiders.items()]
     cases.append(_guided("guider.cfg_no_noise", guiders["cfg"], seed=None,
                          sampler="euler_ancestral", **image))
+    cases += [_ks(f"inpaint.mask.{s}", s, noise_mask="mask", latent="sd1.image")
+              for s in INPAINT_SAMPLERS]
+    cases += [_ks(f"inpaint.mask_denoise.{s}", s, noise_mask="mask", latent="sd1.image",
+                  denoise=0.6) for s in ("euler", "ddim")]
+    inpaint = {"family": "sd1_inpaint", "latent": "sd1_inpaint.image", "noise_mask": "mask"}
+    cases += [_ks(f"inpaint.model.{s}", s, **inpaint) for s in ("euler", "dpmpp_2m", "ddim")]
+    cases += [_ks(f"inpaint.model_conditioning.{s}", s, **inpaint, concat=True)
+              for s in ("euler", "dpmpp_2m")]
+    cases.append(_ks("inpaint.model_no_mask", "euler", family="sd1_inpaint",
+                     latent="sd1_inpaint.image"))
     samplers = {"discrete_lcm": "lcm", "edm_edm": "dpmpp_2m", "discrete_v_zsnr": "euler"}
     cases += [_ks(f"model_sampling.{patch}", samplers.get(patch, "euler_ancestral"),
                   model_sampling=spec, scheduler="karras", steps=5)
               for patch, spec in MODEL_SAMPLINGS.items()]
+    return cases
+
+
+def latent_cases() -> list[dict[str, Any]]:
+    """ComfyUI's latent nodes on seeded latents: resize (every method, crop, aspect), composite
+    (feather, masks, out of bounds), blend, and the batch nodes' batch indices."""
+    image, other, mask = "sd1.image", "sd1.uncond_image", "mask"
+    def op(name: str, node: str, latents: dict[str, str], **inputs: Any) -> dict[str, Any]:
+        return {"name": f"latent.{name}", "kind": "latent_op", "node": node,
+                "latents": latents, "inputs": inputs}
+    cases = [op(f"upscale.{m}.{c}", "LatentUpscale", {"samples": image}, upscale_method=m,
+                width=96, height=48, crop=c)
+             for m in ("nearest-exact", "bilinear", "area", "bicubic", "bislerp")
+             for c in ("disabled", "center")]
+    cases += [op("upscale.keep_aspect", "LatentUpscale", {"samples": image},
+                 upscale_method="bilinear", width=0, height=128, crop="disabled"),
+              op("upscale.min64", "LatentUpscale", {"samples": image},
+                 upscale_method="nearest-exact", width=16, height=200, crop="disabled")]
+    cases += [op(f"upscale_by.{m}", "LatentUpscaleBy", {"samples": image}, upscale_method=m,
+                 scale_by=1.37) for m in ("bilinear", "bislerp", "area")]
+    cases += [op(f"composite.{f}", "LatentComposite", {"samples_to": image, "samples_from": other},
+                 x=16, y=24, feather=f) for f in (0, 16)]
+    cases += [op("composite_masked.plain", "LatentCompositeMasked",
+                 {"destination": image, "source": other}, x=8, y=16, resize_source=False),
+              op("composite_masked.mask", "LatentCompositeMasked",
+                 {"destination": image, "source": other}, x=24, y=0, resize_source=False,
+                 mask=mask),
+              op("composite_masked.resize", "LatentCompositeMasked",
+                 {"destination": image, "source": "sd1.small"}, x=0, y=0, resize_source=True,
+                 mask=mask)]
+    cases += [op("blend.same", "LatentBlend", {"samples1": image, "samples2": other},
+                 blend_factor=0.3),
+              op("blend.resized", "LatentBlend", {"samples1": image, "samples2": "sd1.small"},
+                 blend_factor=0.6)]
+    cases += [op("repeat", "RepeatLatentBatch", {"samples": "sd1.batch3"}, amount=3),
+              op("from_batch", "LatentFromBatch", {"samples": "sd1.batch3"}, batch_index=1,
+                 length=5),
+              op("batch", "LatentBatch", {"samples1": "sd1.batch3", "samples2": "sd1.small"})]
     return cases
 # fmt: on

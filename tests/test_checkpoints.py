@@ -247,7 +247,7 @@ def test_sdxl_base_then_refiner_equal_the_diffusers_pipelines(ckpt, executor, se
         generator=torch.Generator("cpu").manual_seed(SEED), **common,
     ).images  # fmt: skip
     scale = base.vae.config.scaling_factor
-    assert torch.allclose(result.outputs["b_denoise"][0] * scale, latents, atol=1e-5)
+    assert torch.allclose(result.outputs["b_denoise"][0].samples * scale, latents, atol=1e-5)
     theirs = ref(
         PROMPT, image=latents, denoising_start=f, output_type="np",
         generator=torch.Generator("cpu").manual_seed(SEED), **common,

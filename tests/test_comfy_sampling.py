@@ -22,7 +22,7 @@ from nodes.sampling.comfy.model_sampling import ModelSampling
 from nodes.sampling.comfy.samplers import SAMPLERS
 from nodes.sampling.comfy.schedulers import SCHEDULERS, schedule
 from nodes.sampling.model_sampling_nodes import ModelSamplingContinuousEDM, ModelSamplingDiscrete
-from nodes.values import Conditioning
+from nodes.values import Conditioning, Latent
 from tests import comfy_cases as C
 
 DATA = Path(__file__).parent / "data" / "comfy_reference"
@@ -87,11 +87,12 @@ def cond(case: dict[str, Any], name: str) -> Conditioning:
     return Conditioning(reference()[f"{case['family']}.{name}"])
 
 
-def latent(case: dict[str, Any], results: dict[str, torch.Tensor]) -> torch.Tensor:
+def latent(case: dict[str, Any], results: dict[str, torch.Tensor]) -> Latent:
     source = case["latent"]
+    mask = reference()[case["noise_mask"]] if "noise_mask" in case else None
     if source == "empty":
-        return C.empty(case.get("batch", 1))
-    return results.get(source, reference().get(source)).clone()
+        return Latent(C.empty(case.get("batch", 1)), mask)
+    return Latent(results.get(source, reference().get(source)).clone(), mask)
 
 
 def close(ours: torch.Tensor, theirs: torch.Tensor, tol: float) -> float:
@@ -127,9 +128,14 @@ def run_case(case: dict[str, Any], results: dict[str, torch.Tensor]) -> dict[str
     m, ctx, kind = case_model(case), Ctx(), case["kind"]
     given = {"positive": cond(case, "cond"), "negative": cond(case, "uncond"),
              "latent_image": latent(case, results)}  # fmt: skip
+    if case.get("concat"):  # InpaintModelConditioning's additions to both prompts
+        extras = {"concat_latent_image": reference()[f"{case['family']}.masked"],
+                  "concat_mask": reference()[case["noise_mask"]]}  # fmt: skip
+        for key in ("positive", "negative"):
+            given[key] = Conditioning(given[key].embeds, extras=extras)
     if kind in ("KSampler", "KSamplerAdvanced"):
         node = getattr(ksampler, kind)(model=m, **given, **case["inputs"])
-        return {case["name"]: node.invoke(ctx)}
+        return {case["name"]: node.invoke(ctx).samples}
     parts = {
         "sampler": custom_sampler(m, case["sampler"]),
         "sigmas": custom_sigmas(m, case["sigmas"]),
@@ -149,7 +155,10 @@ def run_case(case: dict[str, Any], results: dict[str, torch.Tensor]) -> dict[str
         guider = custom_guider(m, case, case["guider"])
         node = custom.SamplerCustomAdvanced(noise=noise.invoke(ctx), guider=guider, **parts)
     out = node.invoke(ctx)
-    return {case["name"]: out.output, case["name"] + ".denoised": out.denoised_output}
+    return {
+        case["name"]: out.output.samples,
+        case["name"] + ".denoised": out.denoised_output.samples,
+    }
 
 
 def custom_sampler(m: Any, spec: str | dict[str, Any]) -> Any:
@@ -182,7 +191,7 @@ def custom_guider(m: Any, case: dict[str, Any], spec: dict[str, Any]) -> Any:
     return getattr(custom, spec["node"])(model=m, **prompts, **fields).invoke(Ctx())
 
 
-SAMPLING = [n for n, c in CASES.items() if c["kind"] != "sigmas"]
+SAMPLING = [n for n, c in CASES.items() if c["kind"] not in ("sigmas", "latent_op")]
 
 
 @pytest.mark.parametrize("name", [n for n in SAMPLING if not n.startswith("split.")])
@@ -201,7 +210,8 @@ def test_decoded_pictures_match_comfyuis_to_one_level(sampler):
     name = f"txt2img.{sampler}"
     _, _, vae = C.tiny_checkpoint("sd1")
     ours = run_case(CASES[name], {})[name]
-    pictures = [VAEDecode(samples=t, vae=vae).invoke(Ctx()) for t in (ours, reference()[name])]
+    decode = lambda t: VAEDecode(samples=Latent(t), vae=vae).invoke(Ctx())  # noqa: E731
+    pictures = [decode(t) for t in (ours, reference()[name])]
     levels = [(255.0 * p.clamp(0, 1)).to(torch.uint8).int() for p in pictures]
     assert (levels[0] - levels[1]).abs().max() <= 1
 
@@ -218,8 +228,8 @@ def test_ksampler_advanced_split_matches_comfyui(sampler):
 def ksample(m: Any, case: dict[str, Any], image: torch.Tensor, **inputs: Any) -> torch.Tensor:
     defaults = {"seed": 3, "steps": 6, "cfg": 5.0, "sampler_name": "euler", "scheduler": "normal"}
     node = ksampler.KSampler(model=m, positive=cond(case, "cond"), negative=cond(case, "uncond"),
-                             latent_image=image, **{**defaults, **inputs})  # fmt: skip
-    return node.invoke(Ctx())
+                             latent_image=Latent(image), **{**defaults, **inputs})  # fmt: skip
+    return node.invoke(Ctx()).samples
 
 
 @pytest.mark.parametrize("sampler", ["euler", "heun", "dpm_2"])
@@ -231,10 +241,14 @@ def test_a_split_with_leftover_noise_resumed_is_one_walk(sampler):
     common = {"noise_seed": 3, "steps": 6, "cfg": 5.0, "sampler_name": sampler,
               "scheduler": "karras", "positive": cond(case, "cond"),
               "negative": cond(case, "uncond")}  # fmt: skip
-    advanced = lambda **kw: ksampler.KSamplerAdvanced(model=m, **common, **kw).invoke(Ctx())  # noqa: E731
-    whole = advanced(latent_image=C.empty())
-    first = advanced(latent_image=C.empty(), end_at_step=2, return_with_leftover_noise="enable")
-    rest = advanced(latent_image=first, start_at_step=2, add_noise="disable")
+
+    def advanced(latent: torch.Tensor, **kw: Any) -> torch.Tensor:
+        node = ksampler.KSamplerAdvanced(model=m, latent_image=Latent(latent), **common, **kw)
+        return node.invoke(Ctx()).samples
+
+    whole = advanced(C.empty())
+    first = advanced(C.empty(), end_at_step=2, return_with_leftover_noise="enable")
+    rest = advanced(first, start_at_step=2, add_noise="disable")
     assert (rest - whole).abs().max() <= 1e-5 * max(1.0, float(whole.abs().max()))
     assert (first - whole).abs().max() > 1e-2  # the first part really stopped early
 
@@ -260,3 +274,54 @@ def test_an_unknown_sampler_name_is_refused_at_validation_with_the_nearest():
     message = str(problem.value)
     assert "Did you mean 'euler_ancestral'?" in message
     assert all(repr(name) in message for name in MANIFEST["sampler_names"])  # the names
+
+
+LATENT_OPS = [n for n, c in CASES.items() if c["kind"] == "latent_op"]
+
+
+@pytest.mark.parametrize("name", LATENT_OPS)
+def test_latent_nodes_match_comfyui(name):
+    from nodes.latents import batch, transform
+
+    case = CASES[name]
+    node = getattr(transform, case["node"], None) or getattr(batch, case["node"])
+    latents = {k: Latent(reference()[v].clone()) for k, v in case["latents"].items()}
+    inputs = {k: reference()[v] if k == "mask" else v for k, v in case["inputs"].items()}
+    out = node(**latents, **inputs).invoke(Ctx())
+    assert close(out.samples, reference()[name], SIGMA_TOL) <= 1
+    if name + ".batch_index" in reference():
+        assert list(out.batch_index) == reference()[name + ".batch_index"].tolist()
+
+
+def test_a_latent_from_a_batch_gets_the_noise_it_had_in_the_batch():
+    """LatentFromBatch keeps the batch index, so image 2 of a batch sampled alone is image 2
+    of the batch sampled whole (ComfyUI's prepare_noise with batch_index)."""
+    from nodes.latents.batch import LatentFromBatch
+
+    case, m = CASES["txt2img.euler"], model("sd1")
+    whole = ksample(m, case, C.empty(3))
+    taken = LatentFromBatch(samples=Latent(C.empty(3)), batch_index=2, length=1).invoke(Ctx())
+    node = ksampler.KSampler(model=m, positive=cond(case, "cond"), negative=cond(case, "uncond"),
+                             latent_image=taken, seed=3, steps=6, cfg=5.0, sampler_name="euler",
+                             scheduler="normal")  # fmt: skip
+    alone = node.invoke(Ctx())
+    assert alone.batch_index == (2,)
+    assert (alone.samples - whole[2:3]).abs().max() <= 1e-5 * max(1.0, float(whole.abs().max()))
+
+
+def test_a_noise_mask_keeps_what_lies_outside_it():
+    """SetLatentNoiseMask on a plain model: where the mask is 0 the latent comes back as it
+    went in (ComfyUI blends the kept latent back in at every step); inside it changes."""
+    from nodes.latents.inpaint import SetLatentNoiseMask
+
+    case, m = CASES["txt2img.euler"], model("sd1")
+    image = reference()["sd1.image"]
+    mask = torch.zeros(1, 64, 64)
+    mask[:, :, 32:] = 1.0  # repaint the right half
+    masked = SetLatentNoiseMask(samples=Latent(image), mask=mask).invoke(Ctx())
+    node = ksampler.KSampler(model=m, positive=cond(case, "cond"), negative=cond(case, "uncond"),
+                             latent_image=masked, seed=3, steps=6, cfg=5.0, sampler_name="euler",
+                             scheduler="normal", denoise=0.8)  # fmt: skip
+    out = node.invoke(Ctx()).samples
+    assert torch.allclose(out[..., :3], image[..., :3], atol=1e-5)  # left of the soft edge
+    assert (out[..., 5:] - image[..., 5:]).abs().max() > 1e-1

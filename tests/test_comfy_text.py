@@ -210,7 +210,7 @@ def sdxl_sample(executor, settings, positive: dict, ckpt: str = "sdxl.safetensor
     }  # fmt: skip
     result = executor.run(wf, settings)
     assert result.ok, result.error
-    return result.outputs["sample"][0]
+    return result.outputs["sample"][0].samples
 
 
 def test_sdxl_size_and_aesthetic_conditions_reach_the_unet(executor, settings):
@@ -268,7 +268,7 @@ def test_ksampler_advanced_hands_over_with_its_leftover_noise(executor, settings
     base["show4"] = {"class_type": "ShowValue", "inputs": {"value": ["whole", 0]}}
     result = executor.run(base, settings)
     assert result.ok, result.error
-    out = {k: result.outputs[k][0] for k in ("plain", "whole", "first", "rest", "cut")}
+    out = {k: result.outputs[k][0].samples for k in ("plain", "whole", "first", "rest", "cut")}
     assert torch.equal(out["plain"], out["whole"])
     assert torch.allclose(out["rest"], out["whole"], atol=1e-5)
     # without leftover noise the cut walk ends on its clean estimate, not on the noisy latent

@@ -88,7 +88,7 @@ def test_too_low_strength_passes_through_with_a_warning(diffusion_executor, sett
     wf = img2img_workflow(str(picture), strength=0.05, steps=10)
     result = diffusion_executor.run(wf, settings)
     assert result.ok
-    assert result.outputs["denoise"][0] is result.outputs["src"][0]
+    assert result.outputs["denoise"][0].samples is result.outputs["src"][0].samples
     assert any("too low" in w.message and w.node_id == "noise" for w in result.warnings)
 
 
@@ -138,7 +138,7 @@ def test_ksampler_denoise_follows_comfyui():
     assert len(full) == 21 and float(full[-1]) == 0.0
     for steps, d, total in ((10, 0.5, 20), (10, 0.3, 33), (7, 0.75, 9)):
         longer = ksampler_sigmas(ms, euler, "normal", total)
-        assert torch.equal(ksampler_sigmas(ms, euler, "normal", steps, d), longer[-(steps + 1):])
+        assert torch.equal(ksampler_sigmas(ms, euler, "normal", steps, d), longer[-(steps + 1) :])
     assert len(ksampler_sigmas(ms, euler, "normal", 10, 0.0)) == 0
     dpm2 = Sampler("dpm_2", SAMPLERS_BY_NAME["dpm_2"])  # one more step, less the penultimate
     longer = ksampler_sigmas(ms, euler, "normal", 11)
@@ -155,18 +155,27 @@ def test_ksampler_walks_steps_of_the_stretched_schedule(diffusion_executor, sett
         result = diffusion_executor.run(wf, settings)
     assert result.ok, result.error
     assert len(calls) == 6  # always `steps` evaluations (cond and uncond batched)
-    walked = result.outputs["sampler"][0]
+    walked = result.outputs["sampler"][0].samples
     # SamplerCustom on BasicScheduler(denoise 0.4) walks the same sigmas from the same noise
     wf["sigmas"] = node("BasicScheduler", model=["ckpt", 0], scheduler="normal", steps=6,
                         denoise=0.4)  # fmt: skip
     wf["select"] = node("KSamplerSelect", sampler_name="euler")
-    wf["custom"] = node("SamplerCustom", model=["ckpt", 0], add_noise=True, noise_seed=42,
-                        cfg=8.0, positive=["pos", 0], negative=["neg", 0],
-                        sampler=["select", 0], sigmas=["sigmas", 0], latent_image=["src", 0])
+    wf["custom"] = node(
+        "SamplerCustom",
+        model=["ckpt", 0],
+        add_noise=True,
+        noise_seed=42,
+        cfg=8.0,
+        positive=["pos", 0],
+        negative=["neg", 0],
+        sampler=["select", 0],
+        sigmas=["sigmas", 0],
+        latent_image=["src", 0],
+    )
     wf["show2"] = node("ShowValue", value=["custom", 0])
     result = diffusion_executor.run(wf, settings)
     assert result.ok, result.error
-    assert torch.equal(walked, result.outputs["custom"][0])
+    assert torch.equal(walked, result.outputs["custom"][0].samples)
 
 
 def test_ksampler_at_full_denoise_is_the_whole_walk(diffusion_executor, settings):
@@ -179,7 +188,7 @@ def test_ksampler_at_full_denoise_is_the_whole_walk(diffusion_executor, settings
     wf["show2"] = node("ShowValue", value=["advanced", 0])
     result = diffusion_executor.run(wf, settings)
     assert result.ok, result.error
-    assert torch.equal(result.outputs["sampler"][0], result.outputs["advanced"][0])
+    assert torch.equal(result.outputs["sampler"][0].samples, result.outputs["advanced"][0].samples)
 
 
 def test_denoise_reports_each_step_and_stops_when_interrupted(

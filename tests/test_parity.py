@@ -132,7 +132,8 @@ def test_txt2img_and_img2img_equal_diffusers(
     outputs = {}
     for strength in (0.3, 0.6, 0.9):
         ours = _run(diffusion_executor, workflow(str(picture), strength, sampler), settings)
-        latents = ours.outputs["src"][0]  # the VAE's own latents: the pipeline takes them scaled
+        latents = ours.outputs["src"][0].samples
+        # (the VAE's own latents: the pipeline takes them scaled)
         image = ours.outputs["decode"][0].cpu().numpy()
         theirs = img(
             PROMPT,

@@ -8,7 +8,7 @@ from nodegraph import InputField, Node, NodeContext
 
 from ..devices import resolve_device
 from ..loading.residency import RESIDENCY
-from ..values import IMAGE, LATENT, VAE, Vae
+from ..values import IMAGE, LATENT, VAE, Latent, Vae
 
 LATENT_CHANNELS = 4
 
@@ -72,7 +72,7 @@ class EmptyLatentImage(Node):
 
     def invoke(self, ctx: NodeContext) -> LATENT:
         device = resolve_device(ctx.settings.options)
-        return empty_latent(self.width, self.height, self.batch_size, device)
+        return Latent(empty_latent(self.width, self.height, self.batch_size, device))
 
 
 class VAEEncode(Node):
@@ -88,7 +88,7 @@ class VAEEncode(Node):
         if cropped:
             f = self.vae.downscale
             ctx.warn(f"the image was cropped to a multiple of {f} pixels on each side")
-        return latent
+        return Latent(latent)
 
 
 class VAEDecode(Node):
@@ -100,4 +100,4 @@ class VAEDecode(Node):
     vae: VAE = InputField(description="The VAE (from CheckpointLoader).")
 
     def invoke(self, ctx: NodeContext) -> IMAGE:
-        return vae_decode(self.vae, self.samples)
+        return vae_decode(self.vae, self.samples.samples)

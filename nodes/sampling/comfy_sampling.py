@@ -6,8 +6,9 @@ import torch
 
 from nodegraph import NodeContext
 
+from ..values import Latent
 from .comfy.guidance import Guider
-from .comfy.run import Sampled, Sampler, sample
+from .comfy.run import Sampler, sample
 from .preview import latent_preview
 
 
@@ -17,10 +18,11 @@ def sample_latent(
     sampler: Sampler,
     sigmas: torch.Tensor,
     noise: torch.Tensor,
-    latent: torch.Tensor,
+    latent: Latent,
     seed: int,
-) -> Sampled:
-    """nodes.sampling.comfy.run.sample, reporting each step to the node's context."""
+) -> tuple[Latent, Latent]:
+    """nodes.sampling.comfy.run.sample on a LATENT (its noise mask honoured), reporting each
+    step to the node's context: (the sampled latent, the last step's clean estimate)."""
     total = max(len(sigmas) - 1, 1)
     factors = guider.model.preview_factors
 
@@ -28,4 +30,5 @@ def sample_latent(
         preview = None if factors is None else latent_preview(denoised, factors)
         ctx.progress(min(i + 1, total), total, preview=preview)
 
-    return sample(guider, sampler, sigmas, noise, latent, seed, report)
+    result = sample(guider, sampler, sigmas, noise, latent.samples, seed, report, latent.noise_mask)
+    return latent.like(result.latent), latent.like(result.denoised)

@@ -9,7 +9,7 @@ import torch
 
 from nodegraph import InputField, Node, NodeContext, Outputs
 
-from ..values import CONDITIONING, LATENT, MODEL
+from ..values import CONDITIONING, LATENT, MODEL, Latent
 from .comfy.guidance import Guider
 from .comfy.model_sampling import ModelSampling
 from .comfy.noise import Noise
@@ -295,12 +295,14 @@ def _sample(
     noise: Noise,
     sampler: Sampler,
     sigmas: torch.Tensor,
-    latent: torch.Tensor,
+    latent: Latent,
 ) -> SampledLatents:
     if len(sigmas) == 0:
         return SampledLatents(output=latent, denoised_output=latent)
-    result = sample_latent(ctx, guider, sampler, sigmas, noise.generate(latent), latent, noise.seed)
-    return SampledLatents(output=result.latent, denoised_output=result.denoised)
+    output, denoised = sample_latent(
+        ctx, guider, sampler, sigmas, noise.generate(latent), latent, noise.seed
+    )
+    return SampledLatents(output=output, denoised_output=denoised)
 
 
 class SamplerCustom(Node):

@@ -67,7 +67,7 @@ class KSampler(Node):
         noise = Noise(self.seed).generate(self.latent_image)
         return sample_latent(
             ctx, guider, sampler, sigmas, noise, self.latent_image, self.seed
-        ).latent
+        )[0]
 
 
 class KSamplerAdvanced(Node):
@@ -105,7 +105,6 @@ class KSamplerAdvanced(Node):
             ctx.warn("start_at_step is not before end_at_step: the latent passes through")
             return self.latent_image
         noise = Noise(self.noise_seed, self.add_noise == "enable").generate(self.latent_image)
-        result = sample_latent(
+        return sample_latent(
             ctx, guider, sampler, sigmas, noise, self.latent_image, self.noise_seed
-        )
-        return result.latent
+        )[0]

@@ -22,7 +22,16 @@ from nodegraph import InputField, Node, NodeContext
 
 from ..loading.patching import patched
 from ..loading.residency import RESIDENCY
-from ..values import CONDITIONING, LATENT, MODEL, NOISY_LATENT, Conditioning, Model, Noisy
+from ..values import (
+    CONDITIONING,
+    LATENT,
+    MODEL,
+    NOISY_LATENT,
+    Conditioning,
+    Latent,
+    Model,
+    Noisy,
+)
 from .preview import latent_preview
 from .unet_inputs import UnetInputs
 
@@ -311,7 +320,7 @@ class AddNoise(Node):
         keep = self.steps if self.strength >= 1.0 else strength_steps(self.steps, self.strength)
         noisy, warnings = add_noise(
             self.model,
-            self.latent,
+            self.latent.samples,
             seed=self.seed,
             sampler=self.sampler,
             schedule=self.scheduler,
@@ -354,7 +363,8 @@ class Denoise(Node):
     def invoke(self, ctx: NodeContext) -> LATENT:
         on_step = progress_with_preview(ctx, self.model)
         end = None if self.denoising_end >= 1.0 else self.denoising_end
-        return denoise(self.model, self.noisy, self.positive, self.negative, self.cfg, on_step, end)
+        out = denoise(self.model, self.noisy, self.positive, self.negative, self.cfg, on_step, end)
+        return Latent(out)
 
 
 def progress_with_preview(ctx: NodeContext, model: Model) -> Callable[[int, int, Any], None]:

@@ -11,6 +11,7 @@ import torch
 
 from ..formats.families import FAMILIES
 from ..values import Conditioning, Model
+from .comfy.inpaint import centre_upscale, concat_mask, resize_to_batch_size
 
 DEFAULT_AESTHETIC = {"positive": 6.0, "negative": 2.5}
 """The SDXL refiner's aesthetic scores when the conditioning names none (ComfyUI, diffusers)."""
@@ -48,18 +49,35 @@ def _same_length(texts: list[torch.Tensor]) -> list[torch.Tensor]:
     return [t.repeat(1, common // t.shape[1], 1) for t in texts]
 
 
-def _concat(model: Model, latents: torch.Tensor) -> torch.Tensor | None:
-    """An inpainting UNet's extra channels when nothing is masked: a mask of ones, black."""
+def _concat(
+    model: Model,
+    latents: torch.Tensor,
+    cond: Conditioning,
+    masked: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor | None:
+    """An inpainting UNet's extra channels (ComfyUI's concat_cond): the mask and the masked
+    picture's latent, from the conditioning (InpaintModelConditioning) or the latent's noise
+    mask; with neither, a mask of ones over a black picture."""
     extra = int(model.unet.config.in_channels) - latents.shape[1]
     if extra <= 0:
         return None
     n, _, h, w = latents.shape
-    mask = torch.ones((n, 1, h, w), device=latents.device, dtype=latents.dtype)
-    black = torch.tensor(BLACK_LATENT, device=latents.device, dtype=latents.dtype)
-    image = black.view(1, -1, 1, 1).expand(n, -1, h, w)
-    if 1 + image.shape[1] != extra:
+    mask = cond.extras.get("concat_mask", None if masked is None else masked[0])
+    if mask is None:
+        ones = torch.ones((n, 1, h, w), device=latents.device, dtype=latents.dtype)
+        black = torch.tensor(BLACK_LATENT, device=latents.device, dtype=latents.dtype)
+        channels = [ones, black.view(1, -1, 1, 1).expand(n, -1, h, w)]
+    else:
+        image = cond.extras.get("concat_latent_image")
+        image = masked[1] if image is None else model.latent_in(image.to(latents.device))
+        if image.shape[1:] != latents.shape[1:]:
+            image = centre_upscale(image.float(), w, h, "bilinear")
+        image = resize_to_batch_size(image, n)
+        channels = [concat_mask(mask.to(latents.device), latents), image]
+    concat = torch.cat([c.to(latents.dtype) for c in channels], dim=1)
+    if concat.shape[1] != extra:
         raise ValueError(f"the UNet takes {extra} extra input channels; nodegraph knows 5")
-    return torch.cat([mask, image], dim=1)
+    return concat
 
 
 @dataclass
@@ -86,7 +104,11 @@ class UnetInputs:
 
     @classmethod
     def batched(
-        cls, model: Model, latents: torch.Tensor, conds: list[tuple[str, Conditioning]]
+        cls,
+        model: Model,
+        latents: torch.Tensor,
+        conds: list[tuple[str, Conditioning]],
+        masked: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> UnetInputs:
         """Inputs for several prompts batched in the given order; each prompt's role
         ("positive" / "negative") picks the SDXL refiner's default aesthetic score."""
@@ -106,9 +128,8 @@ class UnetInputs:
                 row = torch.tensor([time_ids(model, c, latents, role)], dtype=model.dtype)
                 ids.append(row.to(model.device).expand(n, -1))
             added = {"text_embeds": torch.cat(pooled), "time_ids": torch.cat(ids)}
-        concat = _concat(model, latents)
-        if concat is not None and len(conds) > 1:
-            concat = torch.cat([concat] * len(conds))
+        concats = [_concat(model, latents, c, masked) for _, c in conds]
+        concat = None if concats[0] is None else torch.cat(concats)
         return cls(text, added, concat)
 
     def run(self, model: Model, model_in: torch.Tensor, t: Any) -> torch.Tensor:

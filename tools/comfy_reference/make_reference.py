@@ -12,6 +12,7 @@ Writes tests/data/comfy_reference/{manifest.json, tensors.safetensors}.
 from __future__ import annotations
 
 import functools
+import importlib
 import json
 import os
 import subprocess
@@ -72,10 +73,14 @@ def comfy_model(family: str, unet: torch.nn.Module) -> Any:
     import comfy.model_patcher as mp
     import comfy.supported_models as sm
 
-    config = (sm.SD15 if family == "sd1" else sm.SD20)({"disable_unet_model_creation": True})
+    config = (sm.SD20 if family.startswith("sd2") else sm.SD15)(
+        {"disable_unet_model_creation": True}
+    )
     kind = mb.ModelType.V_PREDICTION if family == "sd2_v" else mb.ModelType.EPS
     model = mb.BaseModel(config, model_type=kind, device=torch.device("cpu"))
     model.diffusion_model = DiffusersUNet(unet)
+    if unet.config.in_channels > 4:  # a 9-channel inpainting UNet: mask and masked image
+        model.set_inpaint()
     cpu = torch.device("cpu")
     return mp.ModelPatcher(model, load_device=cpu, offload_device=cpu)
 
@@ -121,6 +126,13 @@ def main() -> None:
         image = tensors[source] if source != "empty" else C.empty(case.get("batch", 1))
         given = {"positive": cond("cond"), "negative": cond("uncond"),
                  "latent_image": {"samples": image.clone()}}  # fmt: skip
+        if "noise_mask" in case:
+            given["latent_image"]["noise_mask"] = inputs[case["noise_mask"]]
+        if case.get("concat"):  # InpaintModelConditioning's additions to both prompts
+            extra = {"concat_latent_image": inputs[f"{case['family']}.masked"],
+                     "concat_mask": inputs[case["noise_mask"]]}  # fmt: skip
+            for key in ("positive", "negative"):
+                given[key] = [[t, {**o, **extra}] for t, o in given[key]]
         if kind in ("KSampler", "KSamplerAdvanced"):
             out = getattr(comfy_nodes, kind)().sample(model=model, **given, **case["inputs"])
             tensors[case["name"]] = out[0]["samples"]
@@ -144,6 +156,15 @@ def main() -> None:
         manifest["cases"].append(case)
         print(case["name"], float(tensors[case["name"]].abs().max()))
 
+    for case in C.latent_cases():
+        args = {k: {"samples": inputs[v].clone()} for k, v in case["latents"].items()}
+        args.update({k: inputs[v] if k == "mask" else v for k, v in case["inputs"].items()})
+        out = comfy_latent_op(comfy_nodes, case["node"], args)
+        tensors[case["name"]] = out["samples"]
+        if "batch_index" in out:
+            tensors[case["name"] + ".batch_index"] = torch.tensor(out["batch_index"])
+        manifest["cases"].append(case)
+
     OUT.mkdir(parents=True, exist_ok=True)
     contiguous = {k: v.contiguous().float() for k, v in tensors.items()}
     save_file(contiguous, OUT / "tensors.safetensors")
@@ -151,6 +172,25 @@ def main() -> None:
     head = json.dumps({k: v for k, v in manifest.items() if k != "cases"})[:-1]
     (OUT / "manifest.json").write_text(f'{head}, "cases": [\n{lines}\n]}}\n')
     print(f"{len(manifest['cases'])} cases written to {OUT}")
+
+
+def comfy_latent_op(comfy_nodes: Any, node: str, args: dict[str, Any]) -> dict[str, Any]:
+    """One of ComfyUI's latent nodes run on `args` (nodes.py's or comfy_extras')."""
+    ours = sys.modules["nodes"]
+    sys.modules["nodes"] = comfy_nodes  # these modules import ComfyUI's nodes.py as `nodes`
+    try:
+        # nodes_post_processing first: it and nodes_latent import each other
+        importlib.import_module("comfy_extras.nodes_post_processing")
+        nl = importlib.import_module("comfy_extras.nodes_latent")
+        nm = importlib.import_module("comfy_extras.nodes_mask")
+    finally:
+        sys.modules["nodes"] = ours
+
+    if hasattr(comfy_nodes, node) and hasattr(getattr(comfy_nodes, node), "FUNCTION"):
+        cls = getattr(comfy_nodes, node)
+        return getattr(cls(), cls.FUNCTION)(**args)[0]
+    cls = getattr(nm, node, None) or getattr(nl, node)
+    return cls.execute(**args).result[0]
 
 
 def comfy_cond(inputs: dict[str, torch.Tensor], family: str, name: str) -> list:

@@ -16,6 +16,7 @@ import torch
 
 from ...values import Conditioning, Model
 from ..unet_inputs import UnetInputs
+from .inpaint import Inpainting
 from .model_sampling import ModelSampling
 from .sampler_api import Denoiser, PairDenoiser
 
@@ -27,8 +28,14 @@ ROLE = {"negative": "negative", "middle": "negative", "positive": "positive"}
 class ModelCall:
     """The UNet's clean-latent estimates for some prompts at once, in sigma space."""
 
-    def __init__(self, model: Model, sampling: ModelSampling, x: torch.Tensor) -> None:
-        self.model, self.sampling = model, sampling
+    def __init__(
+        self,
+        model: Model,
+        sampling: ModelSampling,
+        x: torch.Tensor,
+        inpainting: Inpainting | None = None,
+    ) -> None:
+        self.model, self.sampling, self.inpainting = model, sampling, inpainting
         self.like = x.to(model.dtype)
         self._inputs: dict[tuple[str, ...], UnetInputs] = {}
         self.conds: dict[str, Conditioning] = {}
@@ -39,12 +46,19 @@ class ModelCall:
         inputs = self._inputs.get(roles)
         if inputs is None:
             pairs = [(ROLE[r], self.conds[r]) for r in roles]
-            inputs = self._inputs[roles] = UnetInputs.batched(self.model, self.like, pairs)
+            inputs = UnetInputs.batched(self.model, self.like, pairs, self._masked())
+            self._inputs[roles] = inputs
         ms, k = self.sampling, len(roles)
         x_in = ms.calculate_input(sigma, x).to(self.model.dtype)
         t = ms.timestep(sigma).float()
         out = inputs.run(self.model, torch.cat([x_in] * k), torch.cat([t] * k)).float()
         return [ms.calculate_denoised(sigma, o, x) for o in out.chunk(k)]
+
+    def _masked(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(mask, latent) an inpainting UNet sees where the latent has a noise mask."""
+        if self.inpainting is None:
+            return None
+        return self.inpainting.mask, self.inpainting.latent
 
 
 @dataclass(eq=False)
@@ -62,10 +76,12 @@ class Guider:
     def model_sampling(self) -> ModelSampling:
         return self.sampling or ModelSampling.for_model(self.model)
 
-    def denoisers(self, x: torch.Tensor) -> tuple[Denoiser, PairDenoiser | None]:
+    def denoisers(
+        self, x: torch.Tensor, inpainting: Inpainting | None = None
+    ) -> tuple[Denoiser, PairDenoiser | None]:
         """The guided estimate for a sampling run on latents like `x`, and (for cfg_pp
         samplers) the one that also returns the negative prompt's own estimate."""
-        call = ModelCall(self.model, self.model_sampling(), x)
+        call = ModelCall(self.model, self.model_sampling(), x, inpainting)
         call.conds = self.conds
         if self.rule == "basic":
             return (lambda x, s: call(x, s, ("positive",))[0]), None

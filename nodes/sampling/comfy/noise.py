@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ...values import Latent
 from .sampler_api import NoiseSampler
 
 
@@ -86,7 +87,9 @@ class Noise:
     seed: int
     enabled: bool = True
 
-    def generate(self, latent: torch.Tensor) -> torch.Tensor:
+    def generate(self, latent: Latent) -> torch.Tensor:
+        """The noise for a LATENT (its batch indices pick each image's draw)."""
+        samples = latent.samples
         if not self.enabled:
-            return torch.zeros(latent.shape, dtype=latent.dtype, layout=latent.layout)
-        return initial_noise(latent.cpu(), self.seed)
+            return torch.zeros(samples.shape, dtype=samples.dtype, layout=samples.layout)
+        return initial_noise(samples.cpu(), self.seed, latent.batch_index)

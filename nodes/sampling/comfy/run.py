@@ -11,6 +11,7 @@ import torch
 from ...loading.patching import patched
 from ...loading.residency import RESIDENCY
 from .guidance import Guider
+from .inpaint import Inpainting, latent_mask
 from .model_sampling import ModelSampling
 from .sampler_api import SamplerRun, SamplerSpec, StepReport
 from .schedulers import schedule
@@ -71,8 +72,10 @@ def sample(
     latent: torch.Tensor,
     seed: int | None,
     report: StepReport | None = None,
+    noise_mask: torch.Tensor | None = None,
 ) -> Sampled:
-    """Walk `sigmas` from `latent` plus `noise` (both LATENTs, VAE space, any device)."""
+    """Walk `sigmas` from `latent` plus `noise` (VAE-space tensors, any device); with a
+    `noise_mask` only where it is 1 changes (ComfyUI's KSamplerX0Inpaint)."""
     model = guider.model
     channels = int(model.unet.config.out_channels)
     if latent.ndim != 4 or latent.shape[1] != channels:
@@ -97,8 +100,18 @@ def sample(
         if report is not None:
             report(i, x, denoised, sigma)
 
+    inpainting = None
+    if noise_mask is not None:
+        mask = latent_mask(noise_mask.to(device), x.shape)
+        kept_noise = noise
+        if sampler.spec.random_inpaint_noise:  # ComfyUI's ddim re-noises with seed + 1
+            generator = torch.manual_seed((seed if seed is not None else 41) + 1)
+            kept_noise = torch.randn(noise.shape, generator=generator).to(device)
+        inpainting = Inpainting(mask, image, kept_noise, ms)
     with RESIDENCY.use([model.unet], device), patched(model.unet, model.patches):
-        denoiser, pair = guider.denoisers(x)
+        denoiser, pair = guider.denoisers(x, inpainting)
+        if inpainting is not None:
+            denoiser, pair = inpainting.wrap(denoiser), inpainting.wrap_pair(pair)
         run = SamplerRun(denoiser, ms, seed, on_step, pair)
         out = sampler.spec.fn(run, x, sigmas, **sampler.spec.options)
     out = ms.inverse_noise_scaling(sigmas[-1], out)

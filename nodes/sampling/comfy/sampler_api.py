@@ -120,3 +120,6 @@ class SamplerSpec:
     """ComfyUI computes the schedule for steps + 1 and drops the second-to-last sigma."""
     options: dict[str, Any] = field(default_factory=dict)
     """Keyword arguments passed to fn (e.g. a variant)."""
+    random_inpaint_noise: bool = False
+    """Re-noise what a noise mask keeps with the seed + 1's noise, not the initial noise
+    (ComfyUI's ddim)."""

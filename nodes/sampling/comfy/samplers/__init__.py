@@ -29,6 +29,7 @@ _ALL: dict[str, SamplerSpec] = {}
 for _module in (euler, multistep, dpmpp, stepwise, dpm_solver, unipc, deis, sa_solver):
     _ALL.update(_module.SAMPLERS)
 if "euler" in _ALL:  # ComfyUI's "ddim" is Euler (with random noise for inpainting's re-noise)
-    _ALL["ddim"] = SamplerSpec(_ALL["euler"].fn, options={**_ALL["euler"].options})
+    euler_spec = _ALL["euler"]
+    _ALL["ddim"] = SamplerSpec(euler_spec.fn, options=euler_spec.options, random_inpaint_noise=True)
 SAMPLERS: dict[str, SamplerSpec] = {name: _ALL[name] for name in SAMPLER_NAMES if name in _ALL}
 """The names nodegraph runs, in ComfyUI's order (a name missing here is refused at validation)."""

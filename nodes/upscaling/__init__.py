@@ -1,0 +1,1 @@
+"""Upscale models (ESRGAN, Real-ESRGAN, SwinIR, ... through spandrel) and tiled upscaling."""

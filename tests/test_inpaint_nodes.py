@@ -1,0 +1,86 @@
+"""VAEEncodeForInpaint, InpaintModelConditioning and SetLatentNoiseMask on the tiny models
+(ComfyUI's semantics; the sampler's side is compared with ComfyUI in test_comfy_sampling)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from nodes.latents.codec import vae_encode
+from nodes.latents.inpaint import InpaintModelConditioning, SetLatentNoiseMask, VAEEncodeForInpaint
+from nodes.sampling.ksampler import KSampler
+from nodes.values import Conditioning, Latent
+from tests import comfy_cases as C
+
+
+class Ctx:
+    def progress(self, value: int, total: int, preview: Any = None) -> None:
+        pass
+
+    def warn(self, message: str) -> None:
+        pass
+
+
+def picture_and_mask() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(3)
+    pixels = torch.rand((1, 64, 64, 3), generator=g)
+    mask = torch.zeros((1, 64, 64))
+    mask[:, 16:40, 24:48] = 1.0
+    return pixels, mask
+
+
+def test_vae_encode_for_inpaint_greys_the_mask_and_grows_it():
+    _, _, vae = C.tiny_checkpoint("sd1")
+    pixels, mask = picture_and_mask()
+    out = VAEEncodeForInpaint(pixels=pixels, vae=vae, mask=mask, grow_mask_by=6).invoke(Ctx())
+    greyed = pixels.clone()
+    greyed[:, 16:40, 24:48] = 0.5
+    assert torch.equal(out.samples, vae_encode(vae, greyed)[0])
+    noise_mask = out.noise_mask[0, 0]
+    assert noise_mask.shape == (64, 64) and set(noise_mask.unique().tolist()) == {0.0, 1.0}
+    # grown with a 6x6 box, padding 3 (ComfyUI's conv): 2 rows above, 3 below, cut to 64
+    rows = noise_mask.amax(dim=1).nonzero().flatten()
+    cols = noise_mask.amax(dim=0).nonzero().flatten()
+    assert (int(rows[0]), int(rows[-1])) == (14, 42) and (int(cols[0]), int(cols[-1])) == (22, 50)
+    unmasked = VAEEncodeForInpaint(pixels=pixels, vae=vae, mask=mask, grow_mask_by=0)
+    assert torch.equal(unmasked.invoke(Ctx()).noise_mask[0, 0], mask[0])
+
+
+def test_inpaint_model_conditioning_gives_both_prompts_the_mask_and_the_masked_latent():
+    _, _, vae = C.tiny_checkpoint("sd1")
+    pixels, mask = picture_and_mask()
+    pos, neg = Conditioning(torch.zeros(1, 77, 32)), Conditioning(torch.ones(1, 77, 32))
+    out = InpaintModelConditioning(positive=pos, negative=neg, vae=vae, pixels=pixels,
+                                   mask=mask, noise_mask=True).invoke(Ctx())  # fmt: skip
+    greyed = pixels.clone()
+    greyed[:, 16:40, 24:48] = 0.5
+    for c in (out.positive, out.negative):
+        assert torch.equal(c.extras["concat_latent_image"], vae_encode(vae, greyed)[0])
+        assert torch.equal(c.extras["concat_mask"][0, 0], mask[0])
+    assert torch.equal(out.latent.samples, vae_encode(vae, pixels)[0])
+    assert torch.equal(out.latent.noise_mask[0, 0], mask[0])
+    assert torch.equal(out.positive.embeds, pos.embeds) and not pos.extras  # copies, not edits
+
+
+def test_a_noise_mask_keeps_the_latent_outside_it_and_repaints_inside():
+    """A plain model with SetLatentNoiseMask: where the mask (resized to the latent, bilinear)
+    is 0 the latent comes back exactly as it went in; inside it is repainted. (Decoded, the
+    tiny random VAE's attention spreads any change over the whole picture, so the comparison
+    is in latent space.)"""
+    model, _, vae = C.tiny_checkpoint("sd1")
+    pixels, mask = picture_and_mask()
+    latent = Latent(vae_encode(vae, pixels)[0])
+    masked = SetLatentNoiseMask(samples=latent, mask=mask).invoke(Ctx())
+    cond = Conditioning(torch.randn((1, 77, 32), generator=torch.Generator().manual_seed(1)))
+    sampled = KSampler(model=model, seed=5, steps=4, cfg=4.0, sampler_name="euler",
+                       scheduler="normal", positive=cond, negative=cond, latent_image=masked,
+                       denoise=0.9).invoke(Ctx())  # fmt: skip
+    small = torch.nn.functional.interpolate(mask[:, None], size=(8, 8), mode="bilinear")[0, 0]
+    outside, inside = small == 0, small == 1
+    assert outside.sum() > 30 and inside.sum() > 2
+    before, after = latent.samples[0], sampled.samples[0]
+    assert torch.allclose(
+        after[:, outside], before[:, outside], rtol=1e-6, atol=1e-6
+    )  # scaled in, out
+    assert (after[:, inside] - before[:, inside]).abs().max() > 0.1
