@@ -60,6 +60,9 @@ def inputs() -> dict[str, torch.Tensor]:
     out["sd1.uncond_image"] = torch.randn((1, 4, 5, 6), generator=g) * 4.0
     out["sd1.small"] = torch.randn((2, 4, 4, 6), generator=g) * 4.0
     out["sd1.batch3"] = torch.randn((3, *LATENT), generator=g) * 4.0
+    out["sd1.long"] = torch.randn((1, 154, 32), generator=g)
+    out["sd1.pooled"] = torch.randn((1, 32), generator=g)
+    out["sd1.pooled2"] = torch.randn((1, 32), generator=g)
     return out
 
 
@@ -281,4 +284,22 @@ def latent_cases() -> list[dict[str, Any]]:
                  length=5),
               op("batch", "LatentBatch", {"samples1": "sd1.batch3", "samples2": "sd1.small"})]
     return cases
+
+
+def conditioning_cases() -> list[dict[str, Any]]:
+    """ComfyUI's conditioning arithmetic on seeded prompts: (tensor name, pooled name or None)."""
+    def op(name: str, node: str, conds: dict[str, tuple[str, str | None]], **inputs: Any):
+        return {"name": f"conditioning.{name}", "kind": "conditioning_op", "node": node,
+                "conds": conds, "inputs": inputs}
+    a, b, long = ("sd1.cond", "sd1.pooled"), ("sd1.cond2", "sd1.pooled2"), ("sd1.long", None)
+    return [
+        op("average", "ConditioningAverage", {"conditioning_to": a, "conditioning_from": b},
+           conditioning_to_strength=0.3),
+        op("average_longer_from", "ConditioningAverage",
+           {"conditioning_to": a, "conditioning_from": long}, conditioning_to_strength=0.6),
+        op("average_shorter_from", "ConditioningAverage",
+           {"conditioning_to": long, "conditioning_from": b}, conditioning_to_strength=0.25),
+        op("concat", "ConditioningConcat", {"conditioning_to": a, "conditioning_from": long}),
+        op("zero_out", "ConditioningZeroOut", {"conditioning": a}),
+    ]
 # fmt: on

@@ -191,7 +191,11 @@ def custom_guider(m: Any, case: dict[str, Any], spec: dict[str, Any]) -> Any:
     return getattr(custom, spec["node"])(model=m, **prompts, **fields).invoke(Ctx())
 
 
-SAMPLING = [n for n, c in CASES.items() if c["kind"] not in ("sigmas", "latent_op")]
+SAMPLING = [
+    n
+    for n, c in CASES.items()
+    if c["kind"] in ("KSampler", "KSamplerAdvanced", "SamplerCustom", "SamplerCustomAdvanced")
+]
 
 
 @pytest.mark.parametrize("name", [n for n in SAMPLING if not n.startswith("split.")])
@@ -325,3 +329,18 @@ def test_a_noise_mask_keeps_what_lies_outside_it():
     out = node.invoke(Ctx()).samples
     assert torch.allclose(out[..., :3], image[..., :3], atol=1e-5)  # left of the soft edge
     assert (out[..., 5:] - image[..., 5:]).abs().max() > 1e-1
+
+
+@pytest.mark.parametrize("name", [n for n, c in CASES.items() if c["kind"] == "conditioning_op"])
+def test_conditioning_arithmetic_matches_comfyui(name):
+    from nodes.conditioning import combine
+
+    case = CASES[name]
+    conds = {k: Conditioning(reference()[t], None if p is None else reference()[p])
+             for k, (t, p) in case["conds"].items()}  # fmt: skip
+    out = getattr(combine, case["node"])(**conds, **case["inputs"]).invoke(Ctx())
+    assert close(out.embeds, reference()[name], SIGMA_TOL) <= 1
+    if name + ".pooled" in reference():
+        assert close(out.pooled, reference()[name + ".pooled"], SIGMA_TOL) <= 1
+    else:
+        assert out.pooled is None

@@ -1,18 +1,13 @@
-"""Resizing pictures: ComfyUI's ImageScale (to fit an input picture to the model's size)."""
+"""ComfyUI's ImageScale: pictures resized with common_upscale's numbers (images.resample)."""
 
 from __future__ import annotations
 
 from typing import Literal
 
-import numpy as np
-import torch
-import torch.nn.functional as F  # noqa: N812
-from PIL import Image
-
 from nodegraph import InputField, Node, NodeContext
 
 from ..values import IMAGE
-from .io import to_pil
+from .resample import rescale
 
 MAX_RESOLUTION = 16384
 UpscaleMethod = Literal["nearest-exact", "bilinear", "area", "bicubic", "lanczos"]
@@ -27,35 +22,6 @@ def target_size(width: int, height: int, want_w: int, want_h: int) -> tuple[int,
     elif want_h == 0:
         want_h = round(height * want_w / width)
     return min(max(want_w, 1), MAX_RESOLUTION), min(max(want_h, 1), MAX_RESOLUTION)
-
-
-def centre_crop(images: torch.Tensor, aspect: float) -> torch.Tensor:
-    """The centred part of images (batch, H, W, C) with width / height = `aspect`."""
-    _, h, w, _ = images.shape
-    if w / h > aspect:
-        keep = max(1, round(h * aspect))
-        left = (w - keep) // 2
-        return images[:, :, left : left + keep]
-    keep = max(1, round(w / aspect))
-    top = (h - keep) // 2
-    return images[:, top : top + keep]
-
-
-def resize(images: torch.Tensor, width: int, height: int, method: str) -> torch.Tensor:
-    """Images (batch, H, W, C) in 0..1 resized to height x width."""
-    if method == "lanczos":  # as ComfyUI: Pillow's filter, through 8-bit pictures
-        done = [
-            np.asarray(p.resize((width, height), Image.Resampling.LANCZOS), dtype=np.float32)
-            for p in to_pil(images)
-        ]
-        out = torch.from_numpy(np.stack(done) / 255.0)
-        return out.reshape(len(done), height, width, -1).to(images.device, images.dtype)
-    x = images.movedim(-1, 1)
-    if method in ("bilinear", "bicubic"):  # antialiased: no aliasing when shrinking
-        x = F.interpolate(x, size=(height, width), mode=method, antialias=True)
-    else:
-        x = F.interpolate(x, size=(height, width), mode=method)
-    return x.movedim(1, -1).clamp(0, 1)
 
 
 class ImageScale(Node):
@@ -78,9 +44,6 @@ class ImageScale(Node):
             raise ValueError(
                 f"{width} x {height} is {width * height} pixels; the limit is {limit}."
             )
-        images = self.image
-        if self.crop == "center":
-            images = centre_crop(images, width / height)
-        if images.shape[1:3] == (height, width):
-            return images
-        return resize(images, width, height, self.upscale_method)
+        if self.width == 0 and self.height == 0:
+            return self.image
+        return rescale(self.image, width, height, self.upscale_method, self.crop)

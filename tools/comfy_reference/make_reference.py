@@ -165,8 +165,18 @@ def main() -> None:
             tensors[case["name"] + ".batch_index"] = torch.tensor(out["batch_index"])
         manifest["cases"].append(case)
 
+    for case in C.conditioning_cases():
+        args = {k: [[inputs[t], {} if p is None else {"pooled_output": inputs[p]}]]
+                for k, (t, p) in case["conds"].items()}  # fmt: skip
+        cls = getattr(comfy_nodes, case["node"])
+        ((embeds, extra),) = getattr(cls(), cls.FUNCTION)(**args, **case["inputs"])[0]
+        tensors[case["name"]] = embeds
+        if extra.get("pooled_output") is not None:
+            tensors[case["name"] + ".pooled"] = extra["pooled_output"]
+        manifest["cases"].append(case)
+
     OUT.mkdir(parents=True, exist_ok=True)
-    contiguous = {k: v.contiguous().float() for k, v in tensors.items()}
+    contiguous = {k: v.float().clone().contiguous() for k, v in tensors.items()}
     save_file(contiguous, OUT / "tensors.safetensors")
     lines = ",\n".join(json.dumps(case) for case in manifest["cases"])
     head = json.dumps({k: v for k, v in manifest.items() if k != "cases"})[:-1]

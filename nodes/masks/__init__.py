@@ -1,0 +1,1 @@
+"""Masks: loading, converting, making, growing, feathering, cropping and combining them."""
