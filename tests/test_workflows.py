@@ -32,9 +32,17 @@ NAMES = [
     "comfy_custom_sampling",
     "comfy_inpaint",
     "comfy_hires_fix",
+    "comfy_outpaint",
 ]
-UPSCALED = {"comfy_hires_fix": 2}
-"""Workflows whose pictures come out larger than the model's size, by this factor."""
+RESIZED = {
+    "comfy_hires_fix": lambda side: (2 * side, 2 * side),  # LatentUpscaleBy 2
+    "comfy_outpaint": lambda side: (side + 64, side),  # ImagePadForOutpaint 32 left and right
+}
+"""Workflows whose pictures come out at another size than the model's: side -> (w, h)."""
+
+
+def output_size(name: str, side: int) -> tuple[int, int]:
+    return RESIZED.get(name, lambda s: (s, s))(side)
 # The AddNoise / KSampler ids a strength sweep targets, and what must re-run after the first.
 SWEEPS = {
     "img2img": ("noise.strength", {"noise", "denoise", "decode", "save"}),
@@ -119,8 +127,7 @@ def test_workflow_runs_on_the_tiny_model(name, tiny_sd, picture, tmp_path):
     assert run["status"] == "success" and run["outputs"]
     for path in run["outputs"]:
         with Image.open(path) as img:
-            side = df.TINY_SIZE * UPSCALED.get(name, 1)
-            assert img.size == (side, side)
+            assert img.size == output_size(name, df.TINY_SIZE)
             embedded = json.loads(img.text["prompt"])  # the workflow as run, --set applied
     assert embedded.keys() == load(name).keys()
     loaders = [n for n in embedded.values() if n["class_type"].startswith("CheckpointLoader")]
@@ -148,10 +155,9 @@ def test_workflow_runs_on_the_shipped_model(name, tmp_path, picture, one_thread)
     (run,) = report["runs"]
     assert run["status"] == "success" and run["outputs"]
     if not extra:  # the workflow as shipped works at the model's native size
-        native = shipped_size() * UPSCALED.get(name, 1)
         for path in run["outputs"]:
             with Image.open(path) as img:
-                assert img.size == (native, native)
+                assert img.size == output_size(name, shipped_size())
 
 
 @shipped
