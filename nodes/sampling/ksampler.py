@@ -65,9 +65,7 @@ class KSampler(Node):
             ctx.warn("denoise is 0: the latent passes through unchanged")
             return self.latent_image
         noise = Noise(self.seed).generate(self.latent_image)
-        return sample_latent(
-            ctx, guider, sampler, sigmas, noise, self.latent_image, self.seed
-        )[0]
+        return sample_latent(ctx, guider, sampler, sigmas, noise, self.latent_image, self.seed)[0]
 
 
 class KSamplerAdvanced(Node):

@@ -132,8 +132,11 @@ class UnetInputs:
         concat = None if concats[0] is None else torch.cat(concats)
         return cls(text, added, concat)
 
-    def run(self, model: Model, model_in: torch.Tensor, t: Any) -> torch.Tensor:
-        """The UNet's prediction for a (guidance-batched) latent at timestep t."""
+    def run(
+        self, model: Model, model_in: torch.Tensor, t: Any, residuals: dict[str, Any] | None = None
+    ) -> torch.Tensor:
+        """The UNet's prediction for a (guidance-batched) latent at timestep t, with the
+        ControlNets' residuals (nodes.control.residuals) when there are any."""
         if self.concat is not None:
             model_in = torch.cat([model_in, self.concat], dim=1)
         return model.unet(
@@ -142,4 +145,5 @@ class UnetInputs:
             encoder_hidden_states=self.text,
             added_cond_kwargs=self.added,
             return_dict=False,
+            **(residuals or {}),
         )[0]

@@ -14,6 +14,7 @@ from typing import Literal
 
 import torch
 
+from ...control.residuals import prompt_controls, residuals
 from ...values import Conditioning, Model
 from ..unet_inputs import UnetInputs
 from .inpaint import Inpainting
@@ -49,9 +50,15 @@ class ModelCall:
             inputs = UnetInputs.batched(self.model, self.like, pairs, self._masked())
             self._inputs[roles] = inputs
         ms, k = self.sampling, len(roles)
-        x_in = ms.calculate_input(sigma, x).to(self.model.dtype)
-        t = ms.timestep(sigma).float()
-        out = inputs.run(self.model, torch.cat([x_in] * k), torch.cat([t] * k)).float()
+        x_in = torch.cat([ms.calculate_input(sigma, x).to(self.model.dtype)] * k)
+        t = torch.cat([ms.timestep(sigma).float()] * k)
+        controls = prompt_controls(
+            [(ROLE[r], self.conds[r]) for r in roles], self.conds.get("positive")
+        )
+        added = None
+        if any(controls):  # ComfyUI's get_control: each prompt's ControlNets on the same input
+            added = residuals(self.model, ms, sigma, x_in, t, inputs, controls)
+        out = inputs.run(self.model, x_in, t, added).float()
         return [ms.calculate_denoised(sigma, o, x) for o in out.chunk(k)]
 
     def _masked(self) -> tuple[torch.Tensor, torch.Tensor] | None:

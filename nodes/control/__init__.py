@@ -1,0 +1,1 @@
+"""ControlNet: loading ControlNets, attaching them to conditioning, and their UNet residuals."""
