@@ -84,3 +84,15 @@ def test_a_noise_mask_keeps_the_latent_outside_it_and_repaints_inside():
         after[:, outside], before[:, outside], rtol=1e-6, atol=1e-6
     )  # scaled in, out
     assert (after[:, inside] - before[:, inside]).abs().max() > 0.1
+
+
+def test_a_latent_composite_outside_the_canvas_is_refused_clearly():
+    import pytest
+
+    from nodes.latents.transform import LatentComposite
+
+    canvas, patch = Latent(torch.zeros(1, 4, 8, 8)), Latent(torch.ones(1, 4, 2, 2))
+    with pytest.raises(ValueError, match=r"x=64, y=0 lies outside the destination latent"):
+        LatentComposite(samples_to=canvas, samples_from=patch, x=64, y=0).invoke(Ctx())
+    inside = LatentComposite(samples_to=canvas, samples_from=patch, x=48, y=56).invoke(Ctx())
+    assert float(inside.samples.sum()) == 4 * 2 * 1  # clipped at the bottom edge: 2 x 1 pixels
