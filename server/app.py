@@ -8,12 +8,10 @@ import logging
 import math
 import os
 import platform
-import shutil
 import sys
 import uuid
 from collections import Counter
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -27,13 +25,16 @@ from nodegraph.registry import Registry, default_registry, describe
 from nodegraph.validate import Limits as EngineLimits
 from nodegraph.validate import plan_dependents
 
-from . import budget, files
+from . import budget, files, startup
 from .config import CONFIG, ServerConfig
+from .faults import storage_faults
 from .guard import Guard, refuse, security_headers
+from .history import shown_number
 from .hub import Connection, Hub
 from .messages import error_body, message
 from .store import DuplicatePromptId, Store
 from .worker import Worker
+from .wsframes import ClientWebSocket
 
 log = logging.getLogger("nodegraph.server")
 INLINE_VALIDATION = 256
@@ -113,8 +114,6 @@ class Server:
 
     def __init__(self, config: ServerConfig, registry: Registry | None = None) -> None:
         self.config = config
-        for folder in (config.input_dir, config.output_dir, config.temp_dir):
-            folder.mkdir(parents=True, exist_ok=True)
         self.registry = registry if registry is not None else default_registry()
         cache = Cache(config.cache_bytes) if config.cache_bytes is not None else Cache()
         self.executor = Executor(
@@ -148,8 +147,10 @@ class Server:
     # -- life cycle -------------------------------------------------------------------------
 
     async def startup(self, app: web.Application) -> None:
-        _clear_folder(self.config.temp_dir)
-        self.store = Store(self.config.db_path, self.config.limits.max_history)
+        """Check the data folder and open the queue (StartupError when either fails)."""
+        await asyncio.to_thread(startup.prepare_folders, self.config)
+        self.store = await asyncio.to_thread(startup.open_store, self.config)
+        await asyncio.to_thread(self.store.history_json)  # rendered now, not at the first look
         recovered = self.store.recovered
         if recovered["requeued"] or recovered["failed"]:
             log.warning(
@@ -221,7 +222,7 @@ class Server:
             self._adding[client_id] -= 1
         self.worker.wake()
         self.broadcast_status()
-        shown = int(number) if float(number).is_integer() else number
+        shown = shown_number(number)
         return web.json_response({"prompt_id": prompt_id, "number": shown, "node_errors": {}})
 
     async def _admit(self, body: Any) -> tuple[Any, ...]:
@@ -334,11 +335,13 @@ class Server:
             offset = _int_query(request, "offset")
         except ValueError as exc:
             return refuse(400, str(exc))
-        return web.json_response(self.store.history(None, max_items, offset))
+        body = await asyncio.to_thread(self.store.history_json, None, max_items, offset)
+        return web.Response(body=body, content_type="application/json")
 
     async def get_history_item(self, request: web.Request) -> web.Response:
         assert self.store is not None
-        return web.json_response(self.store.history(request.match_info["prompt_id"]))
+        body = await asyncio.to_thread(self.store.history_json, request.match_info["prompt_id"])
+        return web.Response(body=body, content_type="application/json")
 
     async def post_history(self, request: web.Request) -> web.Response:
         assert self.store is not None
@@ -375,7 +378,7 @@ class Server:
             return refuse(400, f"clientId must be at most {MAX_ID} characters.")
         if len(self.hub) >= self.config.limits.max_ws_clients:
             return refuse(429, "Too many websocket connections (--max-ws-clients).")
-        ws = web.WebSocketResponse(heartbeat=30, max_msg_size=1 << 16)
+        ws = ClientWebSocket(heartbeat=30, max_msg_size=1 << 16)
         await ws.prepare(request)
         conn = Connection(client_id, ws)
         self.hub.add(conn)
@@ -449,15 +452,6 @@ def _int_query(request: web.Request, name: str) -> int | None:
     if name == "max_items" and number < 0:
         raise ValueError("max_items cannot be negative")
     return number
-
-
-def _clear_folder(folder: Path) -> None:
-    """Empty the temp folder (previews of earlier runs), keeping the folder itself."""
-    for child in folder.iterdir() if folder.is_dir() else ():
-        if child.is_dir() and not child.is_symlink():
-            shutil.rmtree(child, ignore_errors=True)
-        else:
-            child.unlink(missing_ok=True)
 
 
 def _model_folders(registry: Registry) -> dict[str, list[str]]:
@@ -553,7 +547,7 @@ def create_app(config: ServerConfig, registry: Registry | None = None) -> web.Ap
     """The application; its startup opens the store (recovering from a crash) and the worker."""
     limits = config.limits
     app = web.Application(
-        middlewares=[Guard(config).middleware],
+        middlewares=[Guard(config).middleware, storage_faults],
         client_max_size=max(limits.max_body_bytes, limits.max_upload_bytes) + 65536,
     )
     server = Server(config, registry)

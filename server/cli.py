@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
-import fcntl
 import importlib
 import logging
 import os
@@ -19,6 +18,7 @@ from aiohttp import web
 from nodegraph.cli import add_model_arguments
 
 from .config import DEFAULT_WEB_DIR, Limits, ServerConfig, is_loopback
+from .startup import StartupError, lock_data_folder
 
 log = logging.getLogger("nodegraph.server")
 TOKEN_ENV = "NODEGRAPH_TOKEN"
@@ -138,12 +138,10 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    config.data_dir.mkdir(parents=True, exist_ok=True)
-    lock = (config.data_dir / "server.lock").open("w")
     try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        print(f"error: another server is using {config.data_dir}", file=sys.stderr)
+        lock = lock_data_folder(config.data_dir)
+    except StartupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
         return asyncio.run(_serve(config, _registry(args)))
@@ -160,7 +158,12 @@ async def _serve(config: ServerConfig, registry: object) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
-    await runner.setup()
+    try:
+        await runner.setup()  # the app's startup: the data folder's checks, the queue database
+    except StartupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        await runner.cleanup()
+        return 2
     site = web.TCPSite(runner, config.host, config.port)
     try:
         await site.start()

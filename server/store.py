@@ -18,6 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import history
+from .history import shown_number
+
 MAX_ATTEMPTS = 2
 """Starts a job gets: a crash while it runs re-queues it once, a second crash fails it."""
 
@@ -61,7 +64,7 @@ class Job:
 
     def item(self) -> list[Any]:
         """ComfyUI's queue item: [number, prompt_id, prompt, extra_data, outputs_to_execute]."""
-        number = int(self.number) if float(self.number).is_integer() else self.number
+        number = shown_number(self.number)
         return [number, self.prompt_id, self.prompt, self.extra_data, self.outputs_to_execute]
 
 
@@ -88,23 +91,37 @@ class Store:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._lock = threading.Lock()
+        self._open: dict[str, str | None] = {}
+        """Queued and running jobs -> client id, kept in step with the table (counts are hot)."""
+        self._per_client: Counter[str | None] = Counter()
+        self._rendered = history.Rendered()
+        try:
+            self._counter = self._prepare()
+            self.recovered = self._recover()
+            with self._lock:
+                rows = self._db.execute(
+                    "SELECT prompt_id, client_id FROM jobs WHERE state IN (?, ?)",
+                    (QUEUED, RUNNING),
+                ).fetchall()
+        except BaseException:
+            self._db.close()
+            raise
+        self._open.update(rows)
+        self._per_client.update(self._open.values())
+
+    def _prepare(self) -> int:
+        """Settings, a whole-file check (a truncated file fails here), the schema; the next
+        job number."""
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA busy_timeout=10000")
+            check = self._db.execute("PRAGMA quick_check").fetchall()
+            if check != [("ok",)]:
+                raise sqlite3.DatabaseError(f"the database is damaged ({check[0][0]})")
             self._db.executescript(_SCHEMA)
             row = self._db.execute("SELECT MAX(ABS(number)) FROM jobs").fetchone()
-            self._counter = int(row[0] or 0) + 1
-        self._open: dict[str, str | None] = {}
-        """Queued and running jobs -> client id, kept in step with the table (counts are hot)."""
-        self._per_client: Counter[str | None] = Counter()
-        self.recovered = self._recover()
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT prompt_id, client_id FROM jobs WHERE state IN (?, ?)", (QUEUED, RUNNING)
-            ).fetchall()
-        self._open.update(rows)
-        self._per_client.update(self._open.values())
+        return int(row[0] or 0) + 1
 
     @contextlib.contextmanager
     def _transaction(self, fsync: bool = True) -> Iterator[None]:
@@ -118,6 +135,11 @@ class Store:
                 with self._db:
                     self._db.execute("BEGIN IMMEDIATE")
                     yield
+            except BaseException:
+                if self._db.in_transaction:  # a failed COMMIT (a full disk) may leave it open
+                    with contextlib.suppress(sqlite3.Error):
+                        self._db.rollback()
+                raise
             finally:
                 if not fsync:
                     self._db.execute("PRAGMA synchronous=FULL")
@@ -226,9 +248,12 @@ class Store:
             )
 
     def finish(self, prompt_id: str, outcome: Outcome) -> None:
+        """Record how a job ended; on a storage error (a full disk) nothing changes."""
         with self._transaction(fsync=False):
             self._finish_locked(prompt_id, outcome, time.time())
             self._prune_locked()
+        with self._lock:
+            self._closed([prompt_id])
 
     def _closed(self, prompt_ids: Iterable[str]) -> None:
         for prompt_id in prompt_ids:
@@ -237,11 +262,10 @@ class Store:
 
     def _finish_locked(self, prompt_id: str, outcome: Outcome, now: float) -> None:
         assert outcome.state in FINAL
-        self._closed([prompt_id])
         self._db.execute(
             "UPDATE jobs SET state = ?, finished = ?, outputs = ?, messages = ?, meta = ?, "
             "history_seq = (SELECT COALESCE(MAX(history_seq), 0) + 1 FROM jobs) "
-            "WHERE prompt_id = ?",
+            "WHERE prompt_id = ? AND state = ?",  # a finished job never changes again
             (
                 outcome.state,
                 now,
@@ -249,6 +273,7 @@ class Store:
                 json.dumps(outcome.messages),
                 json.dumps(outcome.meta),
                 prompt_id,
+                RUNNING,
             ),
         )
 
@@ -289,55 +314,41 @@ class Store:
                 "DELETE FROM jobs WHERE state = ? AND prompt_id = ?",
                 [(QUEUED, p) for p in doomed],
             )
+        with self._lock:
             self._closed(doomed)
-            return len(doomed)
+        return len(doomed)
 
     # -- the history ----------------------------------------------------------------------------
 
-    def history(
+    def history_json(
         self,
         prompt_id: str | None = None,
         max_items: int | None = None,
         offset: int | None = None,
-    ) -> dict[str, Any]:
-        """ComfyUI's history: {prompt_id: {prompt, outputs, status, meta}}, oldest first."""
-        sql = (
-            f"SELECT {_JOB_COLUMNS}, outputs, messages, meta FROM jobs "
-            "WHERE history_seq IS NOT NULL"
-        )
-        args: list[Any] = []
+    ) -> bytes:
+        """ComfyUI's history as JSON: {prompt_id: {prompt, outputs, status, meta}}, oldest
+        first; `max_items` alone gives the newest N, with `offset` N from the offset-th."""
+        finished = "FROM jobs WHERE history_seq IS NOT NULL"
+        whole = False
         if prompt_id is not None:
-            sql += " AND prompt_id = ?"
-            args.append(prompt_id)
-        sql += " ORDER BY history_seq"
+            sql, args = f"SELECT seq {finished} AND prompt_id = ?", [prompt_id]
+        elif max_items is not None and (offset is None or offset < 0):  # the newest N
+            newest = f"SELECT seq, history_seq {finished} ORDER BY history_seq DESC LIMIT ?"
+            sql, args = f"SELECT seq FROM ({newest}) ORDER BY history_seq", [max_items]
+        else:
+            whole = max_items is None and not offset
+            sql = f"SELECT seq {finished} ORDER BY history_seq LIMIT ? OFFSET ?"
+            args = [-1 if max_items is None else max_items, max(offset or 0, 0)]
         with self._lock:
-            if prompt_id is None and max_items is not None:
-                if offset is None or offset < 0:
-                    total = self._db.execute(
-                        "SELECT COUNT(*) FROM jobs WHERE history_seq IS NOT NULL"
-                    ).fetchone()[0]
-                    offset = max(total - max_items, 0)
-                sql += " LIMIT ? OFFSET ?"
-                args += [max_items, offset]
-            elif prompt_id is None and offset is not None and offset > 0:
-                sql += " LIMIT -1 OFFSET ?"
-                args.append(offset)
-            rows = self._db.execute(sql, args).fetchall()
-        result = {}
-        for row in rows:
-            job = _job(row[: len(_JOB_FIELDS)])
-            outputs, messages, meta = (json.loads(x or "{}") for x in row[len(_JOB_FIELDS) :])
-            result[job.prompt_id] = {
-                "prompt": job.item(),
-                "outputs": outputs,
-                "status": {
-                    "status_str": job.state,
-                    "completed": job.state == SUCCESS,
-                    "messages": messages,
-                },
-                "meta": meta,
-            }
-        return result
+            seqs = [seq for (seq,) in self._db.execute(sql, args)]
+            missing = self._rendered.missing(seqs)
+            rows = []
+            for start in range(0, len(missing), 500):  # SQLite's limit on parameters
+                chunk = missing[start : start + 500]
+                marks = ", ".join("?" * len(chunk))
+                query = f"SELECT seq, {history.COLUMNS} FROM jobs WHERE seq IN ({marks})"
+                rows += self._db.execute(query, chunk).fetchall()
+            return self._rendered.answer(seqs, rows, whole)
 
     def state_of(self, prompt_id: str) -> str | None:
         with self._lock:

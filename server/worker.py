@@ -17,11 +17,14 @@ from nodegraph import events
 from nodegraph.context import RunSettings
 from nodegraph.executor import Executor
 
+from .faults import is_storage_fault
 from .hub import Hub
 from .messages import RunMessages
 from .store import ERROR, SUCCESS, Job, Outcome, Store
 
 log = logging.getLogger("nodegraph.server")
+RETRY_FIRST, RETRY_MOST = 0.25, 5.0
+"""Seconds between tries to write to a failing store (a full disk): doubling up to the most."""
 
 
 class Worker:
@@ -44,6 +47,8 @@ class Worker:
         self._outbox: list[tuple[str, list[str | bytes]]] = []
         self._outbox_lock = threading.Lock()
         self._flush_pending = False
+        self._store_failing: str | None = None
+        """What the last failed store call was doing (logged once until it works again)."""
         self._thread = threading.Thread(target=self._main, name="nodegraph-worker", daemon=True)
 
     @property
@@ -117,13 +122,12 @@ class Worker:
                     return
             try:
                 job = self.store.claim_next()
-            except Exception:
-                log.exception("cannot read the queue")
+                self._store_works()
+            except Exception as exc:
+                self._store_fails("take the next job", exc)
                 job = None
             if job is None:
-                with self._wake:
-                    if not self._stopping:
-                        self._wake.wait(1.0)
+                self._pause(1.0)
                 continue
             with self._wake:
                 self._current, self._interrupt = job, threading.Event()
@@ -162,9 +166,66 @@ class Worker:
             self._post(client, [run.crashed(exc)])
             status = "failed"
         if status == "interrupted" and self._stopping:
-            self.store.requeue(job.prompt_id)
-            log.info("job %s stopped by shutdown; queued again", job.prompt_id)
+            try:
+                self.store.requeue(job.prompt_id)
+                log.info("job %s stopped by shutdown; queued again", job.prompt_id)
+            except Exception as exc:  # it stays running in the store: the next start queues it
+                log.warning("job %s stopped; not queued again now: %s", job.prompt_id, exc)
             return
         final = SUCCESS if status == "success" else ERROR
-        self.store.finish(job.prompt_id, Outcome(final, run.outputs, run.history, run.meta))
-        self._post(client, [run.done()])
+        if self._record(job, Outcome(final, run.outputs, run.history, run.meta), run):
+            self._post(client, [run.done()])
+
+    def _record(self, job: Job, outcome: Outcome, run: RunMessages) -> bool:
+        """Write how the job ended, trying again while the store fails (a full disk) until it
+        works or the server stops (the job then stays running in the store, and the next start
+        queues it again). Outputs the store refuses (not JSON) make the job a failure."""
+        delay, fallback = RETRY_FIRST, False
+        while True:
+            try:
+                self.store.finish(job.prompt_id, outcome)
+                self._store_works()
+                return True
+            except Exception as exc:
+                if not is_storage_fault(exc):
+                    if fallback:
+                        raise  # even the failure cannot be written: a bug, logged by _main
+                    fallback = True
+                    log.warning("job %s: its outputs cannot be stored: %r", job.prompt_id, exc)
+                    self._post(job.client_id, [run.failed(_unstorable(job, exc))])
+                    outcome = Outcome(ERROR, {}, run.history, {})
+                    continue
+                self._store_fails(f"record the end of job {job.prompt_id}", exc)
+            if not self._pause(delay):
+                return False
+            delay = min(delay * 2, RETRY_MOST)
+
+    def _pause(self, seconds: float) -> bool:
+        """Wait up to `seconds` (a submission or a stop ends it sooner); False when stopping."""
+        with self._wake:
+            if not self._stopping:
+                self._wake.wait(seconds)
+            return not self._stopping
+
+    def _store_fails(self, doing: str, exc: BaseException) -> None:
+        if self._store_failing != doing:
+            log.warning("cannot %s: %s; trying again until it works", doing, exc)
+        self._store_failing = doing
+
+    def _store_works(self) -> None:
+        if self._store_failing is not None:
+            log.info("the store works again (after failing to %s)", self._store_failing)
+        self._store_failing = None
+
+
+def _unstorable(job: Job, exc: BaseException) -> events.RunFailed:
+    """The failure of a job whose outputs could not be stored."""
+    return events.RunFailed(
+        run_id=job.prompt_id,
+        node_id=None,
+        class_type=None,
+        message=f"The job's outputs could not be stored: {exc}",
+        exception_type=type(exc).__name__,
+        traceback="",
+        executed=(),
+    )
