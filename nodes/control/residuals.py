@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from ..sampling.comfy.inpaint import centre_upscale
+from ..latents.scaling import common_upscale
 from ..values import Conditioning, Model
 from .values import AppliedControl
 
@@ -46,7 +46,7 @@ def hint_for(control: AppliedControl, latents: torch.Tensor, dtype: torch.dtype)
     h, w = latents.shape[-2] * 8, latents.shape[-1] * 8
     hint = control.hint
     if hint.shape[-2:] != (h, w):
-        hint = centre_upscale(hint.float(), w, h, "nearest-exact")
+        hint = common_upscale(hint.float(), w, h, "nearest-exact", "center")
     n = latents.shape[0]
     if hint.shape[0] not in (1, n):
         hint = hint[:n] if hint.shape[0] > n else hint.repeat(-(-n // hint.shape[0]), 1, 1, 1)[:n]

@@ -10,8 +10,9 @@ from typing import Any
 import torch
 
 from ..formats.families import FAMILIES
+from ..latents.scaling import common_upscale
 from ..values import Conditioning, Model
-from .comfy.inpaint import centre_upscale, concat_mask, resize_to_batch_size
+from .comfy.inpaint import concat_mask, resize_to_batch_size
 
 DEFAULT_AESTHETIC = {"positive": 6.0, "negative": 2.5}
 """The SDXL refiner's aesthetic scores when the conditioning names none (ComfyUI, diffusers)."""
@@ -71,7 +72,7 @@ def _concat(
         image = cond.extras.get("concat_latent_image")
         image = masked[1] if image is None else model.latent_in(image.to(latents.device))
         if image.shape[1:] != latents.shape[1:]:
-            image = centre_upscale(image.float(), w, h, "bilinear")
+            image = common_upscale(image.float(), w, h, "bilinear", "center")
         image = resize_to_batch_size(image, n)
         channels = [concat_mask(mask.to(latents.device), latents), image]
     concat = torch.cat([c.to(latents.dtype) for c in channels], dim=1)

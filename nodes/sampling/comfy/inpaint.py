@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F  # noqa: N812
 
+from ...latents.scaling import common_upscale
 from .model_sampling import ModelSampling
 from .sampler_api import Denoiser, PairDenoiser
 
@@ -41,19 +42,6 @@ def resize_to_batch_size(tensor: torch.Tensor, batch: int) -> torch.Tensor:
     return tensor[picks]
 
 
-def centre_upscale(samples: torch.Tensor, width: int, height: int, mode: str) -> torch.Tensor:
-    """ComfyUI's common_upscale with crop "center": crop to the new aspect, then interpolate."""
-    old_h, old_w = samples.shape[-2:]
-    old_aspect, new_aspect = old_w / old_h, width / height
-    x = y = 0
-    if old_aspect > new_aspect:
-        x = round((old_w - old_w * (new_aspect / old_aspect)) / 2)
-    elif old_aspect < new_aspect:
-        y = round((old_h - old_h * (old_aspect / new_aspect)) / 2)
-    cropped = samples.narrow(-2, y, old_h - y * 2).narrow(-1, x, old_w - x * 2)
-    return F.interpolate(cropped, size=(height, width), mode=mode)
-
-
 def latent_mask(mask: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     """A noise mask (any of (H, W), (B, H, W), (B, 1, H, W)) as (B, C, h, w) for latents of
     `shape` (ComfyUI's reshape_mask: bilinear, channels repeated, batch tiled)."""
@@ -70,7 +58,7 @@ def concat_mask(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         mask = mask[:, :1]
     mask = mask.reshape((-1, 1, *mask.shape[-2:])).float()
     if mask.shape[-2:] != like.shape[-2:]:
-        mask = centre_upscale(mask, like.shape[-1], like.shape[-2], "bilinear")
+        mask = common_upscale(mask, like.shape[-1], like.shape[-2], "bilinear", "center")
     return resize_to_batch_size(mask.round(), like.shape[0])
 
 
