@@ -191,19 +191,25 @@ def test_ksampler_at_full_denoise_is_the_whole_walk(diffusion_executor, settings
     assert torch.equal(result.outputs["sampler"][0].samples, result.outputs["advanced"][0].samples)
 
 
-def test_denoise_reports_each_step_and_stops_when_interrupted(
-    diffusion_executor, settings, tmp_path
-):
-    picture = write_picture(tmp_path / "p.png")
+def interrupt_after(node_id: str, count: int):
+    """(the node's progress events, an interrupt set after `count` of them, the listener)."""
     seen: list[events.Progress] = []
     interrupt = threading.Event()
 
     def on_event(event):
-        if isinstance(event, events.Progress) and event.node_id == "denoise":
+        if isinstance(event, events.Progress) and event.node_id == node_id:
             seen.append(event)
-            if len(seen) == 2:
+            if len(seen) == count:
                 interrupt.set()
 
+    return seen, interrupt, on_event
+
+
+def test_denoise_reports_each_step_and_stops_when_interrupted(
+    diffusion_executor, settings, tmp_path
+):
+    picture = write_picture(tmp_path / "p.png")
+    seen, interrupt, on_event = interrupt_after("denoise", 2)
     wf = img2img_workflow(str(picture), strength=0.8, steps=10)
     result = diffusion_executor.run(wf, settings, on_event=on_event, interrupt=interrupt)
     assert result.status == "interrupted"
@@ -219,15 +225,7 @@ def test_denoise_reports_each_step_and_stops_when_interrupted(
 def test_ksampler_reports_each_step_with_a_preview_and_stops_when_interrupted(
     diffusion_executor, settings, sampler
 ):
-    seen: list[events.Progress] = []
-    interrupt = threading.Event()
-
-    def on_event(event):
-        if isinstance(event, events.Progress) and event.node_id == "sampler":
-            seen.append(event)
-            if len(seen) == 2:
-                interrupt.set()
-
+    seen, interrupt, on_event = interrupt_after("sampler", 2)
     wf = comfy_workflow("empty", steps=5, denoise=1.0)
     wf["sampler"]["inputs"].update(sampler_name=sampler, seed=777)  # not cached by another test
     result = diffusion_executor.run(wf, settings, on_event=on_event, interrupt=interrupt)

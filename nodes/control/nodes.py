@@ -13,25 +13,14 @@ from nodegraph import InputField, Node, NodeContext, Outputs
 
 from ..devices import compute_dtype, resolve_device
 from ..formats.controlnet import build_controlnet
-from ..formats.tensors import CheckpointError
 from ..loading.checkpoint_nodes import model_fingerprint
-from ..loading.checkpoints import STORE, load_key, open_checkpoint
-from ..loading.folders import ModelFile, find_model, model_names
+from ..loading.checkpoints import STORE, load_key, read_component
+from ..loading.folders import find_model, model_names
 from ..values import CONDITIONING, IMAGE, VAE, Conditioning
 from .values import CONTROL_NET, AppliedControl, ControlNet
 
 STRENGTH = dict(ge=0.0, le=10.0, step=0.01)
 PERCENT = dict(ge=0.0, le=1.0, step=0.001)
-
-
-def _read(found: ModelFile, options: Mapping[str, Any]) -> Any:
-    if found.format == "component":
-        from diffusers import ControlNetModel
-
-        return ControlNetModel.from_pretrained(found.path, local_files_only=True)
-    if found.format not in ("safetensors", "pickle"):
-        raise CheckpointError(f"{found.name} is a {found.format} folder, not a ControlNet")
-    return build_controlnet(open_checkpoint(found.path, found.format, options))
 
 
 def _place(net: Any, name: str, options: Mapping[str, Any]) -> ControlNet:
@@ -45,7 +34,12 @@ def load_controlnet(name: str, options: Mapping[str, Any]) -> ControlNet:
     """The named ControlNet from the controlnet folders, loaded once and kept."""
     found = find_model("controlnet", name, options.get("models") or ())
     key = load_key(found, resolve_device(options), options)
-    return STORE.get(key, lambda: _place(_read(found, options), name, options))
+
+    def load() -> ControlNet:
+        net = read_component(found, options, "ControlNetModel", build_controlnet, "ControlNet")
+        return _place(net, name, options)
+
+    return STORE.get(key, load)
 
 
 class ControlNetLoader(Node):

@@ -10,10 +10,9 @@ from nodegraph import InputField, Node, NodeContext, Outputs
 
 from ..devices import resolve_device
 from ..formats.convert import build_vae_file
-from ..formats.tensors import CheckpointError
 from ..values import CLIP, MODEL, VAE, Vae
-from .checkpoints import STORE, load_checkpoint, load_key, make_vae, open_checkpoint
-from .folders import SHIPPED_NAME, ModelFile, find_model, model_names
+from .checkpoints import STORE, load_checkpoint, load_key, make_vae, read_component
+from .folders import SHIPPED_NAME, find_model, model_names
 
 
 class Checkpoint(Outputs):
@@ -75,23 +74,15 @@ class CheckpointLoaderSimple(Node):
         return _checkpoint(self.ckpt_name, ctx)
 
 
-def _load_vae(found: ModelFile, options: Mapping[str, Any]) -> Any:
-    if found.format == "component":
-        from diffusers import AutoencoderKL
-
-        return AutoencoderKL.from_pretrained(found.path, local_files_only=True)
-    if found.format not in ("safetensors", "pickle"):
-        raise CheckpointError(f"{found.name} is a {found.format} folder, not a VAE")
-    return build_vae_file(open_checkpoint(found.path, found.format, options))
-
-
 def load_vae(name: str, options: Mapping[str, Any]) -> Vae:
     """The named VAE from the vae folders, loaded once and kept."""
     found = find_model("vae", name, options.get("models") or ())
     device = resolve_device(options)
     return STORE.get(
         load_key(found, device, options),
-        lambda: make_vae(_load_vae(found, options), device, name),
+        lambda: make_vae(
+            read_component(found, options, "AutoencoderKL", build_vae_file, "VAE"), device, name
+        ),
     )
 
 

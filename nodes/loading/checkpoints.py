@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +56,25 @@ class Parts:
 
 
 # --------------------------------------------------------------------------- single files
+
+
+def read_component(
+    found: ModelFile,
+    options: Mapping[str, Any],
+    diffusers_class: str,
+    build: Callable[[Tensors], Any],
+    what: str,
+) -> Any:
+    """One model part from a models folder: a diffusers folder through `diffusers_class`'s
+    from_pretrained, a single file's tensors through `build`."""
+    if found.format == "component":
+        import diffusers
+
+        cls = getattr(diffusers, diffusers_class)
+        return cls.from_pretrained(found.path, local_files_only=True)
+    if found.format not in ("safetensors", "pickle"):
+        raise CheckpointError(f"{found.name} is a {found.format} folder, not a {what}")
+    return build(open_checkpoint(found.path, found.format, options))
 
 
 def open_checkpoint(path: Path, fmt: str, options: Mapping[str, Any]) -> Tensors:
