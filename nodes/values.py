@@ -4,12 +4,14 @@ Conventions (as in ComfyUI): IMAGE is a float tensor (batch, height, width, 3) i
 (batch, height, width) in 0..1; LATENT holds a (batch, channels, height/8, width/8) tensor in the
 VAE's own space (not scaled: the model scales it, as in ComfyUI, so any VAE fits any model), with
 an optional noise mask and batch indices;
-CONDITIONING is the text encoders' hidden states (batch, tokens, width) with what else guides.
+CONDITIONING is a list of Conds: the text encoders' hidden states (batch, tokens, width) with
+where, when and how each guides.
 Tensors stay on the device they were made on.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -104,24 +106,78 @@ class Clip:
         return 0
 
 
-@dataclass(eq=False)
-class Conditioning:
-    """CONDITIONING: text embeddings (batch, tokens, width) and what else guides the UNet.
+MODEL_INPUTS = frozenset(
+    {"width", "height", "crop_w", "crop_h", "target_width", "target_height", "aesthetic_score",
+     "concat_latent_image", "concat_mask"}
+)  # fmt: skip
+"""The options of a Cond that the UNet reads (ComfyUI's model_conds): SDXL's size and aesthetic
+conditions and an inpainting UNet's masked picture; the rest say where and when a Cond guides."""
 
-    `pooled` is the pooled text embedding SDXL's UNet takes (None for SD 1.x / 2.x); `extras`
-    holds SDXL's size and aesthetic conditions (width, height, crop_w, crop_h, target_width,
-    target_height, aesthetic_score) as ComfyUI's conditioning dictionaries do.
-    """
+
+@dataclass(eq=False)
+class Cond:
+    """One entry of a CONDITIONING (ComfyUI's [embeddings, options] pair): text embeddings
+    (batch, tokens, width), SDXL's pooled text (None for SD 1.x / 2.x) and options by ComfyUI's
+    keys: the model inputs of MODEL_INPUTS; where and how much it guides (area, strength, mask,
+    mask_strength, set_area_to_bounds); when (start_percent, end_percent); its ControlNets
+    (control, control_apply_to_uncond)."""
 
     embeds: torch.Tensor
     pooled: torch.Tensor | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+
+    def with_options(self, **options: Any) -> Cond:
+        """This Cond with some options set (ComfyUI's conditioning_set_values)."""
+        return Cond(self.embeds, self.pooled, {**self.extras, **options})
 
     def cache_nbytes(self) -> int:
         size = self.embeds.numel() * self.embeds.element_size()
         if self.pooled is not None:
             size += self.pooled.numel() * self.pooled.element_size()
         return size
+
+
+GUIDING_OPTIONS = ("area", "mask", "strength", "start_percent", "end_percent")
+
+
+@dataclass(eq=False)
+class Conditioning:
+    """CONDITIONING: ComfyUI's list of Conds. A sampler evaluates each at every step, within its
+    area, mask and part of the schedule, and blends their estimates by strength; one text
+    encoder's output is a list of one (ConditioningCombine joins lists)."""
+
+    conds: tuple[Cond, ...]
+
+    @classmethod
+    def of(
+        cls,
+        embeds: torch.Tensor,
+        pooled: torch.Tensor | None = None,
+        extras: dict[str, Any] | None = None,
+    ) -> Conditioning:
+        """A conditioning of one Cond."""
+        return cls((Cond(embeds, pooled, dict(extras or {})),))
+
+    def map(self, change: Callable[[Cond], Cond]) -> Conditioning:
+        """Every Cond changed alike (as ComfyUI's conditioning nodes loop over the list)."""
+        return Conditioning(tuple(change(c) for c in self.conds))
+
+    def with_options(self, **options: Any) -> Conditioning:
+        return self.map(lambda c: c.with_options(**options))
+
+    def only(self, node: str, name: str) -> Cond:
+        """The one Cond a native (diffusers) node can use, or a ValueError naming node and input."""
+        guiding = [k for c in self.conds for k in GUIDING_OPTIONS if k in c.extras]
+        if len(self.conds) != 1 or guiding:
+            what = f"{len(self.conds)} conditionings" if len(self.conds) != 1 else guiding[0]
+            raise ValueError(
+                f"{node}: {name} has {what}, which diffusers' pipelines do not know; "
+                "sample it with KSampler"
+            )
+        return self.conds[0]
+
+    def cache_nbytes(self) -> int:
+        return sum(c.cache_nbytes() for c in self.conds)
 
 
 @dataclass(eq=False)

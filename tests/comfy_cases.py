@@ -20,6 +20,8 @@ SAMPLER_NAMES = list(SAMPLER_TABLE)
 """Every sampler name nodegraph runs: the reference checks it is ComfyUI's list, in order."""
 SCHEDULER_NAMES = list(SCHEDULER_TABLE)
 LATENT = (4, 8, 8)
+WIDE = (32, 48)
+"""The latent size (height, width) of the area cases: room for areas to fade in."""
 SPLIT_SAMPLERS = ("euler", "euler_ancestral", "dpmpp_2m", "dpmpp_sde", "uni_pc", "lms", "dpm_2")
 V_SAMPLERS = ("euler", "euler_ancestral", "heun", "dpmpp_2m", "dpmpp_sde", "uni_pc", "lcm", "ddim")
 CFG1_SAMPLERS = ("euler", "dpmpp_2m", "euler_cfg_pp", "dpmpp_2m_cfg_pp")
@@ -63,6 +65,14 @@ def inputs() -> dict[str, torch.Tensor]:
     out["sd1.long"] = torch.randn((1, 154, 32), generator=g)
     out["sd1.pooled"] = torch.randn((1, 32), generator=g)
     out["sd1.pooled2"] = torch.randn((1, 32), generator=g)
+    out["sd1.wide"] = torch.zeros((1, 4, *WIDE))  # EmptyLatentImage at 384 x 256
+    h, w = WIDE[0] * 8, WIDE[1] * 8
+    yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    blob = ((yy - h * 0.5) ** 2 + (xx - w * 0.3) ** 2).sqrt()
+    out["area.blob"] = (1.0 - (blob - h * 0.3).clamp(0, 16) / 16).reshape(1, h, w)
+    box = torch.zeros((1, h, w))
+    box[:, 40:200, 220:350] = 0.7
+    out["area.box"] = box
     return out
 
 
@@ -93,6 +103,7 @@ META = (
     "noise",
     "noise_mask",
     "concat",
+    "prompts",
 )
 """Case keys that are not the node's literal inputs (those go under "inputs", by input name)."""
 
@@ -241,10 +252,53 @@ def sampling_cases() -> list[dict[str, Any]]:
               for s in ("euler", "dpmpp_2m")]
     cases.append(_ks("inpaint.model_no_mask", "euler", family="sd1_inpaint",
                      latent="sd1_inpaint.image"))
+    cases += area_cases()
     samplers = {"discrete_lcm": "lcm", "edm_edm": "dpmpp_2m", "discrete_v_zsnr": "euler"}
     cases += [_ks(f"model_sampling.{patch}", samplers.get(patch, "euler_ancestral"),
                   model_sampling=spec, scheduler="karras", steps=5)
               for patch, spec in MODEL_SAMPLINGS.items()]
+    return cases
+
+
+def _set(node: str, **inputs: Any) -> list[Any]:
+    return [node, inputs]
+
+
+def area_cases() -> list[dict[str, Any]]:
+    """Several Conds per prompt (ConditioningCombine) with areas, masks, strengths and schedule
+    windows. A prompt is a list of (tensor, chain of ComfyUI conditioning nodes) pairs; a
+    `mask` input names a tensor."""
+    left = _set("ConditioningSetArea", width=256, height=256, x=0, y=0, strength=1.0)
+    right = _set("ConditioningSetArea", width=192, height=256, x=192, y=0, strength=1.0)
+    middle = _set("ConditioningSetAreaPercentage", width=0.5, height=0.62, x=0.25, y=0.2,
+                  strength=0.6)
+    top = _set("ConditioningSetArea", width=384, height=128, x=0, y=0, strength=1.0)
+    plain = [["uncond", []]]
+    specs = {
+        "halves": {"positive": [["cond", [left]], ["cond2", [right]]], "negative": plain},
+        "percentage_over_whole": {"positive": [["cond", []], ["cond2", [middle]]],
+                                  "negative": plain},
+        "masks": {"positive": [
+            ["cond", [_set("ConditioningSetMask", mask="area.blob", strength=0.8,
+                           set_cond_area="default")]],
+            ["cond2", [_set("ConditioningSetMask", mask="area.box", strength=1.0,
+                            set_cond_area="mask bounds")]],
+            ["uncond", [_set("ConditioningSetAreaStrength", strength=0.2)]]], "negative": plain},
+        "timestep_ranges": {"positive": [
+            ["cond", [_set("ConditioningSetTimestepRange", start=0.0, end=0.4)]],
+            ["cond2", [_set("ConditioningSetTimestepRange", start=0.4, end=1.0)]]],
+            "negative": plain},
+        "strengths": {"positive": [["cond", [_set("ConditioningSetAreaStrength", strength=2.5)]],
+                                   ["cond2", [left]]], "negative": plain},
+        "negative_area": {"positive": [["cond", []]],
+                          "negative": [["uncond", []], ["cond2", [top]]]},
+    }
+    cases = [_ks(f"area.{name}", "euler", latent="sd1.wide", prompts=spec)
+             for name, spec in specs.items()]
+    cases.append(_ks("area.halves.dpmpp_2m", "dpmpp_2m", latent="sd1.wide",
+                     prompts=specs["halves"]))
+    cases.append(_ks("area.masks.ancestral", "euler_ancestral", latent="sd1.wide", denoise=0.7,
+                     prompts=specs["masks"]))
     return cases
 
 

@@ -104,7 +104,7 @@ def test_a_single_file_equals_its_diffusers_folder(family, options):
     assert torch.allclose(out[0], out[1], atol=1e-5)
     from nodes.conditioning.text import encode_text
 
-    ours, theirs = encode_text(clip, PROMPT), encode_text(ref_clip, PROMPT)
+    ours, theirs = encode_text(clip, PROMPT).conds[0], encode_text(ref_clip, PROMPT).conds[0]
     # SD 2's file holds the tower's unused last layer, the folder does not: same conditioning.
     assert torch.allclose(ours.embeds, theirs.embeds, atol=1e-6)
     if ours.pooled is not None:

@@ -84,7 +84,7 @@ def case_model(case: dict[str, Any]) -> Any:
 
 
 def cond(case: dict[str, Any], name: str) -> Conditioning:
-    return Conditioning(reference()[f"{case['family']}.{name}"])
+    return Conditioning.of(reference()[f"{case['family']}.{name}"])
 
 
 def latent(case: dict[str, Any], results: dict[str, torch.Tensor]) -> Latent:
@@ -123,16 +123,33 @@ def test_scheduler_sigmas_match_comfyui(name):
     assert close(ours, reference()[name], SIGMA_TOL) <= 1
 
 
+def prompt(case: dict[str, Any], slot: str) -> Conditioning:
+    """A case's prompt: each tensor through its chain of conditioning nodes, all combined."""
+    from nodes.conditioning import areas, combine
+
+    out = None
+    for text, chain in case["prompts"][slot]:
+        c = cond(case, text)
+        for node, inputs in chain:
+            args = {k: reference()[v] if k == "mask" else v for k, v in inputs.items()}
+            c = getattr(areas, node)(conditioning=c, **args).invoke(Ctx())
+        out = c if out is None else combine.ConditioningCombine(
+            conditioning_1=out, conditioning_2=c).invoke(Ctx())  # fmt: skip
+    return out
+
+
 def run_case(case: dict[str, Any], results: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The case through nodegraph's node of the same name, with the same inputs."""
     m, ctx, kind = case_model(case), Ctx(), case["kind"]
     given = {"positive": cond(case, "cond"), "negative": cond(case, "uncond"),
              "latent_image": latent(case, results)}  # fmt: skip
+    if "prompts" in case:
+        given.update({slot: prompt(case, slot) for slot in case["prompts"]})
     if case.get("concat"):  # InpaintModelConditioning's additions to both prompts
         extras = {"concat_latent_image": reference()[f"{case['family']}.masked"],
                   "concat_mask": reference()[case["noise_mask"]]}  # fmt: skip
         for key in ("positive", "negative"):
-            given[key] = Conditioning(given[key].embeds, extras=extras)
+            given[key] = given[key].with_options(**extras)
     if kind in ("KSampler", "KSamplerAdvanced"):
         node = getattr(ksampler, kind)(model=m, **given, **case["inputs"])
         return {case["name"]: node.invoke(ctx).samples}
@@ -336,9 +353,9 @@ def test_conditioning_arithmetic_matches_comfyui(name):
     from nodes.conditioning import combine
 
     case = CASES[name]
-    conds = {k: Conditioning(reference()[t], None if p is None else reference()[p])
+    conds = {k: Conditioning.of(reference()[t], None if p is None else reference()[p])
              for k, (t, p) in case["conds"].items()}  # fmt: skip
-    out = getattr(combine, case["node"])(**conds, **case["inputs"]).invoke(Ctx())
+    (out,) = getattr(combine, case["node"])(**conds, **case["inputs"]).invoke(Ctx()).conds
     assert close(out.embeds, reference()[name], SIGMA_TOL) <= 1
     if name + ".pooled" in reference():
         assert close(out.pooled, reference()[name + ".pooled"], SIGMA_TOL) <= 1

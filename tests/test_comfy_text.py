@@ -111,7 +111,8 @@ def encode(executor, settings, ckpt: str, node: dict, skip: int | None = None):
     result = executor.run(wf, settings)
     if not result.ok:
         raise RuntimeError(result.error.message)
-    return result.outputs["text"][0], [w.message for w in result.warnings]
+    (cond,) = result.outputs["text"][0].conds  # one Cond per text
+    return cond, [w.message for w in result.warnings]
 
 
 def prompt(text: str) -> dict:

@@ -3,6 +3,7 @@ through KSampler against diffusers' own ControlNet + UNet call, stacking, ranges
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 from pathlib import Path
@@ -58,7 +59,7 @@ def hint(seed: int = 0, size: int = 64) -> torch.Tensor:
 
 def prompts() -> tuple[Conditioning, Conditioning]:
     data = C.inputs()
-    return Conditioning(data["sd1.cond"]), Conditioning(data["sd1.uncond"])
+    return Conditioning.of(data["sd1.cond"]), Conditioning.of(data["sd1.uncond"])
 
 
 class HandUnet(torch.nn.Module):
@@ -69,18 +70,23 @@ class HandUnet(torch.nn.Module):
         super().__init__()
         self.unet, self.nets, self.config = unet, nets, unet.config
 
-    def forward(self, sample: torch.Tensor, t: Any, encoder_hidden_states: Any, **kw: Any) -> Any:
+    def forward(
+        self, sample: torch.Tensor, t: Any, encoder_hidden_states: Any,
+        added_cond_kwargs: Any = None, **kw: Any,
+    ) -> Any:  # fmt: skip
         from diffusers.models.controlnets import MultiControlNetModel
 
         multi = MultiControlNetModel([n for n, _, _ in self.nets])
         hints = [h.movedim(-1, 1).expand(sample.shape[0], -1, -1, -1) for _, h, _ in self.nets]
         down, mid = multi(
             sample, t, encoder_hidden_states, controlnet_cond=hints,
-            conditioning_scale=[s for _, _, s in self.nets], return_dict=False,
+            conditioning_scale=[s for _, _, s in self.nets], added_cond_kwargs=added_cond_kwargs,
+            return_dict=False,
         )  # fmt: skip
         return self.unet(
             sample, t, encoder_hidden_states=encoder_hidden_states,
-            down_block_additional_residuals=down, mid_block_additional_residual=mid, **kw,
+            added_cond_kwargs=added_cond_kwargs, down_block_additional_residuals=down,
+            mid_block_additional_residual=mid, **kw,
         )  # fmt: skip
 
 
@@ -107,6 +113,18 @@ def test_apply_advanced_through_ksampler_equals_diffusers_controlnet_call():
     net = control_net()
     ours = ksample(model, *apply(pos, neg, net, strength=0.8))
     hand = dataclasses.replace(model, unet=HandUnet(model.unet, [(net.net, hint(0), 0.8)]))
+    assert torch.equal(ours, ksample(hand, pos, neg))
+    assert not torch.equal(ours, ksample(model, pos, neg))
+
+
+def test_an_sdxl_controlnet_equals_diffusers_controlnet_call_with_its_size_conditions():
+    model = C.tiny_model("sdxl")
+    g = torch.Generator().manual_seed(3)
+    pos, neg = (Conditioning.of(torch.randn((1, 77, 96), generator=g),
+                                torch.randn((1, 64), generator=g)) for _ in range(2))  # fmt: skip
+    net = control_net("sdxl")
+    ours = ksample(model, *apply(pos, neg, net, strength=0.9))
+    hand = dataclasses.replace(model, unet=HandUnet(model.unet, [(net.net, hint(0), 0.9)]))
     assert torch.equal(ours, ksample(hand, pos, neg))
     assert not torch.equal(ours, ksample(model, pos, neg))
 
@@ -209,7 +227,36 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     net.save_pretrained(root / "controlnet" / "tiny-diffusers")
     save_file(net.state_dict(), root / "controlnet" / "tiny.safetensors")
     save_file(original_layout(net), root / "controlnet" / "tiny_original.safetensors")
+    save_file(difference_layout(net), root / "controlnet" / "tiny_diff.safetensors")
     return root
+
+
+def difference_layout(net: Any) -> dict[str, torch.Tensor]:
+    """The ControlNet as a difference file from the tiny SD 1.x model's UNet (original layout,
+    with ComfyUI's `difference` marker)."""
+    base = C.tiny_model("sd1").unet.state_dict()
+    offsets = copy.deepcopy(net)
+    with torch.no_grad():
+        for key, value in offsets.state_dict().items():
+            if key in base:
+                value -= base[key]
+    return {**original_layout(offsets), "difference": torch.zeros(1)}
+
+
+def test_a_difference_controlnet_is_made_whole_with_the_model_and_needs_it(models: Path):
+    from nodes.control.nodes import DiffControlNetLoader
+
+    ctx = Ctx({"models": [str(models)], "device": "cpu"})
+    loaded = DiffControlNetLoader(model=C.tiny_model("sd1"),
+                                  control_net_name="tiny_diff.safetensors").invoke(ctx)  # fmt: skip
+    reference = tiny_controlnet().state_dict()
+    ours = loaded.net.state_dict()
+    assert ours.keys() == reference.keys()
+    assert all(torch.allclose(ours[k], reference[k], atol=1e-6) for k in reference)
+    with pytest.raises(Exception, match="difference ControlNet: load it with DiffControlNetLoader"):
+        ControlNetLoader(control_net_name="tiny_diff.safetensors").invoke(ctx)
+    plain = DiffControlNetLoader(model=C.tiny_model("sd1"), control_net_name="tiny.safetensors")
+    assert all(torch.equal(v, reference[k]) for k, v in plain.invoke(ctx).net.state_dict().items())
 
 
 @pytest.mark.parametrize(

@@ -50,17 +50,18 @@ def test_vae_encode_for_inpaint_greys_the_mask_and_grows_it():
 def test_inpaint_model_conditioning_gives_both_prompts_the_mask_and_the_masked_latent():
     _, _, vae = C.tiny_checkpoint("sd1")
     pixels, mask = picture_and_mask()
-    pos, neg = Conditioning(torch.zeros(1, 77, 32)), Conditioning(torch.ones(1, 77, 32))
+    pos, neg = Conditioning.of(torch.zeros(1, 77, 32)), Conditioning.of(torch.ones(1, 77, 32))
     out = InpaintModelConditioning(positive=pos, negative=neg, vae=vae, pixels=pixels,
                                    mask=mask, noise_mask=True).invoke(Ctx())  # fmt: skip
     greyed = pixels.clone()
     greyed[:, 16:40, 24:48] = 0.5
-    for c in (out.positive, out.negative):
+    for (c,) in (out.positive.conds, out.negative.conds):
         assert torch.equal(c.extras["concat_latent_image"], vae_encode(vae, greyed)[0])
         assert torch.equal(c.extras["concat_mask"][0, 0], mask[0])
     assert torch.equal(out.latent.samples, vae_encode(vae, pixels)[0])
     assert torch.equal(out.latent.noise_mask[0, 0], mask[0])
-    assert torch.equal(out.positive.embeds, pos.embeds) and not pos.extras  # copies, not edits
+    assert torch.equal(out.positive.conds[0].embeds, pos.conds[0].embeds)
+    assert not pos.conds[0].extras  # copies, not edits
 
 
 def test_a_noise_mask_keeps_the_latent_outside_it_and_repaints_inside():
@@ -72,7 +73,7 @@ def test_a_noise_mask_keeps_the_latent_outside_it_and_repaints_inside():
     pixels, mask = picture_and_mask()
     latent = Latent(vae_encode(vae, pixels)[0])
     masked = SetLatentNoiseMask(samples=latent, mask=mask).invoke(Ctx())
-    cond = Conditioning(torch.randn((1, 77, 32), generator=torch.Generator().manual_seed(1)))
+    cond = Conditioning.of(torch.randn((1, 77, 32), generator=torch.Generator().manual_seed(1)))
     sampled = KSampler(model=model, seed=5, steps=4, cfg=4.0, sampler_name="euler",
                        scheduler="normal", positive=cond, negative=cond, latent_image=masked,
                        denoise=0.9).invoke(Ctx())  # fmt: skip
@@ -96,3 +97,47 @@ def test_a_latent_composite_outside_the_canvas_is_refused_clearly():
         LatentComposite(samples_to=canvas, samples_from=patch, x=64, y=0).invoke(Ctx())
     inside = LatentComposite(samples_to=canvas, samples_from=patch, x=48, y=56).invoke(Ctx())
     assert float(inside.samples.sum()) == 4 * 2 * 1  # clipped at the bottom edge: 2 x 1 pixels
+
+
+def _first_unet_input(unet: Any, run: Any) -> torch.Tensor:
+    """The latent the UNet is given on its first call during `run()`."""
+    seen: list[torch.Tensor] = []
+    handle = unet.register_forward_pre_hook(lambda m, args: seen.append(args[0].clone()))
+    try:
+        run()
+    finally:
+        handle.remove()
+    return seen[0]
+
+
+def test_vae_encode_for_inpaint_gives_a_9_channel_unet_what_diffusers_inpaint_pipeline_does():
+    """Diffusers' contract for the UNet's extra channels (StableDiffusionInpaintPipeline's mask
+    and masked-picture latent), reached through ComfyUI's nodes (VAEEncodeForInpaint,
+    KSampler): both channels equal the pipeline's, for a mask on the latent's 8-pixel grid."""
+    from diffusers import StableDiffusionInpaintPipeline
+
+    from nodes.values import Vae
+    from tests import family_fixtures as ff
+
+    pipe = ff.build_pipeline("sd1_inpaint")
+    assert isinstance(pipe, StableDiffusionInpaintPipeline)
+    with torch.no_grad():  # a sharp posterior: the pipeline's sampled latent is its mean
+        pipe.vae.quant_conv.weight[4:] = 0.0
+        pipe.vae.quant_conv.bias[4:] = -30.0
+    pixels, mask = picture_and_mask()
+    cond, uncond = torch.randn((2, 1, 77, 32), generator=torch.Generator().manual_seed(4))
+    theirs = _first_unet_input(pipe.unet, lambda: pipe(
+        prompt_embeds=cond, negative_prompt_embeds=uncond, image=pixels.movedim(-1, 1),
+        mask_image=mask[:, None], height=64, width=64, num_inference_steps=1, strength=1.0,
+        guidance_scale=5.0, output_type="latent"))  # fmt: skip
+    model = C.tiny_model("sd1_inpaint")
+    vae = Vae(pipe.vae, torch.device("cpu"), torch.float32, "sharp")
+    latent = VAEEncodeForInpaint(pixels=pixels, vae=vae, mask=mask, grow_mask_by=0).invoke(Ctx())
+    node = KSampler(model=model, seed=1, steps=1, cfg=5.0, sampler_name="euler",
+                    scheduler="normal", positive=Conditioning.of(cond),
+                    negative=Conditioning.of(uncond), latent_image=latent, denoise=1.0)  # fmt: skip
+    ours = _first_unet_input(model.unet, lambda: node.invoke(Ctx()))
+    assert ours.shape == theirs.shape == (2, 9, 8, 8)
+    assert torch.equal(ours[:, 4], theirs[:, 4])  # the mask, at the latent's size
+    assert torch.allclose(ours[:, 5:], theirs[:, 5:], atol=1e-5)  # the masked picture's latent
+    assert ours[:, 4].sum() == 3 * 3 * 2 and ours[:, 5:].abs().amax() > 0.1

@@ -33,10 +33,12 @@ NAMES = [
     "comfy_inpaint",
     "comfy_hires_fix",
     "comfy_outpaint",
+    "comfy_area_composition",
 ]
 RESIZED = {
     "comfy_hires_fix": lambda side: (2 * side, 2 * side),  # LatentUpscaleBy 2
     "comfy_outpaint": lambda side: (side + 64, side),  # ImagePadForOutpaint 32 left and right
+    "comfy_area_composition": lambda side: (2 * side, side),  # two model-sized halves
 }
 """Workflows whose pictures come out at another size than the model's: side -> (w, h)."""
 
@@ -73,7 +75,8 @@ def overrides(name: str, model: str, picture: Path | None, size: int | None = No
         if node["class_type"] == "LoadImage" and picture is not None:
             sets += ["--set", f"{node_id}.image={picture}"]
         if node["class_type"] == "EmptyLatentImage" and size is not None:
-            sets += ["--set", f"{node_id}.width={size}", "--set", f"{node_id}.height={size}"]
+            wide = inputs["width"] // inputs["height"]  # the workflow's aspect, kept
+            sets += ["--set", f"{node_id}.width={size * wide}", "--set", f"{node_id}.height={size}"]
     return sets
 
 

@@ -84,7 +84,7 @@ class CLIPTextEncodeSDXL(Node):
             raise ValueError("CLIPTextEncodeSDXL needs an SDXL base CLIP (CLIP-L and bigG)")
         cond = encode(ctx, self.clip, {"g": self.text_g, "l": self.text_l}, pad_chunks=True)
         sizes = ("width", "height", "crop_w", "crop_h", "target_width", "target_height")
-        return dataclasses.replace(cond, extras={k: getattr(self, k) for k in sizes})
+        return cond.with_options(**{k: getattr(self, k) for k in sizes})
 
 
 class CLIPTextEncodeSDXLRefiner(Node):
@@ -100,8 +100,7 @@ class CLIPTextEncodeSDXLRefiner(Node):
 
     def invoke(self, ctx: NodeContext) -> CONDITIONING:
         cond = encode(ctx, self.clip, _same_text(self.clip, self.text))
-        extras = {"aesthetic_score": self.ascore, "width": self.width, "height": self.height}
-        return dataclasses.replace(cond, extras=extras)
+        return cond.with_options(aesthetic_score=self.ascore, width=self.width, height=self.height)
 
 
 class CLIPSetLastLayer(Node):

@@ -124,4 +124,4 @@ def encode_prompt(
     states = [states[k] for k in order]
     cut = min(z.shape[1] for z in states)
     embeds = torch.cat([z[:, :cut] for z in states], dim=-1)
-    return Conditioning(embeds.to(clip.dtype), pooled.to(clip.dtype))
+    return Conditioning.of(embeds.to(clip.dtype), pooled.to(clip.dtype))

@@ -54,7 +54,7 @@ def encode_text(clip: Clip, text: str) -> Conditioning:
     embeds = torch.cat(states, dim=-1).to(dtype=clip.dtype, device=clip.device)
     if not FAMILIES[clip.family].time_ids:
         pooled = None
-    return Conditioning(embeds, None if pooled is None else pooled.to(clip.dtype))
+    return Conditioning.of(embeds, None if pooled is None else pooled.to(clip.dtype))
 
 
 def towers_patched(clip: Clip) -> ExitStack:

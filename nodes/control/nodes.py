@@ -1,9 +1,9 @@
-"""ControlNetLoader, ControlNetApply and ControlNetApplyAdvanced (ComfyUI's nodes)."""
+"""ControlNetLoader, DiffControlNetLoader, ControlNetApply and ControlNetApplyAdvanced
+(ComfyUI's nodes)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import replace
 from functools import partial
 from typing import Any
 
@@ -16,7 +16,8 @@ from ..formats.controlnet import build_controlnet
 from ..loading.checkpoint_nodes import model_fingerprint
 from ..loading.checkpoints import STORE, load_key, read_component
 from ..loading.folders import find_model, model_names
-from ..values import CONDITIONING, IMAGE, VAE, Conditioning
+from ..loading.patching import patched
+from ..values import CONDITIONING, IMAGE, MODEL, VAE, Cond, Conditioning, Model
 from .values import CONTROL_NET, AppliedControl, ControlNet
 
 STRENGTH = dict(ge=0.0, le=10.0, step=0.01)
@@ -30,16 +31,36 @@ def _place(net: Any, name: str, options: Mapping[str, Any]) -> ControlNet:
     return ControlNet(net, device, dtype, name)
 
 
-def load_controlnet(name: str, options: Mapping[str, Any]) -> ControlNet:
-    """The named ControlNet from the controlnet folders, loaded once and kept."""
+def _unet_weights(model: Model) -> dict[str, torch.Tensor]:
+    """The model's UNet weights as it samples (its LoRA patches applied), in float32."""
+    with patched(model.unet, model.patches) as unet:
+        return {k: v.detach().float().clone() for k, v in unet.state_dict().items()}
+
+
+def load_controlnet(
+    name: str, options: Mapping[str, Any], model: Model | None = None
+) -> ControlNet:
+    """The named ControlNet from the controlnet folders, loaded once and kept; a difference
+    ControlNet made whole with `model`'s weights (DiffControlNetLoader)."""
     found = find_model("controlnet", name, options.get("models") or ())
-    key = load_key(found, resolve_device(options), options)
+    key: Any = load_key(found, resolve_device(options), options)
+    if model is not None:
+        key = (key, "difference", id(model.unet), tuple(id(p) for p in model.patches))
 
     def load() -> ControlNet:
-        net = read_component(found, options, "ControlNetModel", build_controlnet, "ControlNet")
+        base = None if model is None else _unet_weights(model)
+        build = partial(build_controlnet, base=base)
+        net = read_component(found, options, "ControlNetModel", build, "ControlNet")
         return _place(net, name, options)
 
     return STORE.get(key, load)
+
+
+def _control_net_name() -> str:
+    return InputField(
+        description="The ControlNet, among models/controlnet.",
+        choices=partial(model_names, "controlnet"),
+    )
 
 
 class ControlNetLoader(Node):
@@ -47,10 +68,7 @@ class ControlNetLoader(Node):
 
     category = "loaders"
     display_name = "Load ControlNet Model"
-    control_net_name: str = InputField(
-        description="The ControlNet, among models/controlnet.",
-        choices=partial(model_names, "controlnet"),
-    )
+    control_net_name: str = _control_net_name()
 
     @classmethod
     def fingerprint(cls, literals: Mapping[str, Any], run: Any) -> Any:
@@ -60,7 +78,7 @@ class ControlNetLoader(Node):
         return load_controlnet(self.control_net_name, ctx.settings.options)
 
 
-def _check_width(node: str, cond: Conditioning, control_net: ControlNet) -> None:
+def _check_width(node: str, cond: Cond, control_net: ControlNet) -> None:
     """A ValueError naming the node and input when text and ControlNet widths disagree."""
     width = int(cond.embeds.shape[-1])
     if width != control_net.context_width:
@@ -71,16 +89,36 @@ def _check_width(node: str, cond: Conditioning, control_net: ControlNet) -> None
         )
 
 
-def attach(cond: Conditioning, control: AppliedControl, to_uncond: bool) -> Conditioning:
-    """The conditioning with one more control (stacked after those it has)."""
+def _attached(cond: Cond, control: AppliedControl, to_uncond: bool) -> Cond:
     _check_width(control.node, cond, control.control_net)
-    extras = {**cond.extras, "control": (*cond.extras.get("control", ()), control)}
-    extras["control_apply_to_uncond"] = to_uncond
-    return replace(cond, extras=extras)
+    stack = (*cond.extras.get("control", ()), control)
+    return cond.with_options(control=stack, control_apply_to_uncond=to_uncond)
+
+
+def attach(conditioning: Conditioning, control: AppliedControl, to_uncond: bool) -> Conditioning:
+    """Each Cond with one more control (stacked after those it has; the same control object
+    for all, so Conds that shared their stack still share it)."""
+    return conditioning.map(lambda c: _attached(c, control, to_uncond))
 
 
 def _hint(image: torch.Tensor) -> torch.Tensor:
     return image.movedim(-1, 1)
+
+
+class DiffControlNetLoader(Node):
+    """Load a ControlNet stored as differences from a model's weights, adding the model's."""
+
+    category = "loaders"
+    display_name = "Load ControlNet Model (diff)"
+    model: MODEL = InputField(description="The model the ControlNet's differences are from.")
+    control_net_name: str = _control_net_name()
+
+    @classmethod
+    def fingerprint(cls, literals: Mapping[str, Any], run: Any) -> Any:
+        return model_fingerprint("controlnet", literals["control_net_name"], run)
+
+    def invoke(self, ctx: NodeContext) -> CONTROL_NET:
+        return load_controlnet(self.control_net_name, ctx.settings.options, self.model)
 
 
 class ControlNetApply(Node):

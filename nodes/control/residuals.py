@@ -1,6 +1,6 @@
-"""The ControlNets' residuals for one guidance-batched UNet call (ComfyUI's get_control):
-each prompt's controls run on the UNet's own input, scaled by strength and summed; a prompt
-without an active control gets zeros."""
+"""The ControlNets' residuals for one batched UNet call (ComfyUI's get_control): the batch's
+controls (a stack, applied one after another) each run on the UNet's own input, scaled by
+strength, and are summed."""
 
 from __future__ import annotations
 
@@ -9,26 +9,11 @@ from typing import Any
 import torch
 
 from ..latents.scaling import common_upscale
-from ..values import Conditioning, Model
+from ..values import Model
 from .values import AppliedControl
 
 Residuals = dict[str, Any]
 """UNet2DConditionModel's keywords: down_block_additional_residuals, mid_block_..."""
-
-
-def controls(cond: Conditioning) -> tuple[AppliedControl, ...]:
-    return cond.extras.get("control", ())
-
-
-def prompt_controls(
-    conds: list[tuple[str, Conditioning]], positive: Conditioning | None
-) -> list[tuple[AppliedControl, ...]]:
-    """Each prompt's controls; a non-positive prompt with none takes the positive prompt's when
-    that was applied to both (ControlNetApply: ComfyUI's control_apply_to_uncond)."""
-    shared = ()
-    if positive is not None and positive.extras.get("control_apply_to_uncond"):
-        shared = controls(positive)
-    return [controls(c) or (() if role == "positive" else shared) for role, c in conds]
 
 
 def check_family(model: Model, control: AppliedControl) -> None:
@@ -81,14 +66,6 @@ def _run(
     return [r.to(device=x_in.device, dtype=model.dtype) for r in (*down, mid)]
 
 
-def _distinct(per_prompt: list[tuple[AppliedControl, ...]]) -> list[AppliedControl]:
-    seen: dict[int, AppliedControl] = {}
-    for prompt in per_prompt:
-        for control in prompt:
-            seen.setdefault(id(control), control)
-    return list(seen.values())
-
-
 def residuals(
     model: Model,
     sampling: Any,
@@ -96,24 +73,17 @@ def residuals(
     x_in: torch.Tensor,
     t: torch.Tensor,
     inputs: Any,
-    per_prompt: list[tuple[AppliedControl, ...]],
+    controls: tuple[AppliedControl, ...],
 ) -> Residuals | None:
-    """The summed residuals for x_in (k prompts of n rows each, as `inputs` batches them);
-    a control shared by several prompts runs once on their rows together, as in ComfyUI."""
-    s, n = float(sigma.flatten()[0]), x_in.shape[0] // len(per_prompt)
+    """The summed residuals of the controls active at sigma for a batch of the UNet's input."""
+    s = float(sigma.flatten()[0])
     total: list[torch.Tensor] | None = None
-    for control in _distinct(per_prompt):
+    for control in controls:
         check_family(model, control)
         if not active(control, s, sampling):
             continue
-        prompts = [i for i, p in enumerate(per_prompt) if any(c is control for c in p)]
-        rows = torch.cat([torch.arange(i * n, (i + 1) * n) for i in prompts]).to(x_in.device)
-        added = None if inputs.added is None else {a: v[rows] for a, v in inputs.added.items()}
-        out = _run(model, control, x_in[rows], t[rows], inputs.text[rows], added)
-        if total is None:
-            total = [x_in.new_zeros((x_in.shape[0], *r.shape[1:])) for r in out]
-        for whole, part in zip(total, out, strict=True):
-            whole[rows] += part
+        out = _run(model, control, x_in, t, inputs.text, inputs.added)
+        total = out if total is None else [a + b for a, b in zip(total, out, strict=True)]
     if total is None:
         return None
     return {

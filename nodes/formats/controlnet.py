@@ -19,10 +19,14 @@ SDXL_POOLED, SDXL_SIZES = 1280, 6
 
 UNSUPPORTED = {
     "lora_controlnet": "a Control-LoRA",
-    "difference": "a difference ControlNet (DiffControlNetLoader)",
     "control_add_embedding.linear_1.bias": "a ControlNet-Union",
 }
 """Keys of ControlNet kinds nodegraph does not load yet, and what they are."""
+
+
+DIFFERENCE = "difference"
+"""The key that marks a difference ControlNet: its UNet-like weights are offsets from the
+model's (DiffControlNetLoader adds the model's; ComfyUI reads it in the original layout)."""
 
 
 def controlnet_layout(tensors: Tensors) -> Layout:
@@ -46,7 +50,7 @@ def _original_to_diffusers(tensors: Tensors) -> dict[str, torch.Tensor]:
     """The original layout renamed by diffusers' own converter."""
     from diffusers.loaders.single_file_utils import convert_controlnet_checkpoint
 
-    state = tensors.read(list(tensors))
+    state = tensors.read([k for k in tensors if k != DIFFERENCE])
     inner = [k.removeprefix(ORIGINAL_PREFIX) for k in state]
     blocks = _count(inner, "input_blocks.")
     downsamples = sum(1 for k in inner if re.fullmatch(r"input_blocks\.\d+\.0\.op\.weight", k))
@@ -96,14 +100,31 @@ def controlnet_config(state: dict[str, torch.Tensor]) -> dict[str, Any]:
     return config
 
 
-def build_controlnet(tensors: Tensors) -> Any:
-    """A diffusers ControlNetModel from a single file of either layout."""
+def _add_base(state: dict[str, torch.Tensor], base: dict[str, torch.Tensor]) -> None:
+    """A difference ControlNet's offsets made weights: the model's added where it has the key
+    (ControlNetModel names what it shares with the UNet as the UNet does)."""
+    for key, value in state.items():
+        own = base.get(key)
+        if own is not None and own.shape == value.shape:
+            state[key] = value + own.to(device=value.device, dtype=value.dtype)
+
+
+def build_controlnet(tensors: Tensors, base: dict[str, torch.Tensor] | None = None) -> Any:
+    """A diffusers ControlNetModel from a single file of either layout; a difference
+    ControlNet needs `base`, the model's UNet weights (diffusers names)."""
     from diffusers import ControlNetModel
 
     if controlnet_layout(tensors) == "original":
         state = _original_to_diffusers(tensors)
     else:
-        state = tensors.read(list(tensors))
+        state = tensors.read([k for k in tensors if k != DIFFERENCE])
+    if DIFFERENCE in tensors:
+        if base is None:
+            raise CheckpointError(
+                f"{tensors.path.name} is a difference ControlNet: load it with "
+                "DiffControlNetLoader, which adds the model's weights"
+            )
+        _add_base(state, base)
     config = controlnet_config(state)
     with torch.device("meta"):
         net = ControlNetModel(**config)

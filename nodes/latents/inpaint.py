@@ -102,9 +102,8 @@ class InpaintModelConditioning(Node):
         pixels, mask = _crop_to(self.pixels.clone(), _pixel_mask(self.mask, self.pixels), 8)
         masked = _encode(self.vae, _grey_out(pixels, mask))
         whole = _encode(self.vae, self.pixels)
-        extras = {"concat_latent_image": masked, "concat_mask": mask}
         positive, negative = (
-            dataclasses.replace(c, extras={**c.extras, **extras})
+            c.with_options(concat_latent_image=masked, concat_mask=mask)
             for c in (self.positive, self.negative)
         )
         latent = Latent(whole, mask if self.noise_mask else None)

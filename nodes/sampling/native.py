@@ -263,7 +263,9 @@ def denoise(
         return model.latent_out(noisy.latent)
     latents = noisy.latent.to(device=model.device, dtype=model.dtype)
     guided = negative is not None and cfg != 1.0
-    inputs = UnetInputs.build(model, latents, positive, negative if guided else None)
+    cond = positive.only("Denoise", "positive")
+    uncond = negative.only("Denoise", "negative") if guided and negative is not None else None
+    inputs = UnetInputs.build(model, latents, cond, uncond)
     kwargs: dict[str, Any] = {}
     params = inspect.signature(scheduler.step).parameters
     if "eta" in params:

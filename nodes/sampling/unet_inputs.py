@@ -11,7 +11,7 @@ import torch
 
 from ..formats.families import FAMILIES
 from ..latents.scaling import common_upscale
-from ..values import Conditioning, Model
+from ..values import Cond, Model
 from .comfy.inpaint import concat_mask, resize_to_batch_size
 
 DEFAULT_AESTHETIC = {"positive": 6.0, "negative": 2.5}
@@ -20,7 +20,7 @@ BLACK_LATENT = (0.8223, -0.6876, 0.6364, 0.1380)
 """ComfyUI's latent of a black picture: the masked image an inpainting UNet sees with no mask."""
 
 
-def time_ids(model: Model, cond: Conditioning, latents: torch.Tensor, role: str) -> list[float]:
+def time_ids(model: Model, cond: Cond, latents: torch.Tensor, role: str) -> list[float]:
     """SDXL's size conditions, in ComfyUI's order; sizes default to the latent's, in pixels."""
     extras = cond.extras
     height = extras.get("height", latents.shape[2] * 8)
@@ -53,7 +53,7 @@ def _same_length(texts: list[torch.Tensor]) -> list[torch.Tensor]:
 def _concat(
     model: Model,
     latents: torch.Tensor,
-    cond: Conditioning,
+    cond: Cond,
     masked: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor | None:
     """An inpainting UNet's extra channels (ComfyUI's concat_cond): the mask and the masked
@@ -94,8 +94,8 @@ class UnetInputs:
         cls,
         model: Model,
         latents: torch.Tensor,
-        positive: Conditioning,
-        negative: Conditioning | None,
+        positive: Cond,
+        negative: Cond | None,
     ) -> UnetInputs:
         """Inputs for the positive prompt, batched after the negative one when there is one."""
         conds = [("positive", positive)]
@@ -108,7 +108,7 @@ class UnetInputs:
         cls,
         model: Model,
         latents: torch.Tensor,
-        conds: list[tuple[str, Conditioning]],
+        conds: list[tuple[str, Cond]],
         masked: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> UnetInputs:
         """Inputs for several prompts batched in the given order; each prompt's role
@@ -131,6 +131,26 @@ class UnetInputs:
             added = {"text_embeds": torch.cat(pooled), "time_ids": torch.cat(ids)}
         concats = [_concat(model, latents, c, masked) for _, c in conds]
         concat = None if concats[0] is None else torch.cat(concats)
+        return cls(text, added, concat)
+
+    def crop(self, area: tuple[int, int, int, int] | None) -> UnetInputs:
+        """The inputs for the part of the latent in an area (h, w, y, x): the inpainting
+        channels are cut to it; text and size conditions stay."""
+        if area is None or self.concat is None:
+            return self
+        h, w, y, x = area
+        return UnetInputs(self.text, self.added, self.concat[:, :, y : y + h, x : x + w])
+
+    @classmethod
+    def joined(cls, parts: list[UnetInputs]) -> UnetInputs:
+        """Several prompts' inputs batched in order (texts repeated to a common length)."""
+        text = torch.cat(_same_length([p.text for p in parts]))
+        added = None
+        if parts[0].added is not None:
+            added = {k: torch.cat([p.added[k] for p in parts]) for k in parts[0].added}
+        concat = None
+        if parts[0].concat is not None:
+            concat = torch.cat([p.concat for p in parts])
         return cls(text, added, concat)
 
     def run(

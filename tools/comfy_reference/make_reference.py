@@ -126,6 +126,9 @@ def main() -> None:
         image = tensors[source] if source != "empty" else C.empty(case.get("batch", 1))
         given = {"positive": cond("cond"), "negative": cond("uncond"),
                  "latent_image": {"samples": image.clone()}}  # fmt: skip
+        if "prompts" in case:
+            given.update({slot: comfy_prompt(comfy_nodes, inputs, cond, spec)
+                          for slot, spec in case["prompts"].items()})  # fmt: skip
         if "noise_mask" in case:
             given["latent_image"]["noise_mask"] = inputs[case["noise_mask"]]
         if case.get("concat"):  # InpaintModelConditioning's additions to both prompts
@@ -206,6 +209,19 @@ def comfy_latent_op(comfy_nodes: Any, node: str, args: dict[str, Any]) -> dict[s
 def comfy_cond(inputs: dict[str, torch.Tensor], family: str, name: str) -> list:
     """A conditioning tensor as ComfyUI's CONDITIONING: [[tensor, options]]."""
     return [[inputs[f"{family}.{name}"], {}]]
+
+
+def comfy_prompt(comfy_nodes: Any, inputs: dict[str, torch.Tensor], cond: Any, spec: list) -> list:
+    """A case's prompt through ComfyUI's conditioning nodes and ConditioningCombine."""
+    out = None
+    for text, chain in spec:
+        c = cond(text)
+        for node, given in chain:
+            cls = getattr(comfy_nodes, node)
+            args = {k: inputs[v] if k == "mask" else v for k, v in given.items()}
+            c = getattr(cls(), cls.FUNCTION)(conditioning=c, **args)[0]
+        out = c if out is None else comfy_nodes.ConditioningCombine().combine(out, c)[0]
+    return out
 
 
 def comfy_nodes_module() -> Any:
