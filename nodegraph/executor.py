@@ -16,7 +16,7 @@ from .context import NodeContext, RunContext, RunSettings
 from .errors import Interrupted, NodeFailed
 from .plan import Plan, Step, gc_frozen, gc_paused
 from .registry import Registry
-from .validate import Limits, LiteralProblem, check_host, coerce_literal, validate
+from .validate import Limits, LiteralProblem, check_host, coerce_literal, ignored_inputs, validate
 from .workflow import unwrap
 
 Listener = Callable[[events.Event], None]
@@ -146,6 +146,11 @@ class _Run:
             cached = set(result.cached)
             planned = tuple(n for n in self.plan.order if n in to_run or n in cached)
             self.emit(events.RunStarted, planned=planned)
+            for node_id, cls, message in ignored_inputs(self.plan):
+                warning = events.NodeWarning(
+                    run_id=self.ctx.run_id, node_id=node_id, class_type=cls, message=message
+                )
+                self._dispatch(warning)
             if result.cached:
                 self.emit(events.NodesCached, node_ids=tuple(result.cached))
             for node_id in result.cached:

@@ -127,6 +127,20 @@ def validate(
     return Plan(steps, ordered or [], outputs, data, known)
 
 
+def ignored_inputs(plan: Plan) -> list[tuple[str, str, str]]:
+    """(node id, class, warning) for each literal input a node does not declare: ignored, as
+    ComfyUI ignores them (its canvas writes LoadImage's "upload" widget into workflows)."""
+    found = []
+    for node_id in plan.order:
+        step, node = plan.steps[node_id], plan.nodes.get(node_id)
+        spec = step.cls.spec
+        for name in node.literals if node is not None else ():
+            if name not in spec.inputs:
+                hint = _did_you_mean(name, spec.inputs)
+                found.append((node_id, spec.type_name, f"no input '{name}': ignored.{hint}"))
+    return found
+
+
 def _recheck(
     previous: Plan, known: dict[str, WorkflowNode], classes: dict[str, type[Node]], data: Any
 ) -> Plan | None:
@@ -213,7 +227,7 @@ def _check_node(
     cls = classes[node.id]
     spec = cls.spec
     problems: list[tuple[str, str, str, Any]] = []
-    for name in (*node.literals, *node.links, *node.malformed):
+    for name in (*node.links, *node.malformed):  # unknown literals: ignored (Plan.ignored)
         if name not in spec.inputs:
             hint = _did_you_mean(name, spec.inputs)
             message = f"{node.class_type} has no input '{name}'.{hint}"

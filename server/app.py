@@ -12,6 +12,7 @@ import sys
 import uuid
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -83,8 +84,35 @@ def _finite_float(text: str) -> float:
     return value
 
 
+class _Constant(ValueError):
+    """NaN or an infinity in a body (json's parse_constant gives no position)."""
+
+
 def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number (NaN and infinities are refused)")
+    raise _Constant(name)
+
+
+def _outside_strings(text: str, word: str) -> int:
+    """Where `word` first appears outside the JSON strings of `text` (-1: nowhere)."""
+    inside = escaped = False
+    for i, char in enumerate(text):
+        if inside:
+            escaped, inside = (not escaped and char == "\\"), inside and (escaped or char != '"')
+        elif char == '"':
+            inside = True
+        elif text.startswith(word, i):
+            return i
+    return -1
+
+
+def _constant_error(body: bytes, name: str) -> str:
+    text = body.decode("utf-8", "replace")
+    at = _outside_strings(text, name)
+    where = ""
+    if at >= 0:
+        line = text.count("\n", 0, at) + 1
+        where = f": line {line} column {at - text.rfind(chr(10), 0, at)} (char {at})"
+    return f"{name} is not a JSON number (NaN and infinities are refused){where}"
 
 
 async def read_json(request: web.Request, *, empty_ok: bool = True) -> Any:
@@ -103,6 +131,10 @@ async def read_json(request: web.Request, *, empty_ok: bool = True) -> Any:
         raise BadRequest(error_body("invalid_prompt", "The body is empty."))
     try:
         return json.loads(body, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except _Constant as exc:
+        message = _constant_error(body, str(exc))
+        body_error = error_body("invalid_prompt", f"The body is not valid JSON: {message}")
+        raise BadRequest(body_error) from None
     except (ValueError, RecursionError) as exc:
         raise BadRequest(
             error_body("invalid_prompt", f"The body is not valid JSON: {exc}")
@@ -160,8 +192,9 @@ class Server:
             )
         loop = asyncio.get_running_loop()
         self.worker = Worker(
-            self.executor, self.store, self.settings, self.hub, loop, self.broadcast_status
-        )
+            self.executor, self.store, self.settings, self.hub, loop, self.broadcast_status,
+            previews=self.config.previews_for,
+        )  # fmt: skip
         self.worker.start()
 
     async def shutdown(self, app: web.Application) -> None:
@@ -363,6 +396,9 @@ class Server:
     async def models(self, request: web.Request) -> web.Response:
         return web.json_response(sorted(_model_folders(self.registry)))
 
+    async def embeddings(self, request: web.Request) -> web.Response:
+        return web.json_response(await asyncio.to_thread(_embeddings, self.config.model_dirs))
+
     async def models_in(self, request: web.Request) -> web.Response:
         folder = request.match_info["folder"]
         found = _model_folders(self.registry).get(folder)
@@ -470,6 +506,16 @@ def _model_folders(registry: Registry) -> dict[str, list[str]]:
     return {k: sorted(v) for k, v in found.items()}
 
 
+def _embeddings(model_dirs: tuple[Path, ...]) -> list[str]:
+    """The embeddings of the node library's models folders (none without the library)."""
+    try:
+        from nodes.formats.textual_inversion import embedding_names
+        from nodes.loading.folders import kind_dirs
+    except ImportError:
+        return []
+    return embedding_names(kind_dirs("embeddings", [str(d) for d in model_dirs]))
+
+
 def _system_stats(device: str | None) -> dict[str, Any]:
     ram_total = ram_free = 0
     try:
@@ -571,6 +617,7 @@ def create_app(config: ServerConfig, registry: Registry | None = None) -> web.Ap
         ("GET", "/object_info/{node_class}", server.object_info_one),
         ("GET", "/system_stats", server.system_stats),
         ("GET", "/models", server.models),
+        ("GET", "/embeddings", server.embeddings),
         ("GET", "/models/{folder}", server.models_in),
         ("GET", "/ws", server.websocket),
     ]

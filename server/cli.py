@@ -17,7 +17,7 @@ from aiohttp import web
 
 from nodegraph.cli import add_model_arguments
 
-from .config import DEFAULT_WEB_DIR, Limits, ServerConfig, is_loopback
+from .config import DEFAULT_WEB_DIR, PREVIEW_METHODS, Limits, ServerConfig, is_loopback
 from .startup import StartupError, lock_data_folder
 
 log = logging.getLogger("nodegraph.server")
@@ -74,6 +74,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--web", type=Path, default=DEFAULT_WEB_DIR, help="built web canvas")
     parser.add_argument(
+        "--preview-method",
+        choices=PREVIEW_METHODS,
+        default="none",
+        help="live previews for every prompt (default none: only for prompts whose extra_data "
+        "asks, as the canvas does; taesd draws as latent2rgb)",
+    )
+    parser.add_argument(
         "--node-package",
         action="append",
         default=[],
@@ -112,6 +119,7 @@ def config_from(args: argparse.Namespace) -> ServerConfig:
         cache_bytes=args.cache_bytes,
         threads=args.threads,
         web_dir=args.web,
+        preview_method=args.preview_method,
     )
 
 

@@ -36,6 +36,10 @@ class Limits:
     """Finished jobs kept in the history; the oldest go first."""
 
 
+PREVIEW_METHODS = ("none", "auto", "latent2rgb", "taesd")
+"""ComfyUI's preview methods; nodegraph draws every preview with its latent-to-RGB map."""
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     host: str = "127.0.0.1"
@@ -56,6 +60,9 @@ class ServerConfig:
     threads: int | None = None
     """Torch CPU threads (the node library applies it); None leaves torch's default."""
     web_dir: Path | None = DEFAULT_WEB_DIR
+    preview_method: str = "none"
+    """ComfyUI's --preview-method: live previews go to clients only when it is not "none" or
+    the prompt's extra_data asks for them (preview_method), as ComfyUI sends them."""
 
     @property
     def input_dir(self) -> Path:
@@ -72,6 +79,13 @@ class ServerConfig:
     @property
     def db_path(self) -> Path:
         return self.data_dir / "queue.sqlite3"
+
+    def previews_for(self, extra_data: dict) -> bool:
+        """Whether a run sends binary preview frames: the prompt's own preview_method, unless
+        absent or "default", else the server's."""
+        asked = extra_data.get("preview_method")
+        method = self.preview_method if asked in (None, "default") else asked
+        return method in PREVIEW_METHODS and method != "none"
 
     def folder(self, kind: str) -> Path | None:
         """The folder of a /view or /upload `type`: input, output or temp."""

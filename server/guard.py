@@ -5,10 +5,11 @@ Browsers are the threat here (a web page making the user's browser call the loca
   configured names pass;
 - an Origin (including `null`) that is not this server's own, or `Sec-Fetch-Site: cross-site`,
   means another site's page: refused, on the websocket handshake too;
-- a POST body must be JSON or multipart (415), which a cross-site form cannot send without a
-  preflight. Non-browser clients (no Origin, no Sec-Fetch-* headers) may also send the form type
-  that Python's urllib adds by default, or no type at all (`requests.post(url, data=...)`),
-  because ComfyUI's published client examples and many scripts rely on that.
+- a browser's POST body must be JSON or multipart (415), which a cross-site form cannot send
+  without a preflight. Non-browser clients (no Origin, no Sec-Fetch-* headers) may send any type
+  or none, as ComfyUI accepts: urllib's default form type (ComfyUI's published examples),
+  `requests.post(url, data=...)` with none, aiohttp's application/octet-stream for bytes and
+  text/plain for strings.
 Plain local clients (curl, scripts) send no Origin and pass.
 """
 
@@ -27,11 +28,11 @@ from .config import ServerConfig, is_loopback
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 TOKEN_COOKIE = "nodegraph_token"
 _BODY_TYPES = ("application/json", "multipart/form-data")
-_URLLIB_DEFAULT = "application/x-www-form-urlencoded"
 
 
 def refuse(status: int, text: str) -> web.Response:
-    return web.json_response({"error": {"type": "refused", "message": text}}, status=status)
+    error = {"type": "refused", "message": text, "details": "", "extra_info": {}}
+    return web.json_response({"error": error}, status=status)  # ComfyUI's error shape
 
 
 def _split_host(value: str) -> tuple[str, int | None]:
@@ -113,7 +114,9 @@ class Guard:
             if length is not None and length > max(limit.max_body_bytes, limit.max_upload_bytes):
                 return refuse(413, f"The body is {length} bytes; that is over the limit.")
             if request.body_exists and not self._body_type_ok(request):
-                return refuse(415, "POST bodies must be application/json or multipart/form-data.")
+                return refuse(
+                    415, "A browser's POST body must be application/json or multipart/form-data."
+                )
         response = await handler(request)
         if self.config.token and request.query.get("token") and request.path == "/":
             response.set_cookie(
@@ -122,14 +125,14 @@ class Guard:
         return response
 
     def _body_type_ok(self, request: web.Request) -> bool:
-        ctype = request.content_type
-        if ctype in _BODY_TYPES:
-            return True
+        """JSON or multipart from a browser (it sends Origin / Sec-Fetch-*); anything else from
+        other clients."""
         browser = hdrs.ORIGIN in request.headers or any(
             h.lower().startswith("sec-fetch-") for h in request.headers
         )
-        untyped = hdrs.CONTENT_TYPE not in request.headers  # requests.post(url, data=...)
-        return not browser and (ctype == _URLLIB_DEFAULT or untyped)
+        return not browser or (
+            hdrs.CONTENT_TYPE in request.headers and request.content_type in _BODY_TYPES
+        )
 
 
 def security_headers() -> dict[str, str]:

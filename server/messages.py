@@ -45,8 +45,8 @@ def error_body(kind: str, text: str, details: str = "", **extra: Any) -> dict[st
 class RunMessages:
     """Turns one job's engine events into ComfyUI websocket messages and its history record."""
 
-    def __init__(self, prompt_id: str) -> None:
-        self.prompt_id = prompt_id
+    def __init__(self, prompt_id: str, previews: bool = True) -> None:
+        self.prompt_id, self.previews = prompt_id, previews
         self.history: list[list[Any]] = []
         """[event, data] pairs for the history's status.messages."""
         self.outputs: dict[str, Any] = {}
@@ -83,7 +83,7 @@ class RunMessages:
                         },
                     )
                 ]
-                if event.preview is not None:
+                if event.preview is not None and self.previews:
                     frame = preview_frame(event.preview)
                     if frame is not None:
                         frames.append(frame)

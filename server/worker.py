@@ -36,8 +36,11 @@ class Worker:
         hub: Hub,
         loop: asyncio.AbstractEventLoop,
         on_queue_change: Callable[[], None],
+        previews: Callable[[dict], bool] = lambda extra_data: True,
     ) -> None:
         self.executor, self.store, self.settings = executor, store, settings
+        self.previews = previews
+        """Whether a job's run sends live previews, from its extra_data."""
         self.hub, self.loop, self.on_queue_change = hub, loop, on_queue_change
         self._wake = threading.Condition()
         self._stopping = False
@@ -145,7 +148,8 @@ class Worker:
             self._changed()
 
     def _run(self, job: Job, interrupt: threading.Event) -> None:
-        run = self._run_messages = RunMessages(job.prompt_id)
+        run = RunMessages(job.prompt_id, self.previews(job.extra_data or {}))
+        self._run_messages = run
         client = job.client_id
 
         def on_event(event: events.Event) -> None:

@@ -235,10 +235,22 @@ def test_absurd_sizes(executor: Executor) -> None:
     assert error.type == "invalid_prompt" and "limit is 10" in error.message
 
 
-def test_unknown_input_names(executor: Executor) -> None:
-    error = only(
-        errors_of(executor, {"1": n("Const", valeu=3.0), "2": n("Record", value=["1", 0])})
-    )
+def test_an_unknown_literal_input_is_ignored_with_a_warning(executor: Executor) -> None:
+    """As ComfyUI ignores them (its canvas writes LoadImage's "upload" widget value in)."""
+    wf = {"1": n("Const", valeu=3.0, upload="image"), "2": n("Record", value=["1", 0])}
+    result = executor.run(wf)
+    assert result.ok, result.error
+    assert [(w.node_id, w.message) for w in result.warnings] == [
+        ("1", "no input 'valeu': ignored. Did you mean 'value'?"),
+        ("1", "no input 'upload': ignored."),
+    ]
+    again = executor.run({**wf, "1": n("Const", value=1.0)})  # the same node without them
+    assert set(again.cached) == {"1", "2"}  # ignored inputs are not part of the cache key
+
+
+def test_an_unknown_linked_input_is_an_error(executor: Executor) -> None:
+    wf = {"1": n("Const"), "2": n("Record", value=["1", 0], valeu=["1", 0])}
+    error = only(errors_of(executor, wf))
     assert error.type == "invalid_input_name" and "Did you mean 'value'" in error.message
 
 

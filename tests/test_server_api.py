@@ -129,6 +129,19 @@ def test_object_info_system_stats_and_models(live: LiveServer) -> None:
     assert http(live.url, "GET", "/models/checkpoints")[0] == 404
 
 
+def test_embeddings_lists_the_models_folders_embeddings(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    for name in ("embeddings/ink.pt", "embeddings/xl/both.safetensors", "loras/not_one.pt"):
+        (models / name).parent.mkdir(parents=True, exist_ok=True)
+        (models / name).write_bytes(b"x")
+    live = LiveServer(tmp_path / "data", model_dirs=(models,))
+    try:
+        assert get_json(live.url, "/embeddings") == ["ink", "xl/both"]  # as prompts name them
+        assert get_json(live.url, "/api/embeddings") == ["ink", "xl/both"]
+    finally:
+        live.close()
+
+
 def test_validation_errors_have_comfyui_shapes(live: LiveServer) -> None:
     bad = {
         "1": {"class_type": "IntMath", "inputs": {"a": 1.5, "b": ["7", 0]}},
@@ -290,8 +303,16 @@ def test_a_client_that_reconnects_learns_the_running_node(live: LiveServer, ws: 
 
 
 @pytest.mark.parametrize("kind", ["image", "latent"])
-def test_previews_come_as_binary_frames(live: LiveServer, ws: WebSocket, kind: str) -> None:
-    prompt_id = submit(live, slow(steps=3, delay=0.0, preview=kind))
+def test_previews_come_as_binary_frames_when_asked(
+    live: LiveServer, ws: WebSocket, kind: str
+) -> None:
+    quiet = submit(live, slow(steps=3, delay=0.0, preview=kind))
+    assert not [f for f in ws.messages_until_done(quiet) if isinstance(f, bytes)]
+    asked = {"preview_method": "default"}  # the server's: none (delays differ: no cache hits)
+    quiet = submit(live, slow(steps=3, delay=0.001, preview=kind), extra_data=asked)
+    assert not [f for f in ws.messages_until_done(quiet) if isinstance(f, bytes)]
+    asked = {"preview_method": "auto"}
+    prompt_id = submit(live, slow(steps=3, delay=0.002, preview=kind), extra_data=asked)
     frames = ws.messages_until_done(prompt_id)
     binary = [f for f in frames if isinstance(f, bytes)]
     assert len(binary) == 3

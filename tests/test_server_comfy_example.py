@@ -121,8 +121,10 @@ class ExampleClient:
         self.ws.close()
 
 
-def run_example(data: Path, ckpt: str, size: int, steps: int) -> tuple[dict, list, list]:
-    live = LiveServer(data, registry=diffusion_registry())
+def run_example(
+    data: Path, ckpt: str, size: int, steps: int, preview_method: str = "none"
+) -> tuple[dict, list, list]:
+    live = LiveServer(data, registry=diffusion_registry(), preview_method=preview_method)
     client = ExampleClient(f"127.0.0.1:{live.port}")
     try:
         images = client.get_images(default_workflow(ckpt, size, steps))
@@ -152,8 +154,9 @@ def models(tiny_sd: Path) -> Iterator[Path]:
 def test_the_published_client_runs_comfyui_nodes_on_a_tiny_model(
     models: Path, tmp_path: Path
 ) -> None:
-    images, seen, _ = run_example(tmp_path / "data", TINY_NAME, TINY_SIZE, steps=3)
+    images, seen, previews = run_example(tmp_path / "data", TINY_NAME, TINY_SIZE, steps=3)
     check_pngs(images, TINY_SIZE)
+    assert previews == []  # not asked for: none (a client reading binary frames as pictures)
     kinds = [m["type"] for m in seen]
     assert kinds[0] == "status" and "execution_start" in kinds and "execution_success" in kinds
     progress = [m["data"] for m in seen if m["type"] == "progress"]
@@ -168,7 +171,9 @@ def test_the_published_client_runs_comfyui_nodes_on_the_shipped_model(
     from nodes.loading.folders import SHIPPED_NAME
 
     size = shipped_size()
-    images, seen, previews = run_example(tmp_path / "data", SHIPPED_NAME, size, steps=8)
+    images, seen, previews = run_example(
+        tmp_path / "data", SHIPPED_NAME, size, steps=8, preview_method="auto"
+    )
     pictures = check_pngs(images, size)
     for picture in pictures:  # a picture, not a flat colour or noise-free blank
         low, high = zip(*picture.getextrema(), strict=True)

@@ -181,24 +181,26 @@ def test_configured_hosts_and_origins_pass(tmp_path: Path) -> None:
         live.close()
 
 
-def test_post_bodies_must_be_json_or_multipart(live: LiveServer) -> None:
+def test_a_browsers_post_bodies_must_be_json_or_multipart(live: LiveServer) -> None:
     body = json.dumps({"prompt": add(1, 2)}).encode()
-    for ctype in ("text/plain", "application/xml", "text/html"):
-        assert (
-            http(live.url, "POST", "/prompt", data=body, headers={"Content-Type": ctype})[0] == 415
-        )
-    # a browser (it sends Origin / Sec-Fetch-*) cannot use the form type, even same-origin
+    # a browser (it sends Origin / Sec-Fetch-*) cannot use a simple type, even same-origin
+    for ctype in ("text/plain", "application/x-www-form-urlencoded", "application/octet-stream"):
+        browser = {"Content-Type": ctype, "Origin": live.url, "Sec-Fetch-Mode": "no-cors"}
+        assert http(live.url, "POST", "/prompt", data=body, headers=browser)[0] == 415
+        fetched = {"Content-Type": ctype, "Sec-Fetch-Site": "same-origin"}
+        assert http(live.url, "POST", "/prompt", data=body, headers=fetched)[0] == 415
+    assert get_json(live.url, "/queue")["queue_pending"] == []
     form = {"Content-Type": "application/x-www-form-urlencoded"}
     browser = {**form, "Origin": live.url, "Sec-Fetch-Mode": "no-cors"}
-    assert http(live.url, "POST", "/prompt", data=body, headers=browser)[0] == 415
-    assert get_json(live.url, "/queue")["queue_pending"] == []
     untyped = {**browser}
     del untyped["Content-Type"]
     assert raw_post(live, "/prompt", body, untyped) == 415
     assert get_json(live.url, "/queue")["queue_pending"] == []
-    # urllib's default type from a script (ComfyUI's published examples) is accepted, and so is
-    # no type at all (requests.post(url, data=...))
-    assert http(live.url, "POST", "/prompt", data=body, headers=form)[0] == 200
+    # scripts may send any type, as ComfyUI accepts: urllib's default (ComfyUI's published
+    # examples), none (requests.post(url, data=...)), aiohttp's for bytes and for strings
+    for ctype in ("application/x-www-form-urlencoded", "application/octet-stream", "text/plain"):
+        typed = {"Content-Type": ctype}
+        assert http(live.url, "POST", "/prompt", data=body, headers=typed)[0] == 200
     assert raw_post(live, "/prompt", body, {}) == 200
 
 
@@ -450,6 +452,24 @@ def test_a_resize_past_the_pixel_limit_fails_its_job_only(tmp_path: Path) -> Non
 # -- limits ----------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ('{"prompt": {"1": {"inputs": {"v": NaN}}}}', "line 1 column 35"),
+        ('{"prompt": {\n  "1": {"inputs": {"v": -Infinity}}}}', "line 2 column 25"),
+        ('{"prompt": {"1": {"inputs": {"v": 1,}}}}', "line 1 column 37"),
+    ],
+)
+def test_a_body_that_is_not_json_is_refused_with_its_line_and_column(
+    live: LiveServer, text: str, where: str
+) -> None:
+    status, _, raw = http(live.url, "POST", "/prompt", data=text.encode(),
+                          headers={"Content-Type": "application/json"})  # fmt: skip
+    error = json.loads(raw)["error"]
+    assert status == 400 and where in error["message"], error["message"]
+    assert set(error) == {"type", "message", "details", "extra_info"}  # ComfyUI's shape
+
+
 def test_workflow_limits(tmp_path: Path) -> None:
     limits = with_limits(
         max_nodes=5, max_body_bytes=20_000, max_image_pixels=2048 * 2048, max_compute=10**9
@@ -471,7 +491,10 @@ def test_workflow_limits(tmp_path: Path) -> None:
                 data=text.encode(),
                 headers={"Content-Type": "application/json"},
             )
-            assert status == 400 and "finite" in raw.decode() or "JSON number" in raw.decode()
+            error = json.loads(raw)["error"]
+            assert status == 400 and (
+                "finite" in error["message"] or "JSON number" in error["message"]
+            )
         status, body = post_json(live.url, "/prompt", {"prompt": add(1, 2), "number": 10**30})
         assert status == 400 and "number" in body["error"]["message"]
         big = {"prompt": add(1, 2), "extra_data": {"pad": "x" * 30_000}}

@@ -38,6 +38,17 @@ def find_embedding(name: str, roots: Sequence[Path]) -> Path | None:
     return None
 
 
+def embedding_names(roots: Sequence[Path]) -> list[str]:
+    """Every embedding under the roots as a prompt names it: its path without extension, with
+    "/" (ComfyUI's /embeddings)."""
+    names: dict[str, None] = {}
+    for root in roots:
+        for path in sorted(Path(root).rglob("*")):
+            if path.suffix.lower() in EXTENSIONS and path.is_file():
+                names.setdefault(path.relative_to(root).with_suffix("").as_posix(), None)
+    return list(names)
+
+
 def read_embedding_file(path: Path) -> Any:
     """A file's content: safetensors, or a torch file through the weights-only unpickler."""
     try:

@@ -30,7 +30,12 @@ export const queuePrompt = (prompt: unknown, clientId: string, workflow: unknown
   fetch(apiUrl('prompt'), {
     method: 'POST',
     headers: { 'Content-Type': 'application/json' },
-    body: JSON.stringify({ prompt, client_id: clientId, extra_data: { extra_pnginfo: { workflow } } }),
+    // live previews are sent only to prompts that ask for them, as ComfyUI sends them
+    body: JSON.stringify({
+      prompt,
+      client_id: clientId,
+      extra_data: { extra_pnginfo: { workflow }, preview_method: 'auto' },
+    }),
   }).then(json);
 
 export const interrupt = () => fetch(apiUrl('interrupt'), { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: '{}' });
