@@ -24,11 +24,17 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Patch:
     """Adapters by parameter name at one strength; `key` (e.g. path, mtime, strength) is its
-    identity for caches, equality and hashing."""
+    identity for caches, equality and hashing. `model_strength` scales the weight before the
+    adapter is added (ComfyUI's strength_model: model merging)."""
 
     adapters: Mapping[str, Adapter] = field(compare=False, repr=False)
     strength: float = 1.0
     key: Hashable = None
+    model_strength: float = 1.0
+
+    @property
+    def active(self) -> bool:
+        return bool(self.adapters) and (self.strength != 0 or self.model_strength != 1.0)
 
 
 _locks: WeakKeyDictionary[torch.nn.Module, threading.RLock] = WeakKeyDictionary()
@@ -50,19 +56,33 @@ def _tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return named
 
 
-def _patch_one(name: str, tensor: torch.Tensor, patches: Sequence[Patch]) -> None:
-    """Set `tensor` to its weight with every patch touching `name` applied in order."""
+def patched_weight(
+    name: str, tensor: torch.Tensor, patches: Sequence[Patch]
+) -> tuple[torch.Tensor, bool]:
+    """(`tensor`'s weight with every patch touching `name` applied in order, in at least
+    float32; whether any touched it). `tensor` itself is not changed."""
     weight = tensor.detach().to(torch.promote_types(tensor.dtype, torch.float32), copy=True)
     applied = False
     for patch in patches:
         adapter = patch.adapters.get(name)
-        if adapter is None:
+        if adapter is None or not patch.active:
+            continue
+        if patch.model_strength != 1.0:
+            weight = weight * patch.model_strength
+            applied = True
+        if patch.strength == 0:
             continue
         try:
             weight = adapter.apply(weight, patch.strength)
             applied = True
         except LoraShapeError as error:
-            log.warning("LoRA %r not applied to %s: %s", patch.key, name, error)
+            log.warning("patch %r not applied to %s: %s", patch.key, name, error)
+    return weight, applied
+
+
+def _patch_one(name: str, tensor: torch.Tensor, patches: Sequence[Patch]) -> None:
+    """Set `tensor` to its weight with every patch touching `name` applied in order."""
+    weight, applied = patched_weight(name, tensor, patches)
     if applied:
         with torch.no_grad():
             tensor.copy_(weight)
@@ -71,7 +91,7 @@ def _patch_one(name: str, tensor: torch.Tensor, patches: Sequence[Patch]) -> Non
 @contextmanager
 def patched(module: torch.nn.Module, patches: Sequence[Patch]) -> Iterator[torch.nn.Module]:
     """Run with `patches` stacked on `module`'s weights; restored exactly on exit or error."""
-    active = [patch for patch in patches if patch.strength != 0 and patch.adapters]
+    active = [patch for patch in patches if patch.active]
     with module_lock(module):
         tensors = _tensors(module)
         backups: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}

@@ -1,0 +1,1 @@
+"""Model and CLIP merging (ComfyUI's ModelMerge* and CLIPMerge* nodes) as weight patches."""
