@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -37,6 +39,15 @@ def _unet_weights(model: Model) -> dict[str, torch.Tensor]:
         return {k: v.detach().float().clone() for k, v in unet.state_dict().items()}
 
 
+def _folder_class(found: Any) -> str:
+    """The diffusers class of a ControlNet folder: ControlNetModel, or a T2IAdapter's."""
+    config = Path(found.path) / "config.json"
+    is_folder = found.format == "component" and config.is_file()
+    if is_folder and json.loads(config.read_text()).get("_class_name") == "T2IAdapter":
+        return "T2IAdapter"
+    return "ControlNetModel"
+
+
 def load_controlnet(
     name: str, options: Mapping[str, Any], model: Model | None = None
 ) -> ControlNet:
@@ -50,7 +61,7 @@ def load_controlnet(
     def load() -> ControlNet:
         base = None if model is None else _unet_weights(model)
         build = partial(build_controlnet, base=base)
-        net = read_component(found, options, "ControlNetModel", build, "ControlNet")
+        net = read_component(found, options, _folder_class(found), build, "ControlNet")
         return _place(net, name, options)
 
     return STORE.get(key, load)
@@ -81,7 +92,7 @@ class ControlNetLoader(Node):
 def _check_width(node: str, cond: Cond, control_net: ControlNet) -> None:
     """A ValueError naming the node and input when text and ControlNet widths disagree."""
     width = int(cond.embeds.shape[-1])
-    if width != control_net.context_width:
+    if control_net.context_width is not None and width != control_net.context_width:
         raise ValueError(
             f"{node}: control_net '{control_net.name}' takes text of width "
             f"{control_net.context_width}, but the conditioning's is {width}: it is a "

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -12,7 +12,8 @@ from nodegraph.types import socket
 
 @dataclass(eq=False)
 class ControlNet:
-    """CONTROL_NET: a diffusers ControlNetModel and where it lives."""
+    """CONTROL_NET: a diffusers ControlNetModel, or a T2IAdapter (ControlNetLoader loads both,
+    as ComfyUI's), and where it lives."""
 
     net: Any
     device: torch.device
@@ -20,8 +21,13 @@ class ControlNet:
     name: str
 
     @property
-    def context_width(self) -> int:
-        return int(self.net.config.cross_attention_dim)
+    def is_adapter(self) -> bool:
+        return type(self.net).__name__ == "T2IAdapter"
+
+    @property
+    def context_width(self) -> int | None:
+        """The text width a ControlNet takes (None: an adapter reads no text)."""
+        return None if self.is_adapter else int(self.net.config.cross_attention_dim)
 
     def cache_nbytes(self) -> int:
         return 0  # the weights belong to the model store
@@ -38,6 +44,8 @@ class AppliedControl:
     start: float = 0.0
     end: float = 1.0
     node: str = "ControlNetApplyAdvanced"
+    features: dict[tuple[int, ...], list[torch.Tensor]] = field(default_factory=dict, repr=False)
+    """An adapter's features by the input's shape: its hint is fixed, so they are made once."""
 
 
 CONTROL_NET = socket("CONTROL_NET", ControlNet)

@@ -10,6 +10,7 @@ import torch
 
 from .configs import GROUPS, HEAD_WIDTH
 from .convert import load_into
+from .t2i_adapter import build_t2i_adapter, is_t2i_adapter
 from .tensors import CheckpointError, Tensors
 
 Layout = Literal["diffusers", "original"]
@@ -110,10 +111,13 @@ def _add_base(state: dict[str, torch.Tensor], base: dict[str, torch.Tensor]) -> 
 
 
 def build_controlnet(tensors: Tensors, base: dict[str, torch.Tensor] | None = None) -> Any:
-    """A diffusers ControlNetModel from a single file of either layout; a difference
-    ControlNet needs `base`, the model's UNet weights (diffusers names)."""
+    """A diffusers ControlNetModel from a single file of either layout (or a T2IAdapter, which
+    ControlNetLoader loads too); a difference ControlNet needs `base`, the model's UNet weights
+    (diffusers names)."""
     from diffusers import ControlNetModel
 
+    if is_t2i_adapter(tensors):
+        return build_t2i_adapter(tensors)
     if controlnet_layout(tensors) == "original":
         state = _original_to_diffusers(tensors)
     else:

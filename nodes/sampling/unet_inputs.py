@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from ..control.residuals import ADAPTER_FEATURES, adapter_added
 from ..formats.families import FAMILIES
 from ..latents.scaling import common_upscale
 from ..values import Cond, Model
@@ -157,14 +158,16 @@ class UnetInputs:
         self, model: Model, model_in: torch.Tensor, t: Any, residuals: dict[str, Any] | None = None
     ) -> torch.Tensor:
         """The UNet's prediction for a (guidance-batched) latent at timestep t, with the
-        ControlNets' residuals (nodes.control.residuals) when there are any."""
+        ControlNets' residuals and adapters' features (nodes.control.residuals) if any."""
         if self.concat is not None:
             model_in = torch.cat([model_in, self.concat], dim=1)
-        return model.unet(
-            model_in,
-            t,
-            encoder_hidden_states=self.text,
-            added_cond_kwargs=self.added,
-            return_dict=False,
-            **(residuals or {}),
-        )[0]
+        kwargs = dict(residuals or {})
+        with adapter_added(model.unet, kwargs.pop(ADAPTER_FEATURES, None)):
+            return model.unet(
+                model_in,
+                t,
+                encoder_hidden_states=self.text,
+                added_cond_kwargs=self.added,
+                return_dict=False,
+                **kwargs,
+            )[0]
