@@ -389,7 +389,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
         args.output.write_text(text, encoding="utf-8")
     except OSError as exc:
         raise UsageError(f"cannot write {args.output}: {exc}") from None
-    print(f"{args.output}: {len(result.get('nodes', result))} nodes ({args.to} format)")
+    count = len(result["nodes"]) if args.to == "ui" else len(result)
+    print(f"{args.output}: {count} nodes ({args.to} format)", file=sys.stderr)
     return EXIT_OK
 
 

@@ -591,12 +591,12 @@ def ui_to_api(ui: Mapping[str, Any], registry: Registry) -> tuple[dict[str, Any]
             "class_type": node.type,
             "_meta": {"title": node.title or _title(cls, node.type)},
         }
-    for type_name, ids in unknown.items():
-        warnings.insert(
-            0,
-            f"unknown class '{type_name}' (node{'s' if len(ids) > 1 else ''} {', '.join(ids)}): "
-            "converted with its links only (its widget values need the class's input names)",
-        )
+    named_unknown = [
+        f"unknown class '{type_name}' (node{'s' if len(ids) > 1 else ''} {', '.join(ids)}): "
+        "converted with its links only (its widget values need the class's input names)"
+        for type_name, ids in unknown.items()
+    ]
+    warnings[:0] = named_unknown
     return api, warnings
 
 
