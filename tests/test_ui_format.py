@@ -134,7 +134,12 @@ def test_api_to_ui_writes_widgets_in_order_with_the_seed_control(registry):
     nodes = {n["id"]: n for n in ui["nodes"]}
     assert nodes[3]["widgets_values"] == [42, "fixed", 20, 7.5, "euler", "normal", 0.6]
     assert nodes[10]["widgets_values"] == ["images/red_circle_on_blue.png", "image"]
-    assert [i["name"] for i in nodes[3]["inputs"]] == ["model", "positive", "negative", "latent_image"]
+    assert [i["name"] for i in nodes[3]["inputs"]] == [
+        "model",
+        "positive",
+        "negative",
+        "latent_image",
+    ]
     assert "title" not in nodes[4]  # the display name
     assert nodes[6]["title"] == "CLIP Text Encode (Positive)"
 
@@ -160,7 +165,9 @@ def write_png(path: Path, chunks: dict[str, str]) -> Path:
 def test_pngs_give_their_workflow_chunk_else_their_prompt(tmp_path, registry):
     ui = load(DATA / "txt2img_seed_control.json")
     prompt = load(DATA / "txt2img_seed_control.api.json")
-    both = write_png(tmp_path / "both.png", {"prompt": json.dumps(prompt), "workflow": json.dumps(ui)})
+    both = write_png(
+        tmp_path / "both.png", {"prompt": json.dumps(prompt), "workflow": json.dumps(ui)}
+    )
     assert read_workflow_file(both) == ("ui", ui)
     only = write_png(tmp_path / "prompt.png", {"prompt": json.dumps(prompt)})
     assert read_workflow_file(only) == ("api", prompt)
