@@ -238,7 +238,6 @@ class _Flattener:
         graph: Mapping[str, Any],
         prefix: str = "",
         outer_inputs: list[Source | None] | None = None,
-        forced_mode: int | None = None,
         depth: int = 0,
     ) -> list[Source | None]:
         """Add a graph's nodes; returns the sources of its subgraph outputs (if it is one)."""
@@ -271,8 +270,6 @@ class _Flattener:
                 continue
             node_id = prefix + str(raw["id"])
             mode = raw.get("mode", 0) or 0
-            if forced_mode in (MUTED, BYPASSED):
-                mode = forced_mode
             inputs = [
                 _Input(
                     str(inp.get("name", "")),
@@ -286,13 +283,15 @@ class _Flattener:
                 if isinstance(inp, Mapping)
             ]
             type_name = str(raw.get("type", ""))
-            if type_name in self.subgraphs:
-                self._subgraph(node_id, raw, inputs, mode, depth)
+            active = mode not in (MUTED, BYPASSED)  # a muted / bypassed instance stays whole
+            if active and type_name in self.subgraphs:
+                self._subgraph(node_id, raw, inputs, depth)
             elif (
-                type_name.startswith(GROUP_PREFIXES)
+                active
+                and type_name.startswith(GROUP_PREFIXES)
                 and type_name.split(">" if ">" in type_name else "/", 1)[1] in self.group_nodes
             ):
-                self._group_node(node_id, raw, inputs, mode)
+                self._group_node(node_id, raw, inputs)
             else:
                 outputs = [
                     str(o.get("type", "*"))
@@ -323,7 +322,7 @@ class _Flattener:
         return results
 
     def _subgraph(
-        self, node_id: str, raw: Mapping[str, Any], inputs: list[_Input], mode: int, depth: int
+        self, node_id: str, raw: Mapping[str, Any], inputs: list[_Input], depth: int
     ) -> None:
         definition = self.subgraphs[str(raw["type"])]
         slots = [s for s in definition.get("inputs") or [] if isinstance(s, Mapping)]
@@ -334,13 +333,11 @@ class _Flattener:
             if match is None and index < len(inputs):
                 match = inputs[index]
             outer.append(match.source if match is not None else None)
-        results = self.graph(definition, f"{node_id}:", outer, mode, depth + 1)
+        results = self.graph(definition, f"{node_id}:", outer, depth + 1)
         for k, result in enumerate(results):
             self.aliases[(node_id, k)] = result
 
-    def _group_node(
-        self, node_id: str, raw: Mapping[str, Any], inputs: list[_Input], mode: int
-    ) -> None:
+    def _group_node(self, node_id: str, raw: Mapping[str, Any], inputs: list[_Input]) -> None:
         type_name = str(raw["type"])
         name = type_name.split(">" if ">" in type_name else "/", 1)[1]
         definition = self.group_nodes[name]
@@ -460,7 +457,6 @@ class _Flattener:
                     overrides.setdefault(index, {})[widget] = value
         for index, node, new_inputs, outputs in built:
             inner_id = f"{node_id}:{index}"
-            inner_mode = mode if mode in (MUTED, BYPASSED) else (node.get("mode", 0) or 0)
             node_values = node.get("widgets_values")
             own = overrides.get(index, {})
             if str(node.get("type")) == "PrimitiveNode" and "value" in own:
@@ -471,7 +467,7 @@ class _Flattener:
             self.nodes[inner_id] = _Node(
                 inner_id,
                 str(node.get("type", "")),
-                inner_mode,
+                node.get("mode", 0) or 0,
                 node.get("title"),
                 new_inputs,
                 outputs,
@@ -491,7 +487,41 @@ class _Value:
     value: Any
 
 
-def _resolve(flat: _Flattener, source: Source | None, warnings: list[str], consumer: str) -> Any:
+def connects(a: str, b: str) -> bool:
+    """litegraph's isValidConnection: equal types, a wildcard, or comma lists that share one."""
+    if a in ("", "*") or b in ("", "*"):
+        return True
+    left, right = str(a).lower().split(","), str(b).lower().split(",")
+    return any(x.strip() == y.strip() for x in left for y in right)
+
+
+def _bypass_input(node: _Node, slot: int, wanted: str, registry: Registry) -> _Input | None:
+    """The input a bypassed node passes through to a consumer of its output `slot` whose input
+    type is `wanted`: the same slot if it fits, else the first input of exactly that type, else
+    the first that connects (the frontend's rule)."""
+    inputs = node.inputs
+    if wanted in ("*", ""):
+        return inputs[slot] if slot < len(inputs) else (inputs[0] if inputs else None)
+    if slot < len(node.outputs):
+        out_type = node.outputs[slot]
+    else:
+        cls = registry.get(node.type)
+        outs = cls.spec.outputs if cls is not None else ()
+        out_type = outs[slot].type if slot < len(outs) else wanted
+    same = inputs[slot] if slot < len(inputs) else None
+    if same is not None and connects(same.type, out_type) and connects(same.type, wanted):
+        return same
+    exact = next((i for i in inputs if i.type == wanted), None)
+    if exact is not None:
+        return exact
+    return next(
+        (i for i in inputs if connects(i.type, out_type) and connects(i.type, wanted)), None
+    )
+
+
+def _resolve(
+    flat: _Flattener, source: Source | None, wanted: str, warnings: list[str], consumer: str
+) -> Any:
     """Follow a link to the output the API names: through group / subgraph boundaries,
     Reroutes and bypassed nodes. Returns a Source, a _Value (a PrimitiveNode's) or _DROP."""
     seen: set[Source] = set()
@@ -511,27 +541,26 @@ def _resolve(flat: _Flattener, source: Source | None, warnings: list[str], consu
                 f"node {consumer}: a link comes from node {source[0]}, which is not there; dropped"
             )
             return _DROP
-        if node.type == "Reroute":
-            source = node.inputs[0].source if node.inputs else None
-            continue
         if node.type == "PrimitiveNode":
             values = node.values if isinstance(node.values, list) else []
             return _Value(values[0]) if values else _DROP
-        if node.mode == MUTED or node.type in VIRTUAL:
+        if node.type == "Reroute":  # passes its input on, whatever its mode
+            source = node.inputs[0].source if node.inputs else None
+            continue
+        if node.mode == MUTED:
             return _DROP
         if node.mode == BYPASSED:
-            out_type = node.outputs[source[1]] if source[1] < len(node.outputs) else None
-            if out_type is None:
-                cls = flat.registry.get(node.type)
-                outs = cls.spec.outputs if cls is not None else ()
-                out_type = outs[source[1]].type if source[1] < len(outs) else None
-            pick = None
-            if source[1] < len(node.inputs) and node.inputs[source[1]].type == out_type:
-                pick = node.inputs[source[1]]
-            else:
-                pick = next((i for i in node.inputs if i.type == out_type), None)
-            source = pick.source if pick is not None else None
+            pick = _bypass_input(node, source[1], wanted, flat.registry)
+            if pick is None:
+                warnings.append(
+                    f"node {consumer}: bypassed node {node.id} has no input of type {wanted} "
+                    "to pass on; the input is dropped"
+                )
+                return _DROP
+            source, wanted = pick.source, pick.type
             continue
+        if node.type in VIRTUAL:
+            return _DROP
         return source
     return _DROP
 
@@ -579,7 +608,7 @@ def ui_to_api(ui: Mapping[str, Any], registry: Registry) -> tuple[dict[str, Any]
             name = inp.widget or inp.name
             if inp.source is None:
                 continue
-            resolved = _resolve(flat, inp.source, warnings, node.id)
+            resolved = _resolve(flat, inp.source, inp.type, warnings, node.id)
             if resolved is _DROP:
                 inputs.pop(name, None)
             elif isinstance(resolved, _Value):

@@ -48,6 +48,7 @@ def test_every_rule_has_a_case():
         "bypassed",  # mode 4: consumers take the bypassed node's input of the same type
         "group_node",  # extra.groupNodes, "workflow>NAME", ids "<group id>:<index>"
         "subgraph_schema1",  # schema 1 (links as objects), definitions.subgraphs, "<id>:<inner id>"
+        "subgraph_nested",  # a subgraph in a subgraph: "<id>:<id>:<inner id>"; a bypass inside
         "titles",  # _meta.title from custom titles, else the display name
         "unknown_classes",  # converted with their links; each class and node named
     }
@@ -208,6 +209,8 @@ def test_cli_validate_and_run_read_ui_files_and_pngs(tmp_path, capsys):
     assert main(["validate", str(png)]) == 0
     assert main(["run", str(ui_file), "--out", str(tmp_path), "--quiet"]) == 0
     assert "3: 42" in capsys.readouterr().out
+    assert main(["run", str(DATA / "subgraph_nested.json"), "--out", str(tmp_path), "--quiet"]) == 0
+    assert "8: 9" in capsys.readouterr().out  # 4 * 2 + 1, the bypassed + 100 left out
     assert main(["validate", str(DATA / "unknown_classes.json")]) == 2
     err = capsys.readouterr().err
     assert "FancyUpscaler" in err and "missing_node_type" in err
