@@ -324,15 +324,46 @@ class _Flattener:
     def _subgraph(
         self, node_id: str, raw: Mapping[str, Any], inputs: list[_Input], depth: int
     ) -> None:
+        """Expand one subgraph instance. Its socket inputs are matched to the definition's inputs
+        by name (the saved instance lists only the linked widget inputs); the definition's inputs
+        that feed widgets inside are the instance's promoted widgets, whose values are the
+        instance's widgets_values in the definition's input order."""
         definition = self.subgraphs[str(raw["type"])]
         slots = [s for s in definition.get("inputs") or [] if isinstance(s, Mapping)]
+        in_id = (definition.get("inputNode") or {}).get("id", SUBGRAPH_INPUT)
+        inner = {
+            str(n.get("id")): n for n in definition.get("nodes") or [] if isinstance(n, Mapping)
+        }
+        feeds_widget: set[int] = set()
+        for origin, o_slot, target, t_slot, _ in _links_table(definition.get("links")).values():
+            target_inputs = (inner.get(str(target)) or {}).get("inputs") or []
+            target_input = target_inputs[t_slot] if 0 <= t_slot < len(target_inputs) else None
+            if (
+                _same_id(origin, in_id)
+                and isinstance(target_input, Mapping)
+                and target_input.get("widget")
+            ):
+                feeds_widget.add(int(o_slot))
+        values = raw.get("widgets_values")
+        promoted = dict(
+            zip(sorted(feeds_widget), values if isinstance(values, list) else [], strict=False)
+        )
         by_name = {i.name: i for i in inputs}
         outer: list[Source | None] = []
         for index, slot in enumerate(slots):
             match = by_name.get(str(slot.get("name")))
-            if match is None and index < len(inputs):
+            if match is None and len(inputs) == len(slots):
                 match = inputs[index]
-            outer.append(match.source if match is not None else None)
+            if match is not None and match.source is not None:
+                outer.append(match.source)
+            elif index in promoted:  # the instance's widget: a value, as a PrimitiveNode gives
+                value_id = f"{node_id}:<widget {slot.get('name')}>"
+                self.nodes[value_id] = _Node(
+                    value_id, "PrimitiveNode", 0, None, [], ["*"], [promoted[index]]
+                )
+                outer.append((value_id, 0))
+            else:
+                outer.append(None)
         results = self.graph(definition, f"{node_id}:", outer, depth + 1)
         for k, result in enumerate(results):
             self.aliases[(node_id, k)] = result

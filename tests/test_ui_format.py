@@ -49,6 +49,7 @@ def test_every_rule_has_a_case():
         "group_node",  # extra.groupNodes, "workflow>NAME", ids "<group id>:<index>"
         "subgraph_schema1",  # schema 1 (links as objects), definitions.subgraphs, "<id>:<inner id>"
         "subgraph_nested",  # a subgraph in a subgraph: "<id>:<id>:<inner id>"; a bypass inside
+        "subgraph_promoted_widgets",  # widgets promoted to the instance: its widgets_values
         "titles",  # _meta.title from custom titles, else the display name
         "unknown_classes",  # converted with their links; each class and node named
     }
@@ -231,3 +232,41 @@ def test_cli_bad_input_is_one_line(tmp_path, capsys, text, message):
         assert main(command) == 2
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_canvas_run_keeps_it_in_the_png_which_converts_back(tmp_path, capsys, registry):
+    picture = tmp_path / "pic.png"
+    Image.new("RGB", (16, 16), (200, 30, 30)).save(picture)
+    canvas = {
+        "last_node_id": 2,
+        "last_link_id": 1,
+        "nodes": [
+            {"id": 1, "type": "LoadImage", "pos": [50, 50], "size": [315, 314], "flags": {},
+             "order": 0, "mode": 0, "inputs": [],
+             "outputs": [{"name": "IMAGE", "type": "IMAGE", "links": [1], "slot_index": 0},
+                         {"name": "MASK", "type": "MASK", "links": None, "slot_index": 1}],
+             "properties": {"Node name for S&R": "LoadImage"},
+             "widgets_values": [str(picture), "image"]},
+            {"id": 2, "type": "SaveImage", "pos": [450, 50], "size": [315, 270], "flags": {},
+             "order": 1, "mode": 0, "inputs": [{"name": "images", "type": "IMAGE", "link": 1}],
+             "outputs": [], "properties": {"Node name for S&R": "SaveImage"},
+             "widgets_values": ["copy"]},
+        ],
+        "links": [[1, 1, 0, 2, 0, "IMAGE"]],
+        "groups": [],
+        "config": {},
+        "extra": {},
+        "version": 0.4,
+    }  # fmt: skip
+    path = tmp_path / "copy.json"
+    path.write_text(json.dumps(canvas))
+    assert main(["run", str(path), "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    (saved,) = (tmp_path / "out").glob("copy*.png")
+    api, _ = ui_to_api(canvas, registry)
+    with Image.open(saved) as img:
+        assert json.loads(img.text["workflow"]) == canvas
+        assert json.loads(img.text["prompt"]) == api
+    capsys.readouterr()
+    assert main(["convert", str(saved), "--to", "api"]) == 0
+    assert json.loads(capsys.readouterr().out) == api
+    assert main(["validate", str(saved)]) == 0
