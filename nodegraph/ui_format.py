@@ -206,6 +206,20 @@ def _links_table(links: Any) -> dict[Any, tuple[Any, int, Any, int, str]]:
     return table
 
 
+def _proxy_widgets(raw: Mapping[str, Any]) -> list[tuple[str, str]] | None:
+    """A subgraph instance's `properties.proxyWidgets` ([[inner node id, widget name], ...],
+    sometimes saved as a JSON string), or None."""
+    proxies = (raw.get("properties") or {}).get("proxyWidgets")
+    if isinstance(proxies, str):
+        try:
+            proxies = json.loads(proxies)
+        except ValueError:
+            return None
+    if not isinstance(proxies, list) or not proxies:
+        return None
+    return [(str(p[0]), str(p[1])) for p in proxies if isinstance(p, list | tuple) and len(p) >= 2]
+
+
 def _same_id(a: Any, b: Any) -> bool:
     return a is not None and b is not None and str(a) == str(b)
 
@@ -345,9 +359,17 @@ class _Flattener:
             ):
                 feeds_widget.add(int(o_slot))
         values = raw.get("widgets_values")
-        promoted = dict(
-            zip(sorted(feeds_widget), values if isinstance(values, list) else [], strict=False)
-        )
+        values = values if isinstance(values, list) else []
+        proxies = _proxy_widgets(raw)
+        if proxies is not None:  # newer frontends: [inner id, widget] per value, "-1" an input
+            by_name = {w: v for (nid, w), v in zip(proxies, values, strict=False) if nid == "-1"}
+            promoted = {
+                i: by_name[str(slot.get("name"))]
+                for i, slot in enumerate(slots)
+                if str(slot.get("name")) in by_name
+            }
+        else:
+            promoted = dict(zip(sorted(feeds_widget), values, strict=False))
         by_name = {i.name: i for i in inputs}
         outer: list[Source | None] = []
         for index, slot in enumerate(slots):
@@ -651,6 +673,14 @@ def ui_to_api(ui: Mapping[str, Any], registry: Registry) -> tuple[dict[str, Any]
             "class_type": node.type,
             "_meta": {"title": node.title or _title(cls, node.type)},
         }
+    for node_id, node in api.items():  # as the frontend: no link may name a node not sent
+        for name, value in list(node["inputs"].items()):
+            if _is_link(value) and value[0] not in api:
+                warnings.append(
+                    f"node {node_id}: input '{name}' links to node {value[0]}, "
+                    "which is not sent; dropped"
+                )
+                del node["inputs"][name]
     named_unknown = [
         f"unknown class '{type_name}' (node{'s' if len(ids) > 1 else ''} {', '.join(ids)}): "
         "converted with its links only (its widget values need the class's input names)"

@@ -270,3 +270,31 @@ def test_a_canvas_run_keeps_it_in_the_png_which_converts_back(tmp_path, capsys, 
     assert main(["convert", str(saved), "--to", "api"]) == 0
     assert json.loads(capsys.readouterr().out) == api
     assert main(["validate", str(saved)]) == 0
+
+
+def test_proxy_widgets_name_the_promoted_inputs(registry):
+    ui = load(DATA / "subgraph_promoted_widgets.json")
+    instance = ui["nodes"][2]
+    instance["properties"]["proxyWidgets"] = [["3", "steps"], ["-1", "seed"], ["-1", "text"]]
+    instance["widgets_values"] = [4, 5, "a blue circle on a black background"]
+    api, _ = ui_to_api(ui, registry)
+    assert api["20:3"]["inputs"]["seed"] == 5 and api["20:3"]["inputs"]["steps"] == 4
+    assert api["20:1"]["inputs"]["text"] == "a blue circle on a black background"
+
+
+def test_group_node_prefixes_and_inner_reroutes(registry):
+    expected = load(DATA / "group_node.api.json")
+    ui = load(DATA / "group_node.json")
+    ui["nodes"][2]["type"] = "workflow/prompt_and_sample"  # the older separator
+    assert ui_to_api(ui, registry)[0] == expected
+    ui = load(DATA / "group_node.json")  # the positive prompt through a Reroute inside the group
+    definition = ui["extra"]["groupNodes"]["prompt_and_sample"]
+    definition["nodes"].append(
+        {"id": -1, "type": "Reroute", "pos": [700, 100], "size": [75, 26], "flags": {},
+         "order": 3, "mode": 0, "inputs": [{"name": "", "type": "*", "link": None}],
+         "outputs": [{"name": "", "type": "CONDITIONING", "links": [], "slot_index": 0}],
+         "properties": {"showOutputText": False, "horizontal": False}, "index": 3}
+    )  # fmt: skip
+    definition["links"][0] = [0, 0, 3, 0, 6, "CONDITIONING"]
+    definition["links"].append([3, 0, 2, 1, 9, "CONDITIONING"])
+    assert ui_to_api(ui, registry)[0] == expected  # no "30:3": the reroute leaves nothing
