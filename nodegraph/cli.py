@@ -186,7 +186,10 @@ def _read_workflow(
     kind, data = _read_any(path)
     if kind == "api":
         return unwrap(data), None
-    api, warnings = to_api(kind, data, registry if registry is not None else default_registry())
+    try:
+        api, warnings = to_api(kind, data, registry if registry is not None else default_registry())
+    except WorkflowFileError as exc:
+        raise UsageError(f"{path}: {exc}") from None
     for warning in warnings:
         print(f"nodegraph: {path.name}: {warning}", file=sys.stderr)
     return api, data
@@ -372,12 +375,16 @@ def cmd_convert(args: argparse.Namespace) -> int:
     kind, data = _read_any(args.workflow)
     registry = default_registry()
     warnings: list[str] = []
-    if args.to == "api":
-        result, warnings = to_api(kind, data, registry)
-    elif kind == "ui":
-        result = data
-    else:
-        result = api_to_ui(unwrap(data), registry)
+    try:
+        if args.to == "api":
+            result, warnings = to_api(kind, data, registry)
+        elif kind == "ui":
+            result = data
+        else:
+            result = api_to_ui(unwrap(data), registry)
+    except (WorkflowFileError, ValidationFailed) as exc:
+        reason = exc.errors[0].message if isinstance(exc, ValidationFailed) else str(exc)
+        raise UsageError(f"{args.workflow}: {reason}") from None
     for warning in warnings:
         print(f"nodegraph: {args.workflow.name}: {warning}", file=sys.stderr)
     text = json.dumps(result, indent=2) + "\n"

@@ -272,7 +272,7 @@ class _Flattener:
         )
 
         def source_of(link_id: Any) -> Source | None:
-            if link_id is None or link_id not in table:
+            if not isinstance(link_id, int | str) or link_id not in table:
                 return None
             origin, slot = table[link_id][0], table[link_id][1]
             if outer_inputs is not None and _same_id(origin, in_id):
@@ -624,9 +624,21 @@ def _literal(value: Any) -> Any:
 
 def ui_to_api(ui: Mapping[str, Any], registry: Registry) -> tuple[dict[str, Any], list[str]]:
     """The API-format prompt ComfyUI's frontend would queue for this canvas, and warnings
-    (unknown classes, each with its node id; links that could not be followed)."""
+    (unknown classes, each with its node id; links that could not be followed). A canvas whose
+    parts have the wrong shapes raises WorkflowFileError."""
     if detect_format(ui) != "ui":
         raise WorkflowFileError('not a UI-format workflow (an object with "nodes" and "links")')
+    try:
+        return _ui_to_api(ui, registry)
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError, RecursionError) as exc:
+        if isinstance(exc, WorkflowFileError):
+            raise
+        raise WorkflowFileError(
+            f"a malformed UI workflow ({type(exc).__name__}: {exc})".replace("\n", " ")
+        ) from None
+
+
+def _ui_to_api(ui: Mapping[str, Any], registry: Registry) -> tuple[dict[str, Any], list[str]]:
     warnings: list[str] = []
     flat = _Flattener(ui, registry, warnings)
     flat.graph(ui)
@@ -718,6 +730,11 @@ def _is_link(value: Any) -> bool:
     )
 
 
+def _inputs_of(node: Mapping[str, Any]) -> dict[str, Any]:
+    inputs = node.get("inputs")
+    return dict(inputs) if isinstance(inputs, Mapping) else {}
+
+
 def _default(spec: InputSpec) -> Any:
     if spec.default is not None:
         return spec.default
@@ -731,7 +748,7 @@ def _depths(api: Mapping[str, Any]) -> dict[str, int]:
     """Each node's column: the longest chain of links that leads to it."""
     parents: dict[str, set[str]] = {k: set() for k in api}
     for key, node in api.items():
-        for value in (node.get("inputs") or {}).values():
+        for value in _inputs_of(node).values():
             if _is_link(value) and str(value[0]) in api:
                 parents[key].add(str(value[0]))
     depth: dict[str, int] = {}
@@ -768,7 +785,7 @@ def api_to_ui(api: Mapping[str, Any], registry: Registry) -> dict[str, Any]:
     for position, key in enumerate(order):
         node = api[key]
         class_type = str(node.get("class_type"))
-        given = dict(node.get("inputs") or {})
+        given = _inputs_of(node)
         cls = registry.get(class_type)
         inputs: list[dict[str, Any]] = []
         widgets_values: list[Any] = []
@@ -829,7 +846,7 @@ def api_to_ui(api: Mapping[str, Any], registry: Registry) -> dict[str, Any]:
             used = [
                 v[1]
                 for other in api.values()
-                for v in (other.get("inputs") or {}).values()
+                for v in _inputs_of(other).values()
                 if _is_link(v) and str(v[0]) == key
             ]
             outputs_spec = [("*", "*")] * (max(used) + 1 if used else 0)

@@ -298,3 +298,36 @@ def test_group_node_prefixes_and_inner_reroutes(registry):
     definition["links"][0] = [0, 0, 3, 0, 6, "CONDITIONING"]
     definition["links"].append([3, 0, 2, 1, 9, "CONDITIONING"])
     assert ui_to_api(ui, registry)[0] == expected  # no "30:3": the reroute leaves nothing
+
+
+def test_malformed_canvases_give_a_workflow_error_not_a_crash(registry):
+    import random
+
+    rng = random.Random(7)
+    junk = [None, 3, -1, "x", [], {}, [1, 2], {"a": 1}, 1.5, True]
+
+    def mutate(value):
+        if isinstance(value, dict) and value:
+            key = rng.choice(list(value))
+            if rng.random() < 0.3:
+                value[key] = rng.choice(junk)
+            else:
+                mutate(value[key])
+        elif isinstance(value, list) and value:
+            index = rng.randrange(len(value))
+            if rng.random() < 0.3:
+                value[index] = rng.choice(junk)
+            else:
+                mutate(value[index])
+
+    for name in CASES:
+        for _ in range(60):
+            ui = load(DATA / f"{name}.json")
+            for _ in range(rng.randint(1, 4)):
+                mutate(ui)
+            try:
+                api, _ = ui_to_api(ui, registry)
+            except WorkflowFileError:
+                continue
+            json.dumps(api)  # whatever comes out is an API workflow the engine can read
+            assert all(isinstance(n["inputs"], dict) for n in api.values())
