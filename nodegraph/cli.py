@@ -12,7 +12,7 @@ import json
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -179,15 +179,16 @@ def _read_any(path: Path) -> tuple[str, Any]:
 
 
 def _read_workflow(
-    path: Path, registry: Registry | None = None
+    path: Path, registry: Callable[[], Registry]
 ) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """The API-format workflow in a file (a UI file or PNG converted), and the UI workflow it
-    came from (None for API files). Conversion warnings go to standard error."""
+    """The API-format workflow in a file (a UI file or PNG converted with the registry that
+    `registry()` gives), and the UI workflow it came from (None for API files). Conversion
+    warnings go to standard error."""
     kind, data = _read_any(path)
     if kind == "api":
         return unwrap(data), None
     try:
-        api, warnings = to_api(kind, data, registry if registry is not None else default_registry())
+        api, warnings = to_api(kind, data, registry())
     except WorkflowFileError as exc:
         raise UsageError(f"{path}: {exc}") from None
     for warning in warnings:
@@ -246,8 +247,21 @@ def _settings(args: argparse.Namespace, base_dir: Path | None) -> RunSettings:
     )
 
 
+def _lazy_registry(args: argparse.Namespace) -> Callable[[], Registry]:
+    """The configured registry, built once on first use (a canvas to convert, or the run)."""
+    built: list[Registry] = []
+
+    def registry() -> Registry:
+        if not built:
+            built.append(_registry(args))
+        return built[0]
+
+    return registry
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    workflow, canvas = _read_workflow(args.workflow)
+    registry = _lazy_registry(args)
+    workflow, canvas = _read_workflow(args.workflow, registry)
     for text in args.sets:
         node_id, name, raw = parse_assignment(text, "--set")
         apply_value(workflow, node_id, name, parse_value(raw), "--set")
@@ -258,7 +272,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     extra: dict[str, Any] = {}
     if canvas is not None and not args.sets and not args.sweeps:
         extra["extra_pnginfo"] = {"workflow": canvas}  # as ComfyUI: the PNG keeps the canvas
-    executor = Executor(_registry(args), Cache(args.cache_mb * 1024 * 1024))
+    executor = Executor(registry(), Cache(args.cache_mb * 1024 * 1024))
     settings = _settings(args, args.workflow.resolve().parent)
     display = None if args.quiet else ConsoleDisplay(sys.stderr)
     interrupt = threading.Event()
@@ -357,11 +371,11 @@ def _run_report(
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    registry = _registry(args)
+    registry = _lazy_registry(args)
     workflow, _ = _read_workflow(args.workflow, registry)
     try:
         settings = RunSettings(base_dir=args.workflow.resolve().parent)
-        plan = Executor(registry).validate(workflow, settings)
+        plan = Executor(registry()).validate(workflow, settings)
     except ValidationFailed as exc:
         if args.json:
             print(json.dumps(exc.comfy_body(), indent=2, default=str))
