@@ -331,3 +331,18 @@ def test_malformed_canvases_give_a_workflow_error_not_a_crash(registry):
                 continue
             json.dumps(api)  # whatever comes out is an API workflow the engine can read
             assert all(isinstance(n["inputs"], dict) for n in api.values())
+
+
+def test_old_and_odd_widget_values(registry):
+    expected = load(DATA / "txt2img_seed_control.api.json")
+    ui = load(DATA / "txt2img_seed_control.json")
+    sampler = next(n for n in ui["nodes"] if n["id"] == 3)
+    sampler["widgets_values"][1] = True  # 2023 files: a boolean for "randomize"
+    assert ui_to_api(ui, registry)[0] == expected
+    sampler["widgets_values"] = {  # some savers write widgets by name
+        "seed": 156680208700286, "steps": 4, "cfg": 7.5, "sampler_name": "euler",
+        "scheduler": "normal", "denoise": 1, "control_after_generate": "fixed",
+    }  # fmt: skip
+    assert ui_to_api(ui, registry)[0] == expected
+    sampler["widgets_values"] = [[1, 2], "fixed"]  # a list value is wrapped, not a link
+    assert ui_to_api(ui, registry)[0]["3"]["inputs"]["seed"] == {"__value__": [1, 2]}
