@@ -145,17 +145,21 @@ def is_seed(spec: InputSpec) -> bool:
 
 def widget_slots(spec: NodeSpec) -> list[tuple[str, str | None]]:
     """The entries of a node's widgets_values: (input name, None) for an input's value,
-    (input name, "control") for a seed's control mode, (input name, "upload") for the
-    image-upload button's value."""
+    (input name, "control") for a seed's control mode (right after the seed), and
+    (input name, "upload") for the image-upload button, which the frontend adds as one more
+    required input: after the last required widget, before the optional ones."""
     slots: list[tuple[str, str | None]] = []
-    for inp in ordered_inputs(spec):
-        if inp.is_socket:
-            continue
+    inputs = [i for i in ordered_inputs(spec) if not i.is_socket]
+    upload = next((i.name for i in inputs if i.ui.get("image_upload") and not i.optional), None)
+    for inp in inputs:
+        if inp.optional and upload is not None:
+            slots.append((upload, UPLOAD))
+            upload = None
         slots.append((inp.name, None))
         if is_seed(inp):
             slots.append((inp.name, CONTROL))
-        if inp.ui.get("image_upload"):
-            slots.append((inp.name, UPLOAD))
+    if upload is not None:
+        slots.append((upload, UPLOAD))
     return slots
 
 
