@@ -346,3 +346,9 @@ def test_old_and_odd_widget_values(registry):
     assert ui_to_api(ui, registry)[0] == expected
     sampler["widgets_values"] = [[1, 2], "fixed"]  # a list value is wrapped, not a link
     assert ui_to_api(ui, registry)[0]["3"]["inputs"]["seed"] == {"__value__": [1, 2]}
+
+
+def test_the_upload_button_comes_after_the_required_widgets(registry):
+    slots = widget_slots(registry.get("LoadImageMask").spec)
+    assert slots == [("image", None), ("channel", None), ("image", "upload")]
+    assert widget_slots(registry.get("LoadImage").spec) == [("image", None), ("image", "upload")]
