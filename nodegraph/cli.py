@@ -1,4 +1,4 @@
-"""The command line: run / validate / nodes / models / serve.
+"""The command line: run / validate / convert / nodes / models / serve.
 
 Exit codes: 0 ok, 1 a node failed at run time, 2 invalid input (workflow, arguments, files),
 130 interrupted.
@@ -12,7 +12,7 @@ import json
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,8 @@ from .errors import ValidationFailed
 from .executor import Executor, RunResult
 from .progress import ConsoleDisplay
 from .registry import Registry, default_registry
-from .workflow import load_json
+from .ui_format import WorkflowFileError, api_to_ui, read_workflow_file, to_api
+from .workflow import unwrap
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -51,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nodegraph", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
-    run = sub.add_parser("run", help="run a workflow (API-format JSON)")
+    run = sub.add_parser("run", help="run a workflow (API or UI JSON, or a PNG that carries one)")
     run.add_argument("workflow", type=Path)
     run.add_argument(
         "--set",
@@ -81,6 +82,14 @@ def _parser() -> argparse.ArgumentParser:
     validate.add_argument("--json", action="store_true", help="errors in ComfyUI's JSON shape")
     _add_model_options(validate)
     validate.set_defaults(command=cmd_validate)
+
+    convert = sub.add_parser(
+        "convert", help="convert a workflow between ComfyUI's API and UI (canvas) formats"
+    )
+    convert.add_argument("workflow", type=Path, help="API or UI JSON, or a PNG that carries one")
+    convert.add_argument("--to", required=True, choices=("api", "ui"), help="the format to write")
+    convert.add_argument("-o", "--output", type=Path, help="write here (default: standard output)")
+    convert.set_defaults(command=cmd_convert)
 
     nodes = sub.add_parser("nodes", help="list the node classes")
     nodes.add_argument("--json", action="store_true", help="the catalogue (/object_info shape)")
@@ -161,12 +170,30 @@ def _registry(args: argparse.Namespace) -> Registry:
     return registry
 
 
-def _read_workflow(path: Path) -> dict[str, Any]:
+def _read_any(path: Path) -> tuple[str, Any]:
+    """("api" | "ui", data) from an API or UI JSON file or a PNG carrying a workflow."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"cannot read {path}: {exc}") from None
-    return load_json(text)
+        return read_workflow_file(path)
+    except WorkflowFileError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _read_workflow(
+    path: Path, registry: Callable[[], Registry]
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The API-format workflow in a file (a UI file or PNG converted with the registry that
+    `registry()` gives), and the UI workflow it came from (None for API files). Conversion
+    warnings go to standard error."""
+    kind, data = _read_any(path)
+    if kind == "api":
+        return unwrap(data), None
+    try:
+        api, warnings = to_api(kind, data, registry())
+    except WorkflowFileError as exc:
+        raise UsageError(f"{path}: {exc}") from None
+    for warning in warnings:
+        print(f"nodegraph: {path.name}: {warning}", file=sys.stderr)
+    return api, data
 
 
 def parse_assignment(text: str, option: str) -> tuple[str, str, str]:
@@ -220,8 +247,21 @@ def _settings(args: argparse.Namespace, base_dir: Path | None) -> RunSettings:
     )
 
 
+def _lazy_registry(args: argparse.Namespace) -> Callable[[], Registry]:
+    """The configured registry, built once on first use (a canvas to convert, or the run)."""
+    built: list[Registry] = []
+
+    def registry() -> Registry:
+        if not built:
+            built.append(_registry(args))
+        return built[0]
+
+    return registry
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    workflow = _read_workflow(args.workflow)
+    registry = _lazy_registry(args)
+    workflow, canvas = _read_workflow(args.workflow, registry)
     for text in args.sets:
         node_id, name, raw = parse_assignment(text, "--set")
         apply_value(workflow, node_id, name, parse_value(raw), "--set")
@@ -229,7 +269,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     for combo in combos:  # check every sweep target before the first run
         for (node_id, name), value in combo.items():
             apply_value(json.loads(json.dumps(workflow)), node_id, name, value, "--sweep")
-    executor = Executor(_registry(args), Cache(args.cache_mb * 1024 * 1024))
+    extra: dict[str, Any] = {}
+    if canvas is not None and not args.sets and not args.sweeps:
+        extra["extra_pnginfo"] = {"workflow": canvas}  # as ComfyUI: the PNG keeps the canvas
+    executor = Executor(registry(), Cache(args.cache_mb * 1024 * 1024))
     settings = _settings(args, args.workflow.resolve().parent)
     display = None if args.quiet else ConsoleDisplay(sys.stderr)
     interrupt = threading.Event()
@@ -249,7 +292,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 settings,
                 on_event=display,
                 interrupt=interrupt,
-                extra={"parameters": {f"{k[0]}.{k[1]}": v for k, v in combo.items()}},
+                extra={**extra, "parameters": {f"{k[0]}.{k[1]}": v for k, v in combo.items()}},
             )
             files = output_files(result, settings)
             for path in files:
@@ -328,16 +371,47 @@ def _run_report(
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    workflow = _read_workflow(args.workflow)
+    registry = _lazy_registry(args)
+    workflow, _ = _read_workflow(args.workflow, registry)
     try:
         settings = RunSettings(base_dir=args.workflow.resolve().parent)
-        plan = Executor(_registry(args)).validate(workflow, settings)
+        plan = Executor(registry()).validate(workflow, settings)
     except ValidationFailed as exc:
         if args.json:
             print(json.dumps(exc.comfy_body(), indent=2, default=str))
             return EXIT_INVALID
         raise
     print(f"valid: {len(workflow)} nodes, {len(plan.order)} to run, outputs {plan.outputs}")
+    return EXIT_OK
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    kind, data = _read_any(args.workflow)
+    registry = default_registry()
+    warnings: list[str] = []
+    try:
+        if args.to == "api":
+            result, warnings = to_api(kind, data, registry)
+        elif kind == "ui":
+            result = data
+        else:
+            result = api_to_ui(unwrap(data), registry)
+    except (WorkflowFileError, ValidationFailed) as exc:
+        reason = exc.errors[0].message if isinstance(exc, ValidationFailed) else str(exc)
+        raise UsageError(f"{args.workflow}: {reason}") from None
+    for warning in warnings:
+        print(f"nodegraph: {args.workflow.name}: {warning}", file=sys.stderr)
+    text = json.dumps(result, indent=2) + "\n"
+    if args.output is None:
+        sys.stdout.write(text)
+        return EXIT_OK
+    try:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"cannot write {args.output}: {exc}") from None
+    count = len(result["nodes"]) if args.to == "ui" else len(result)
+    print(f"{args.output}: {count} nodes ({args.to} format)", file=sys.stderr)
     return EXIT_OK
 
 

@@ -1,5 +1,6 @@
 """The example workflows in workflows/: each runs through the CLI, on the tiny model made in the
 test (always) and on the shipped model (when it is there); strength sweeps re-run only the tail.
+The canvas-format (UI) workflows in workflows/comfy/ run the same way, converted by the CLI.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from PIL import Image
 
 from nodegraph.cli import main
 from nodegraph.registry import default_registry
+from nodegraph.ui_format import detect_format, ui_to_api
 from nodes.loading.checkpoints import shipped_size
 from nodes.loading.folders import SHIPPED_DIR, SHIPPED_NAME
 from tests import diffusion_fixtures as df
@@ -34,7 +36,9 @@ NAMES = [
     "comfy_hires_fix",
     "comfy_outpaint",
     "comfy_area_composition",
+    *(f"comfy/{p.stem}" for p in sorted((WORKFLOWS / "comfy").glob("*.json"))),
 ]
+"""API-format workflows by name; "comfy/NAME" are ComfyUI canvas (UI) files."""
 RESIZED = {
     "comfy_hires_fix": lambda side: (2 * side, 2 * side),  # LatentUpscaleBy 2
     "comfy_outpaint": lambda side: (side + 64, side),  # ImagePadForOutpaint 32 left and right
@@ -53,6 +57,7 @@ SWEEPS = {
         {"refine_noise", "refine_denoise", "refine_decode", "refine_save"},
     ),
     "comfy_txt2img_img2img": ("12.denoise", {"12", "13", "14"}),
+    "comfy/txt2img_img2img": ("12.denoise", {"12", "13", "14"}),
 }
 shipped = pytest.mark.skipif(
     not (SHIPPED_DIR / "model_index.json").is_file(), reason="the shipped model is not there yet"
@@ -60,7 +65,12 @@ shipped = pytest.mark.skipif(
 
 
 def load(name: str) -> dict:
-    return json.loads((WORKFLOWS / f"{name}.json").read_text())
+    """A workflow in the API format (a canvas file converted as the CLI converts it)."""
+    data = json.loads((WORKFLOWS / f"{name}.json").read_text())
+    if detect_format(data) == "ui":
+        data, warnings = ui_to_api(data, default_registry())
+        assert warnings == [], (name, warnings)
+    return data
 
 
 def overrides(name: str, model: str, picture: Path | None, size: int | None = None) -> list[str]:
@@ -93,7 +103,7 @@ def shipped_picture(name: str) -> Path | None:
     """The picture a workflow loads, if it is in the repository."""
     for node in load(name).values():
         if node["class_type"] == "LoadImage":
-            path = WORKFLOWS / node["inputs"]["image"]
+            path = (WORKFLOWS / name).parent / node["inputs"]["image"]
             return path if path.is_file() else None
     return None
 
@@ -161,6 +171,9 @@ def test_workflow_runs_on_the_shipped_model(name, tmp_path, picture, one_thread)
         for path in run["outputs"]:
             with Image.open(path) as img:
                 assert img.size == output_size(name, shipped_size())
+                if name.startswith("comfy/"):  # as ComfyUI: the PNG keeps the canvas it ran
+                    canvas = json.loads((WORKFLOWS / f"{name}.json").read_text())
+                    assert json.loads(img.text["workflow"]) == canvas
 
 
 @shipped
