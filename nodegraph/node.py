@@ -77,9 +77,13 @@ def InputField(  # noqa: N802 - reads like pydantic's Field, which it wraps
 
 
 class Outputs(BaseModel):
-    """Base for a node's several named outputs: each field is one output, in order."""
+    """Base for a node's several named outputs: each field is one output, in order.
+
+    /object_info names them in upper case (ComfyUI names outputs by their types), or by the
+    field names as written when `shown_names` is set (ComfyUI's RETURN_NAMES)."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True, protected_namespaces=())
+    shown_names: ClassVar[bool] = False
 
 
 @dataclass(frozen=True, slots=True)

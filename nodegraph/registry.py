@@ -119,6 +119,7 @@ def describe(cls: type[Node]) -> dict[str, Any]:
     required = {n: _input_entry(s) for n, s in spec.inputs.items() if not s.optional}
     optional = {n: _input_entry(s) for n, s in spec.inputs.items() if s.optional}
     doc = inspect.getdoc(cls) or ""
+    shown = spec.returns is not None and spec.returns.shown_names
     return {
         "input": {"required": required, **({"optional": optional} if optional else {})},
         "input_order": {
@@ -127,7 +128,7 @@ def describe(cls: type[Node]) -> dict[str, Any]:
         },
         "output": [o.type for o in spec.outputs],
         "output_is_list": [False for _ in spec.outputs],
-        "output_name": [o.name.upper() for o in spec.outputs],
+        "output_name": [o.name if shown else o.name.upper() for o in spec.outputs],
         "name": spec.type_name,
         "display_name": cls.display_name or spec.type_name,
         "description": doc,

@@ -30,6 +30,7 @@ class ConditioningSetArea(Node):
     pixel), its weight fading in over 64 pixels from the rectangle's inner edges."""
 
     category = "conditioning"
+    display_name = "Conditioning (Set Area)"
     conditioning: CONDITIONING = InputField(description="The conditioning.")
     width: int = _pixels(64, "The area's width.", 64)
     height: int = _pixels(64, "The area's height.", 64)
@@ -48,6 +49,7 @@ class ConditioningSetAreaPercentage(Node):
     """ConditioningSetArea in shares of the picture's width and height."""
 
     category = "conditioning"
+    display_name = "Conditioning (Set Area with Percentage)"
     conditioning: CONDITIONING = InputField(description="The conditioning.")
     width: float = _share(1.0, "The area's width, a share of the picture's.")
     height: float = _share(1.0, "The area's height, a share of the picture's.")
@@ -78,6 +80,7 @@ class ConditioningSetMask(Node):
     evaluate it only over the mask's bounding box)."""
 
     category = "conditioning"
+    display_name = "Conditioning (Set Mask)"
     conditioning: CONDITIONING = InputField(description="The conditioning.")
     mask: MASK = InputField(description="Where it guides (1) and where not (0).")
     strength: float = _strength()

@@ -109,7 +109,9 @@ class CLIPSetLastLayer(Node):
     category = "conditioning"
     display_name = "CLIP Set Last Layer"
     clip: CLIP = InputField(description="The CLIP model.")
-    stop_at_clip_layer: int = InputField(-1, description="The layer to stop at.", ge=-24, le=-1)
+    stop_at_clip_layer: int = InputField(
+        -1, description="The layer to stop at.", ge=-24, le=-1, step=1
+    )
 
     def invoke(self, ctx: NodeContext) -> CLIP:
         clip = require_clip(self.clip)

@@ -15,6 +15,7 @@ class ConditioningCombine(Node):
     """Both conditionings, evaluated side by side at each step and blended by their weights."""
 
     category = "conditioning"
+    display_name = "Conditioning (Combine)"
     conditioning_1: CONDITIONING = InputField(description="The first conditioning.")
     conditioning_2: CONDITIONING = InputField(description="The second conditioning.")
 
@@ -58,6 +59,7 @@ class ConditioningConcat(Node):
     """Append the second prompt's tokens to the first's."""
 
     category = "conditioning"
+    display_name = "Conditioning (Concat)"
     conditioning_to: CONDITIONING = InputField(description="The prompt appended to.")
     conditioning_from: CONDITIONING = InputField(description="The prompt appended.")
 

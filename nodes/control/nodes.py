@@ -152,6 +152,7 @@ class ControlNetApply(Node):
 
 
 class Guided(Outputs):
+    shown_names = True  # ComfyUI's RETURN_NAMES
     positive: CONDITIONING
     negative: CONDITIONING
 

@@ -180,7 +180,7 @@ class SaveImage(Node):
     output_node = True
     images: IMAGE = InputField(description="The pictures to save.")
     filename_prefix: str = InputField(
-        "nodegraph", description="File name start; may include a subfolder.", max_length=200
+        "ComfyUI", description="File name start; may include a subfolder.", max_length=200
     )
 
     @classmethod

@@ -32,8 +32,12 @@ class ImageScale(Node):
     display_name = "Upscale Image"
     image: IMAGE = InputField(description="The pictures to resize.")
     upscale_method: UpscaleMethod = InputField("nearest-exact", description="The filter.")
-    width: int = InputField(512, ge=0, le=MAX_RESOLUTION, description="0: keep the aspect ratio.")
-    height: int = InputField(512, ge=0, le=MAX_RESOLUTION, description="0: keep the aspect ratio.")
+    width: int = InputField(
+        512, ge=0, le=MAX_RESOLUTION, step=1, description="0: keep the aspect ratio."
+    )
+    height: int = InputField(
+        512, ge=0, le=MAX_RESOLUTION, step=1, description="0: keep the aspect ratio."
+    )
     crop: Literal["disabled", "center"] = InputField("disabled", description="Crop or stretch.")
 
     def invoke(self, ctx: NodeContext) -> IMAGE:

@@ -73,7 +73,7 @@ class LatentBatch(Node):
     """Join two batches (the second resized to the first's size)."""
 
     category = "latent/batch"
-    display_name = "Latent Batch"
+    display_name = "LatentBatch"
     samples1: LATENT = InputField(description="The first batch.")
     samples2: LATENT = InputField(description="The second batch.")
 

@@ -66,8 +66,8 @@ class EmptyLatentImage(Node):
 
     category = "latent"
     display_name = "Empty Latent Image"
-    width: int = InputField(512, description="Image width in pixels.", ge=8, le=16384, step=8)
-    height: int = InputField(512, description="Image height in pixels.", ge=8, le=16384, step=8)
+    width: int = InputField(512, description="Image width in pixels.", ge=16, le=16384, step=8)
+    height: int = InputField(512, description="Image height in pixels.", ge=16, le=16384, step=8)
     batch_size: int = InputField(1, description="Images to make at once.", ge=1, le=4096)
 
     def invoke(self, ctx: NodeContext) -> LATENT:

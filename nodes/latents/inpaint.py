@@ -63,7 +63,9 @@ class VAEEncodeForInpaint(Node):
     pixels: IMAGE = InputField(description="The pictures.")
     vae: VAE = InputField(description="The VAE.")
     mask: MASK = InputField(description="What to repaint (1).")
-    grow_mask_by: int = InputField(6, description="Grow the mask by these pixels.", ge=0, le=64)
+    grow_mask_by: int = InputField(
+        6, description="Grow the mask by these pixels.", ge=0, le=64, step=1
+    )
 
     def invoke(self, ctx: NodeContext) -> LATENT:
         f = self.vae.downscale
@@ -79,6 +81,7 @@ class VAEEncodeForInpaint(Node):
 
 
 class InpaintOutputs(Outputs):
+    shown_names = True  # ComfyUI's RETURN_NAMES
     positive: CONDITIONING
     negative: CONDITIONING
     latent: LATENT

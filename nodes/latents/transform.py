@@ -84,6 +84,7 @@ class LatentComposite(Node):
     """Paste one latent into another at (x, y) pixels, optionally feathered."""
 
     category = "latent"
+    display_name = "Latent Composite"
     samples_to: LATENT = InputField(description="The latent pasted into.")
     samples_from: LATENT = InputField(description="The latent pasted.")
     x: int = _size(0, "Left edge in pixels.")

@@ -157,6 +157,7 @@ class SDTurboScheduler(Node):
 
 
 class SigmaHalves(Outputs):
+    shown_names = True  # ComfyUI's RETURN_NAMES
     high_sigmas: SIGMAS
     low_sigmas: SIGMAS
 
@@ -285,6 +286,7 @@ class DualCFGGuider(Node):
 
 
 class SampledLatents(Outputs):
+    shown_names = True  # ComfyUI's RETURN_NAMES
     output: LATENT
     denoised_output: LATENT
 
