@@ -384,11 +384,29 @@ class Server:
 
     async def object_info(self, request: web.Request) -> web.Response:
         catalogue = await asyncio.to_thread(self.registry.catalogue)
-        return web.json_response(catalogue)
+        return web.json_response(await asyncio.to_thread(self._with_uploads, catalogue))
 
     async def object_info_one(self, request: web.Request) -> web.Response:
         cls = self.registry.get(request.match_info["node_class"])
-        return web.json_response({cls.spec.type_name: describe(cls)} if cls else {})
+        one = {cls.spec.type_name: describe(cls)} if cls else {}
+        return web.json_response(await asyncio.to_thread(self._with_uploads, one))
+
+    def _with_uploads(self, catalogue: dict[str, Any]) -> dict[str, Any]:
+        """Image-upload inputs as ComfyUI lists them: the input folder's pictures as choices
+        (the catalogue itself is left as it is: it is shared)."""
+        pictures: list[str] | None = None
+        out = dict(catalogue)
+        for node, entry in catalogue.items():
+            for section_name, section in entry["input"].items():
+                for name, (kind, options) in section.items():
+                    if not (options.get("image_upload") and kind == "STRING"):
+                        continue
+                    if pictures is None:
+                        pictures = files.input_pictures(self.config.input_dir)
+                    inputs = {**out[node]["input"]}
+                    inputs[section_name] = {**inputs[section_name], name: [pictures, options]}
+                    out[node] = {**out[node], "input": inputs}
+        return out
 
     async def system_stats(self, request: web.Request) -> web.Response:
         return web.json_response(await asyncio.to_thread(_system_stats, self.config.device))

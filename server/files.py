@@ -25,6 +25,18 @@ IMAGE_TYPES = {
     ".bmp": "image/bmp",
 }
 """Served inline; anything else (HTML, SVG, scripts, ...) is an attachment of unknown type."""
+
+
+def input_pictures(folder: Path) -> list[str]:
+    """The pictures directly in the input folder, sorted (ComfyUI's LoadImage choices)."""
+    try:
+        return sorted(
+            p.name for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_TYPES
+        )
+    except OSError:
+        return []
+
+
 UPLOAD_FORMATS = {"PNG", "JPEG", "WEBP", "GIF", "BMP"}
 VIEW_HEADERS = {
     "X-Content-Type-Options": "nosniff",

@@ -22,9 +22,9 @@ NATIVE_NAMESAKES = {
 FILE_LISTS = {"ckpt_name", "vae_name", "lora_name", "control_net_name", "model_name"}
 """Inputs whose choices are the files found (they differ from machine to machine)."""
 KNOWN = {
-    ("LoadImage", "image"): "a path or an input-folder name (STRING), not ComfyUI's file list",
+    ("LoadImage", "image"): "the server lists the input folder's pictures (test_server_safety)",
     ("LoadImageMask", "image"): "as LoadImage",
-    ("LoadLatent", "latent"): "as LoadImage",
+    ("LoadLatent", "latent"): "a path or an input-folder name (STRING), not a file list",
     ("ModelSamplingContinuousEDM", "sampling"): "no Playground 2.5 / Cosmos (not SD family)",
 }
 """Inputs that still differ from ComfyUI's entry, and why."""

@@ -602,3 +602,26 @@ def test_queue_limits_hold_under_concurrent_submissions(tmp_path: Path) -> None:
         post_json(live.url, "/interrupt", {})
     finally:
         live.close()
+
+
+def test_load_images_choices_are_the_input_folders_pictures(tmp_path: Path) -> None:
+    from tests.diffusion_fixtures import diffusion_registry
+
+    live = LiveServer(tmp_path / "data", registry=diffusion_registry())
+    try:
+
+        def choices() -> list[str]:
+            entry = get_json(live.url, "/object_info/LoadImage")["LoadImage"]
+            kind, options = entry["input"]["required"]["image"]
+            assert options["image_upload"] is True
+            return kind
+
+        assert choices() == []
+        for name in ("b.png", "a.png"):
+            assert upload(live, name, png_bytes())[0] == 200
+        (live.config.input_dir / "notes.txt").write_text("not a picture")
+        assert choices() == ["a.png", "b.png"]  # sorted, pictures only, as ComfyUI lists them
+        whole = get_json(live.url, "/object_info")["LoadImage"]["input"]["required"]["image"]
+        assert whole[0] == ["a.png", "b.png"]
+    finally:
+        live.close()
