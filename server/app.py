@@ -26,7 +26,7 @@ from nodegraph.registry import Registry, default_registry, describe
 from nodegraph.validate import Limits as EngineLimits
 from nodegraph.validate import plan_dependents
 
-from . import budget, files, startup
+from . import budget, files, startup, sweep
 from .config import CONFIG, ServerConfig
 from .faults import storage_faults
 from .guard import Guard, refuse, security_headers
@@ -229,14 +229,23 @@ class Server:
             job = await self._admit(body)
         except BadRequest as exc:
             return web.json_response(exc.body, status=exc.status)
-        prompt, prompt_id, client_id, extra, outputs, number, front = job
         try:
-            self._check_queue_room(client_id)  # again: validation may have awaited
+            self._check_queue_room(job[2])  # again: validation may have awaited
+            number = await self._enqueue(job)
         except BadRequest as exc:
             return web.json_response(exc.body, status=exc.status)
+        self.worker.wake()
+        self.broadcast_status()
+        shown = shown_number(number)
+        return web.json_response({"prompt_id": job[1], "number": shown, "node_errors": {}})
+
+    async def _enqueue(self, job: tuple[Any, ...]) -> float:
+        """Commit an admitted job to the store; its number."""
+        assert self.store is not None
+        prompt, prompt_id, client_id, extra, outputs, number, front = job
         self._adding[client_id] += 1  # counted as queued while the commit (an fsync) runs
         try:
-            number = await asyncio.to_thread(
+            return await asyncio.to_thread(
                 self.store.add,
                 prompt_id,
                 prompt,
@@ -247,16 +256,62 @@ class Server:
                 front=front,
             )
         except DuplicatePromptId:
-            return web.json_response(
-                error_body("invalid_prompt", f"prompt_id '{prompt_id}' is already used."),
-                status=400,
-            )
+            text = f"prompt_id '{prompt_id}' is already used."
+            raise BadRequest(error_body("invalid_prompt", text)) from None
         finally:
             self._adding[client_id] -= 1
+
+    async def post_sweep(self, request: web.Request) -> web.Response:
+        """Queue a workflow once per value of one or two inputs (server/sweep.py)."""
+        assert self.store is not None and self.worker is not None
+        try:
+            body = await read_json(request, empty_ok=False)
+            if not isinstance(body, dict) or not isinstance(body.get("prompt"), dict):
+                raise BadRequest(error_body("invalid_sweep", "Expected {prompt, sweep, ...}."))
+            axes = sweep.parse_axes(body.get("sweep"), body["prompt"])
+            planned = sweep.runs(body["prompt"], axes)
+            self._check_queue_room(body.get("client_id"), len(planned))
+            sweep_id = uuid.uuid4().hex
+            jobs = []
+            for index, (values, workflow) in enumerate(planned):
+                tag = {"id": sweep_id, "index": index, "axes": [a.describe() for a in axes],
+                       "values": list(values)}  # fmt: skip
+                extra = {**(body.get("extra_data") or {}), "sweep": tag}
+                run = {**body, "prompt": workflow, "extra_data": extra, "prompt_id": None}
+                jobs.append(await self._admit_sweep_run(run, index, values))
+            self._check_queue_room(body.get("client_id"), len(jobs))
+            numbers = [await self._enqueue(job) for job in jobs]
+        except sweep.SweepError as exc:
+            return web.json_response(exc.body, status=400)
+        except BadRequest as exc:
+            return web.json_response(exc.body, status=exc.status)
         self.worker.wake()
         self.broadcast_status()
-        shown = shown_number(number)
-        return web.json_response({"prompt_id": prompt_id, "number": shown, "node_errors": {}})
+        return web.json_response({
+            "sweep_id": sweep_id,
+            "prompt_ids": [job[1] for job in jobs],
+            "values": [list(values) for values, _ in planned],
+            "number": shown_number(numbers[0]),
+            "node_errors": {},
+        })  # fmt: skip
+
+    async def _admit_sweep_run(self, run: dict, index: int, values: tuple) -> tuple[Any, ...]:
+        try:
+            return await self._admit(run)
+        except BadRequest as exc:
+            error = exc.body.get("error", {})
+            error["message"] = f"sweep run {index} (values {list(values)}): {error.get('message')}"
+            raise
+
+    async def get_sweep(self, request: web.Request) -> web.Response:
+        assert self.store is not None
+        sweep_id = request.match_info["sweep_id"]
+        found = await asyncio.to_thread(self.store.sweep_runs, sweep_id)
+        if not found:
+            return refuse(404, f"No sweep '{sweep_id}'.")
+        runs = [{"prompt_id": pid, "index": tag["index"], "values": tag["values"], "status": state}
+                for pid, state, tag in found]  # fmt: skip
+        return web.json_response({"sweep_id": sweep_id, "axes": found[0][2]["axes"], "runs": runs})
 
     async def _admit(self, body: Any) -> tuple[Any, ...]:
         """Check a POST /prompt body; returns what the store needs or raises BadRequest."""
@@ -301,17 +356,17 @@ class Server:
             bool(body.get("front")),
         )
 
-    def _check_queue_room(self, client_id: str | None) -> None:
-        """429 when the queue, or this client's share of it, is full."""
+    def _check_queue_room(self, client_id: str | None, count: int = 1) -> None:
+        """429 when the queue, or this client's share of it, has no room for `count` jobs."""
         assert self.store is not None
         limits = self.config.limits
-        if self.store.remaining() + self._adding.total() >= limits.max_queue_total:
+        if self.store.remaining() + self._adding.total() + count > limits.max_queue_total:
             raise BadRequest(
                 error_body("queue_full", f"The queue is full ({limits.max_queue_total} jobs)."),
                 429,
             )
         mine = self.store.remaining(client_id) + self._adding[client_id]
-        if client_id and mine >= limits.max_queue_per_client:
+        if client_id and mine + count > limits.max_queue_per_client:
             text = f"This client has {limits.max_queue_per_client} jobs queued; wait for some."
             raise BadRequest(error_body("queue_full", text), 429)
 
@@ -622,6 +677,8 @@ def create_app(config: ServerConfig, registry: Registry | None = None) -> web.Ap
     app.on_response_prepare.append(_default_headers)
     routes = [
         ("POST", "/prompt", server.post_prompt),
+        ("POST", "/sweep", server.post_sweep),
+        ("GET", "/sweep/{sweep_id}", server.get_sweep),
         ("GET", "/prompt", server.get_prompt),
         ("GET", "/queue", server.get_queue),
         ("POST", "/queue", server.post_queue),

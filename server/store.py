@@ -350,6 +350,16 @@ class Store:
                 rows += self._db.execute(query, chunk).fetchall()
             return self._rendered.answer(seqs, rows, whole)
 
+    def sweep_runs(self, sweep_id: str) -> list[tuple[str, str, dict[str, Any]]]:
+        """(prompt id, state, sweep tag) of a sweep's runs (server/sweep.py), in order."""
+        query = (
+            "SELECT prompt_id, state, extra_data FROM jobs "
+            "WHERE json_extract(extra_data, '$.sweep.id') = ? ORDER BY seq"
+        )
+        with self._lock:
+            rows = self._db.execute(query, (sweep_id,)).fetchall()
+        return [(pid, state, json.loads(extra)["sweep"]) for pid, state, extra in rows]
+
     def state_of(self, prompt_id: str) -> str | None:
         with self._lock:
             row = self._db.execute(
