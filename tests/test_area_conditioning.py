@@ -136,3 +136,12 @@ def test_an_area_outside_the_picture_is_a_clear_error():
         ValueError, match=r"ConditioningSetArea x 512, y 0\) lies outside the 256x128"
     ):
         estimate(model, node.invoke(ctx()), text(0.0), cfg=5.0)
+
+
+def test_native_nodes_refuse_what_diffusers_has_not():
+    plain = text(1.0)
+    assert plain.only("Denoise", "positive") is plain.conds[0]
+    with pytest.raises(ValueError, match="Denoise: positive has 2 conditionings, which diffusers'"):
+        combine(plain, text(2.0)).only("Denoise", "positive")
+    with pytest.raises(ValueError, match="Denoise: negative has area"):
+        left_half(plain).only("Denoise", "negative")
