@@ -129,7 +129,13 @@ def test_object_info_system_stats_and_models(live: LiveServer) -> None:
     assert http(live.url, "GET", "/models/checkpoints")[0] == 404
 
 
-def test_embeddings_lists_the_models_folders_embeddings(tmp_path: Path) -> None:
+def test_embeddings_lists_the_models_folders_embeddings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from nodes.loading import folders
+
+    monkeypatch.setattr(folders, "_configured", [])  # only this server's folders
+    monkeypatch.delenv(folders.ENV_VAR, raising=False)
     models = tmp_path / "models"
     for name in ("embeddings/ink.pt", "embeddings/xl/both.safetensors", "loras/not_one.pt"):
         (models / name).parent.mkdir(parents=True, exist_ok=True)
