@@ -1,6 +1,10 @@
-"""Shared fixtures: a registry of the core test nodes plus the utility nodes."""
+"""Shared fixtures: a registry of the core test nodes plus the utility nodes; a live server."""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -27,3 +31,13 @@ def executor(registry: Registry) -> Executor:
 def calls():
     core_nodes.CALLS.clear()
     return core_nodes.CALLS
+
+
+@pytest.fixture
+def live(tmp_path: Path) -> Iterator[Any]:
+    """The server (tests.server_fixtures.LiveServer) on a free port, over a fresh data folder."""
+    from tests.server_fixtures import LiveServer
+
+    server = LiveServer(tmp_path / "data")
+    yield server
+    server.close()

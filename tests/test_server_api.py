@@ -29,13 +29,6 @@ from tests.server_fixtures import (
 
 
 @pytest.fixture
-def live(tmp_path: Path) -> Iterator[LiveServer]:
-    server = LiveServer(tmp_path / "data")
-    yield server
-    server.close()
-
-
-@pytest.fixture
 def ws(live: LiveServer) -> Iterator[WebSocket]:
     sock = WebSocket(ws_url(live.url, "client-a"))
     yield sock

@@ -470,13 +470,6 @@ def close_code(sock: socket.socket, rest: bytes) -> int | None:
 PING, TEXT = 0x9, 0x1
 
 
-@pytest.fixture
-def live(tmp_path: Path) -> Iterator[LiveServer]:
-    server = LiveServer(tmp_path / "data")
-    yield server
-    server.close()
-
-
 def test_a_masked_client_frame_is_answered(live: LiveServer) -> None:
     sock, rest = ws_connect(live.port)
     with sock:

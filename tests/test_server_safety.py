@@ -11,7 +11,6 @@ import struct
 import threading
 import urllib.parse
 import zlib
-from collections.abc import Iterator
 from http.client import HTTPConnection
 from pathlib import Path
 
@@ -35,13 +34,6 @@ from tests.server_fixtures import (
 )
 
 SECRET = b"top secret contents"
-
-
-@pytest.fixture
-def live(tmp_path: Path) -> Iterator[LiveServer]:
-    server = LiveServer(tmp_path / "data")
-    yield server
-    server.close()
 
 
 def png_bytes(color: tuple[int, int, int] = (1, 2, 3), size: tuple[int, int] = (4, 4)) -> bytes:

@@ -3,8 +3,6 @@ part cached, tagged in the history, listed by GET /sweep/{id}; bad sweeps queue 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,13 +17,6 @@ from tests.server_fixtures import (
     wait_until,
     ws_url,
 )
-
-
-@pytest.fixture
-def live(tmp_path: Path) -> Iterator[LiveServer]:
-    server = LiveServer(tmp_path / "data")
-    yield server
-    server.close()
 
 
 def chain(a: int = 2, b: int = 3) -> dict[str, Any]:

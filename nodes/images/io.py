@@ -54,6 +54,26 @@ def file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
+def input_fingerprint(literals: Mapping[str, Any], settings: RunSettings, name: str) -> Any:
+    """A file input's identity for the cache: its path and content digest."""
+    try:
+        path = settings.resolve_input(literals[name])
+        return (str(path), file_digest(path))
+    except (OSError, ValueError):
+        return ("missing", literals.get(name))
+
+
+def input_check(
+    literals: Mapping[str, Any], settings: RunSettings, name: str, what: str
+) -> list[tuple[str, str]]:
+    """A file input's problem at validation: outside the input folder, or not there."""
+    try:
+        path = settings.resolve_input(literals[name])
+    except ValueError as exc:  # UnsafePath: outside the input folder
+        return [(name, str(exc))]
+    return [] if path.is_file() else [(name, f"There is no {what} at {path}.")]
+
+
 class Loaded(Outputs):
     image: IMAGE
     mask: MASK
@@ -69,19 +89,11 @@ class LoadImage(Node):
 
     @classmethod
     def fingerprint(cls, literals: Mapping[str, Any], run: Any) -> Any:
-        try:
-            path = run.settings.resolve_input(literals["image"])
-            return (str(path), file_digest(path))
-        except (OSError, ValueError):
-            return ("missing", literals.get("image"))
+        return input_fingerprint(literals, run.settings, "image")
 
     @classmethod
     def check(cls, literals: Mapping[str, Any], settings: RunSettings) -> list[tuple[str, str]]:
-        try:
-            path = settings.resolve_input(literals["image"])
-        except ValueError as exc:  # UnsafePath: outside the input folder
-            return [("image", str(exc))]
-        return [] if path.is_file() else [("image", f"There is no picture at {path}.")]
+        return input_check(literals, settings, "image", "picture")
 
     def invoke(self, ctx: NodeContext) -> Loaded:
         path = ctx.settings.resolve_input(self.image)
@@ -153,6 +165,23 @@ class _Written:
 WRITTEN = _Written()
 
 
+def workflow_text(ctx: NodeContext) -> dict[str, str]:
+    """What a saved file carries of its run, as ComfyUI writes it: the API workflow ("prompt")
+    and each extra_pnginfo entry (the canvas's "workflow"), as JSON."""
+    text = {"prompt": json.dumps(ctx.run.workflow)}
+    pnginfo = ctx.run.extra.get("extra_pnginfo")
+    if isinstance(pnginfo, Mapping):
+        text.update({str(key): json.dumps(value) for key, value in pnginfo.items()})
+    return text
+
+
+def saved_fingerprint(literals: Mapping[str, Any], settings: RunSettings) -> Any:
+    """A save node's identity for the cache: its folder, and whether a file it wrote is gone
+    (then it writes again)."""
+    folder = str(Path(settings.output_dir).resolve())
+    return (folder, WRITTEN.generation((folder, literals.get("filename_prefix", ""))))
+
+
 def save_images(
     images: torch.Tensor, folder: Path, prefix: str, text: Mapping[str, str], compress: int
 ) -> list[dict[str, str]]:
@@ -185,20 +214,15 @@ class SaveImage(Node):
 
     @classmethod
     def fingerprint(cls, literals: Mapping[str, Any], run: Any) -> Any:
-        folder = str(Path(run.settings.output_dir).resolve())
-        return (folder, WRITTEN.generation((folder, literals.get("filename_prefix", ""))))
+        return saved_fingerprint(literals, run.settings)
 
     def invoke(self, ctx: NodeContext) -> None:
         folder = Path(ctx.settings.output_dir)
-        text = {"prompt": json.dumps(ctx.run.workflow)}
+        text = workflow_text(ctx)
         parameters: dict[str, Any] = {"nodes": run_parameters(ctx.run.workflow, ctx.node_id)}
         if isinstance(ctx.run.extra.get("parameters"), Mapping):  # e.g. the CLI's sweep values
             parameters["values"] = dict(ctx.run.extra["parameters"])
         text["parameters"] = json.dumps(parameters, default=str)
-        pnginfo = ctx.run.extra.get("extra_pnginfo")
-        if isinstance(pnginfo, Mapping):
-            for key, value in pnginfo.items():
-                text[str(key)] = json.dumps(value)
         saved = save_images(self.images, folder, self.filename_prefix, text, 4)
         WRITTEN.add(
             (str(folder.resolve()), self.filename_prefix), [Path(s.pop("path")) for s in saved]

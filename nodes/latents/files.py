@@ -4,7 +4,6 @@ files without the mark are from ComfyUI's first format, scaled by SD's 0.18215).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from nodegraph import InputField, Node, NodeContext, RunSettings
 from nodegraph.files import confined, write_unique
 
 from ..devices import resolve_device
-from ..images.io import WRITTEN, file_digest
+from ..images.io import WRITTEN, input_check, input_fingerprint, saved_fingerprint, workflow_text
 from ..values import LATENT, Latent
 
 FORMAT_MARK = "latent_format_version_0"
@@ -49,15 +48,11 @@ class SaveLatent(Node):
 
     @classmethod
     def fingerprint(cls, literals: Mapping[str, Any], run: Any) -> Any:
-        folder = str(Path(run.settings.output_dir).resolve())
-        return (folder, WRITTEN.generation((folder, literals.get("filename_prefix", ""))))
+        return saved_fingerprint(literals, run.settings)
 
     def invoke(self, ctx: NodeContext) -> None:
         folder = Path(ctx.settings.output_dir)
-        metadata = {"prompt": json.dumps(ctx.run.workflow)}
-        pnginfo = ctx.run.extra.get("extra_pnginfo")
-        if isinstance(pnginfo, Mapping):
-            metadata.update({str(k): json.dumps(v) for k, v in pnginfo.items()})
+        metadata = workflow_text(ctx)
         target = confined(folder, self.filename_prefix.strip() or "latent")
         path = write_unique(target.parent, target.name, ".latent", latent_file(
             self.samples.samples, metadata))  # fmt: skip
@@ -76,19 +71,11 @@ class LoadLatent(Node):
 
     @classmethod
     def fingerprint(cls, literals: Mapping[str, Any], run: Any) -> Any:
-        try:
-            path = run.settings.resolve_input(literals["latent"])
-            return (str(path), file_digest(path))
-        except (OSError, ValueError):
-            return ("missing", literals.get("latent"))
+        return input_fingerprint(literals, run.settings, "latent")
 
     @classmethod
     def check(cls, literals: Mapping[str, Any], settings: RunSettings) -> list[tuple[str, str]]:
-        try:
-            path = settings.resolve_input(literals["latent"])
-        except ValueError as exc:  # UnsafePath: outside the input folder
-            return [("latent", str(exc))]
-        return [] if path.is_file() else [("latent", f"There is no latent file at {path}.")]
+        return input_check(literals, settings, "latent", "latent file")
 
     def invoke(self, ctx: NodeContext) -> LATENT:
         path = ctx.settings.resolve_input(self.latent)
