@@ -156,6 +156,9 @@ class Node(BaseModel):
     """Output nodes write or show results; only they and their ancestors run."""
     node_type: ClassVar[str | None] = None
     """The class_type in workflows; defaults to the class name."""
+    hidden: ClassVar[dict[str, str]] = {}
+    """What the node reads of its run besides its inputs, as /object_info's hidden inputs
+    (ComfyUI's e.g. {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"}): shown, not sent."""
     spec: ClassVar[NodeSpec]
 
     def invoke(self, ctx: NodeContext) -> Any:

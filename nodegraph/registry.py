@@ -120,11 +120,17 @@ def describe(cls: type[Node]) -> dict[str, Any]:
     optional = {n: _input_entry(s) for n, s in spec.inputs.items() if s.optional}
     doc = inspect.getdoc(cls) or ""
     shown = spec.returns is not None and spec.returns.shown_names
+    hidden = {"hidden": dict(cls.hidden)} if cls.hidden else {}
     return {
-        "input": {"required": required, **({"optional": optional} if optional else {})},
+        "input": {
+            "required": required,
+            **({"optional": optional} if optional else {}),
+            **hidden,
+        },
         "input_order": {
             "required": list(required),
             **({"optional": list(optional)} if optional else {}),
+            **({"hidden": list(cls.hidden)} if cls.hidden else {}),
         },
         "output": [o.type for o in spec.outputs],
         "output_is_list": [False for _ in spec.outputs],

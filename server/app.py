@@ -453,6 +453,8 @@ class Server:
         out = dict(catalogue)
         for node, entry in catalogue.items():
             for section_name, section in entry["input"].items():
+                if section_name == "hidden":
+                    continue
                 for name, (kind, options) in section.items():
                     if not (options.get("image_upload") and kind == "STRING"):
                         continue

@@ -57,6 +57,9 @@ def test_object_info_matches_comfyuis(name: str) -> None:
         for key in ("default", "min", "max", "step"):
             if key in want:
                 assert got.get(key) == want[key], (want["name"], key)
+    hidden = {i["name"]: i["type"] for i in theirs["inputs"] if i["section"] == "hidden"}
+    assert entry["input"].get("hidden", {}) == hidden
+    assert entry["input_order"].get("hidden", []) == list(hidden)
     assert entry["output"] == theirs["outputs"]
     assert entry["output_name"] == theirs["output_names"]
     assert entry["category"] == theirs["category"]

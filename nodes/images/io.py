@@ -207,6 +207,7 @@ class SaveImage(Node):
     category = "image"
     display_name = "Save Image"
     output_node = True
+    hidden = {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"}
     images: IMAGE = InputField(description="The pictures to save.")
     filename_prefix: str = InputField(
         "ComfyUI", description="File name start; may include a subfolder.", max_length=200
@@ -236,6 +237,7 @@ class PreviewImage(Node):
     category = "image"
     display_name = "Preview Image"
     output_node = True
+    hidden = {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"}
     images: IMAGE = InputField(description="The pictures to show.")
 
     @classmethod

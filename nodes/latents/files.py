@@ -41,6 +41,7 @@ class SaveLatent(Node):
 
     category = "_for_testing"
     output_node = True
+    hidden = {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"}
     samples: LATENT = InputField(description="The latents to save.")
     filename_prefix: str = InputField(
         "latents/ComfyUI", description="File name start; may include a subfolder.", max_length=200
