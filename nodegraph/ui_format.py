@@ -868,10 +868,15 @@ def api_to_ui(api: Mapping[str, Any], registry: Registry) -> dict[str, Any]:
         col = depth[key]
         y = column_y.get(col, TOP)
         column_y[col] = y + height + ROW_GAP
+        meta = node.get("_meta")
+        placed = meta.get("pos") if isinstance(meta, Mapping) else None  # the canvas's own
+        if not (isinstance(placed, list) and len(placed) == 2
+                and all(isinstance(v, int | float) for v in placed)):  # fmt: skip
+            placed = [LEFT + col * COLUMN_WIDTH, y]
         ui_node: dict[str, Any] = {
             "id": _ui_id(key),
             "type": class_type,
-            "pos": [LEFT + col * COLUMN_WIDTH, y],
+            "pos": list(placed),
             "size": [width, height],
             "flags": {},
             "order": position,
@@ -881,7 +886,6 @@ def api_to_ui(api: Mapping[str, Any], registry: Registry) -> dict[str, Any]:
             "properties": {"Node name for S&R": class_type},
             "widgets_values": widgets_values,
         }
-        meta = node.get("_meta")
         title = meta.get("title") if isinstance(meta, Mapping) else None
         if isinstance(title, str) and title != _title(cls, class_type):
             ui_node["title"] = title

@@ -17,6 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
+from nodegraph import ui_format
 from nodegraph.cache import Cache
 from nodegraph.context import RunSettings
 from nodegraph.errors import ValidationFailed
@@ -465,6 +466,32 @@ class Server:
                     out[node] = {**out[node], "input": inputs}
         return out
 
+    async def post_convert(self, request: web.Request) -> web.Response:
+        """A workflow in the other format: {"workflow", "to": "api" | "ui"} -> {"workflow",
+        "warnings"} (nodegraph.ui_format; the canvas opens and saves ComfyUI canvas files)."""
+        try:
+            body = await read_json(request, empty_ok=False)
+            if not isinstance(body, dict) or body.get("to") not in ("api", "ui"):
+                text = 'Expected {"workflow", "to": "api" | "ui"}.'
+                raise BadRequest(error_body("invalid_workflow", text))
+            converted = await asyncio.to_thread(self._convert, body.get("workflow"), body["to"])
+        except BadRequest as exc:
+            return web.json_response(exc.body, status=exc.status)
+        return web.json_response(converted)
+
+    def _convert(self, workflow: Any, to: str) -> dict[str, Any]:
+        try:
+            kind = ui_format.detect_format(workflow)
+            if kind is None:
+                raise ui_format.WorkflowFileError("not a workflow (API or ComfyUI canvas format)")
+            if to == "api":
+                api, warnings = ui_format.to_api(kind, workflow, self.registry)
+                return {"workflow": api, "warnings": warnings}
+            api, _ = ui_format.to_api(kind, workflow, self.registry)
+            return {"workflow": ui_format.api_to_ui(api, self.registry), "warnings": []}
+        except ui_format.WorkflowFileError as exc:
+            raise BadRequest(error_body("invalid_workflow", str(exc))) from None
+
     async def system_stats(self, request: web.Request) -> web.Response:
         return web.json_response(await asyncio.to_thread(_system_stats, self.config.device))
 
@@ -680,6 +707,7 @@ def create_app(config: ServerConfig, registry: Registry | None = None) -> web.Ap
     routes = [
         ("POST", "/prompt", server.post_prompt),
         ("POST", "/sweep", server.post_sweep),
+        ("POST", "/workflow/convert", server.post_convert),
         ("GET", "/sweep/{sweep_id}", server.get_sweep),
         ("GET", "/prompt", server.get_prompt),
         ("GET", "/queue", server.get_queue),

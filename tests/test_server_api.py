@@ -417,3 +417,16 @@ def test_a_body_that_arrives_in_pieces_is_read_whole(live: LiveServer) -> None:
     status_line, _, rest = answer.partition(b"\r\n")
     assert b" 200 " in status_line, answer[:300]
     assert "prompt_id" in json.loads(rest.partition(b"\r\n\r\n")[2])
+
+
+def test_workflow_convert_refuses_what_is_no_workflow(live: LiveServer) -> None:
+    status, body = post_json(live.url, "/workflow/convert", {"workflow": [1, 2], "to": "api"})
+    assert status == 400 and body["error"]["type"] == "invalid_workflow"
+    status, body = post_json(live.url, "/workflow/convert", {"workflow": add(1, 2), "to": "ui"})
+    assert status == 200 and [n["type"] for n in body["workflow"]["nodes"]] == [
+        "IntMath",
+        "ShowValue",
+    ]
+    status, body = post_json(live.url, "/workflow/convert", {"workflow": body["workflow"],
+                                                             "to": "api"})  # fmt: skip
+    assert status == 200 and body["workflow"]["1"]["inputs"] == {"a": 1, "b": 2, "op": "add"}

@@ -352,3 +352,14 @@ def test_the_upload_button_comes_after_the_required_widgets(registry):
     slots = widget_slots(registry.get("LoadImageMask").spec)
     assert slots == [("image", None), ("channel", None), ("image", "upload")]
     assert widget_slots(registry.get("LoadImage").spec) == [("image", None), ("image", "upload")]
+
+
+def test_api_to_ui_keeps_the_canvas_positions_it_is_given(registry):
+    api = {
+        "1": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64,
+              "batch_size": 1}, "_meta": {"pos": [123, 456]}},  # fmt: skip
+        "2": {"class_type": "SaveLatent", "inputs": {"samples": ["1", 0]}},
+    }
+    nodes = {n["id"]: n for n in api_to_ui(api, registry)["nodes"]}
+    assert nodes[1]["pos"] == [123, 456]
+    assert nodes[2]["pos"] != [123, 456]  # laid out by depth

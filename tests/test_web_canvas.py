@@ -689,3 +689,53 @@ def test_two_hundred_nodes_stay_responsive(page: Page, tmp_path: Path) -> None:
     assert node(p, "200").locator("[data-testid=node-text]").inner_text() == str(7 + 198)
     (ARTIFACTS / "perf.json").write_text(json.dumps(results, indent=2))
     print("200-node run:", results["run_200_nodes_s"], "s")
+
+
+def test_a_comfyui_canvas_file_and_png_open_run_and_save_back(
+    page: Page, server: Server, tmp_path: Path
+) -> None:
+    """A ComfyUI canvas (UI-format) file opens with its nodes where the canvas had them, runs,
+    and "Save UI" writes a canvas file that converts back to the same API workflow; a PNG
+    carrying such a canvas opens the same way."""
+    from PIL import Image, PngImagePlugin
+
+    from nodegraph.registry import default_registry
+    from nodegraph.ui_format import ui_to_api
+
+    p = page
+    path = Path(__file__).resolve().parent.parent / "workflows" / "comfy" / "txt2img.json"
+    canvas = json.loads(path.read_text())
+    expected, _ = ui_to_api(canvas, default_registry())
+    drop_bytes(p, path.read_bytes(), path.name, "application/json")
+    wait_until(p, "(n) => Object.keys(window.nodegraph.getWorkflow()).length === n", len(expected))
+    loaded = workflow(p)
+    for ui_node in canvas["nodes"]:
+        nid = str(ui_node["id"])
+        if nid in expected:
+            assert loaded[nid]["class_type"] == expected[nid]["class_type"]
+            assert loaded[nid]["_meta"]["pos"] == [round(v) for v in ui_node["pos"][:2]]
+    pick_model(p, server)
+    queue_and_wait(p)
+    for sid in ids_of(loaded, "SaveImage"):
+        assert images_loaded(p, sid) >= 1
+    p.shot("comfy-canvas-file")
+    with p.page.expect_download() as dl:
+        p.page.click("[data-testid=save-ui-button]")
+    saved = tmp_path / "saved.ui.json"
+    dl.value.save_as(saved)
+    back, warnings = ui_to_api(json.loads(saved.read_text()), default_registry())
+    now = workflow(p)
+    assert warnings == [] and back.keys() == now.keys()
+    for nid, n in now.items():
+        assert back[nid]["class_type"] == n["class_type"] and back[nid]["inputs"] == n["inputs"]
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("workflow", path.read_text())
+    picture = tmp_path / "comfyui.png"
+    Image.new("RGB", (8, 8)).save(picture, pnginfo=info)
+    p.page.click("[data-testid=clear-button]")
+    drop_bytes(p, picture.read_bytes(), picture.name, "image/png")
+    wait_until(p, "(n) => Object.keys(window.nodegraph.getWorkflow()).length === n", len(expected))
+    assert {k: v["class_type"] for k, v in workflow(p).items()} == {
+        k: v["class_type"] for k, v in expected.items()
+    }

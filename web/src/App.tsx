@@ -18,7 +18,7 @@ import { EditorContext, type EditorApi } from './editor-context';
 import { GraphNode } from './GraphNode';
 import { Palette } from './Palette';
 import { runStore, type NodeRun } from './runstate';
-import { HttpError, connectSocket, getObjectInfo, getQueueRemaining, interrupt, queuePrompt, uploadImage } from './api';
+import { HttpError, connectSocket, convertWorkflow, getObjectInfo, getQueueRemaining, interrupt, queuePrompt, uploadImage } from './api';
 import {
   fromApi,
   handleInput,
@@ -28,7 +28,8 @@ import {
   nextId,
   toApi,
   unwrapWorkflow,
-  workflowFromPng,
+  workflowJsonFromPng,
+  resolveWorkflow,
   type ApiWorkflow,
   type GEdge,
   type GNode,
@@ -175,9 +176,14 @@ export function App() {
     async (file: File) => {
       try {
         const isPng = file.type === 'image/png' || /\.png$/i.test(file.name);
-        const api = isPng ? await workflowFromPng(await file.arrayBuffer()) : unwrapWorkflow(JSON.parse(await file.text()));
+        const json = isPng ? await workflowJsonFromPng(await file.arrayBuffer()) : JSON.parse(await file.text());
+        const { api, warnings } = await resolveWorkflow(json, convertWorkflow);
         loadApi(api);
-        setBanner({ kind: 'info', text: `Loaded ${file.name}` });
+        setBanner(
+          warnings.length
+            ? { kind: 'error', text: `Loaded ${file.name}: ${warnings.join('; ')}` }
+            : { kind: 'info', text: `Loaded ${file.name}` },
+        );
       } catch (e) {
         setBanner({ kind: 'error', text: `Cannot load ${file.name}: ${(e as Error).message}` });
       }
@@ -699,6 +705,15 @@ export function App() {
   const save = useCallback(() => {
     download('workflow.json', JSON.stringify(toApi({ nodes: nodesRef.current, edges: edgesRef.current }, catRef.current), null, 2));
   }, []);
+  const saveCanvas = useCallback(async () => {
+    try {
+      const api = toApi({ nodes: nodesRef.current, edges: edgesRef.current }, catRef.current);
+      const { workflow } = await convertWorkflow(api, 'ui');
+      download('workflow.ui.json', JSON.stringify(workflow, null, 2));
+    } catch (e) {
+      setBanner({ kind: 'error', text: `Cannot save in ComfyUI's format: ${(e as Error).message}` });
+    }
+  }, []);
 
   useEffect(() => {
     const onKey = (e: KeyboardEvent) => {
@@ -846,6 +861,9 @@ export function App() {
         </button>
         <button onClick={save} data-testid="save-button" title="Save as JSON (Ctrl+S)">
           Save
+        </button>
+        <button onClick={() => void saveCanvas()} data-testid="save-ui-button" title="Save in ComfyUI's canvas format (ComfyUI opens it)">
+          Save UI
         </button>
         <button onClick={() => loadApi(DEFAULT_WORKFLOW)} data-testid="default-button" disabled={!catalogue} title="Replace the graph by the default one">
           Default

@@ -26,6 +26,14 @@ async function json(res: Response) {
 
 export const getObjectInfo = () => fetch(apiUrl('object_info')).then(json);
 
+/** A workflow in the other format, converted by the server (ComfyUI's canvas files). */
+export const convertWorkflow = (workflow: unknown, to: 'api' | 'ui') =>
+  fetch(apiUrl('workflow/convert'), {
+    method: 'POST',
+    headers: { 'Content-Type': 'application/json' },
+    body: JSON.stringify({ workflow, to }),
+  }).then(json);
+
 export const queuePrompt = (prompt: unknown, clientId: string, workflow: unknown) =>
   fetch(apiUrl('prompt'), {
     method: 'POST',

@@ -266,16 +266,40 @@ export async function pngTextChunks(buf: ArrayBuffer): Promise<Record<string, st
   return out;
 }
 
-/** The workflow a SaveImage PNG embeds: our layout-carrying `workflow` chunk, else `prompt`. */
-export async function workflowFromPng(buf: ArrayBuffer): Promise<ApiWorkflow> {
+/** The workflow JSON a PNG embeds: its `workflow` chunk (ComfyUI's canvas file, or the
+ * canvas's own layout-carrying API workflow), else `prompt`. */
+export async function workflowJsonFromPng(buf: ArrayBuffer): Promise<unknown> {
   const chunks = await pngTextChunks(buf);
   for (const key of ['workflow', 'prompt']) {
     if (!chunks[key]) continue;
     try {
-      return unwrapWorkflow(JSON.parse(chunks[key]));
+      return JSON.parse(chunks[key]);
     } catch {
       /* try the next chunk */
     }
   }
   throw new Error('This PNG carries no workflow.');
+}
+
+/** Whether JSON is a ComfyUI canvas (UI-format) file. */
+export function isCanvasFile(json: any): boolean {
+  return !!json && typeof json === 'object' && Array.isArray(json.nodes) && Array.isArray(json.links);
+}
+
+export type Convert = (workflow: unknown, to: 'api' | 'ui') => Promise<{ workflow: any; warnings: string[] }>;
+
+/** The API workflow of loaded JSON: a ComfyUI canvas file converted by the server (its nodes'
+ * positions kept), else the API workflow inside it. */
+export async function resolveWorkflow(json: any, convert: Convert): Promise<{ api: ApiWorkflow; warnings: string[] }> {
+  if (!isCanvasFile(json)) return { api: unwrapWorkflow(json), warnings: [] };
+  const { workflow, warnings } = await convert(json, 'api');
+  const api = unwrapWorkflow(workflow);
+  for (const n of json.nodes as any[]) {
+    const entry = api[String(n?.id)];
+    const pos = n?.pos;
+    const x = Array.isArray(pos) ? pos[0] : pos?.['0'];
+    const y = Array.isArray(pos) ? pos[1] : pos?.['1'];
+    if (entry && typeof x === 'number' && typeof y === 'number') entry._meta = { ...(entry._meta ?? {}), pos: [x, y] };
+  }
+  return { api, warnings };
 }
