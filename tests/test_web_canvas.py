@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.web_fixtures import ARTIFACTS, Page, Server, web_browser, web_page, web_server  # noqa: F401
+from tests.web_fixtures import ARTIFACTS, Page, Server, get_json, web_browser, web_page, web_server  # noqa: F401
 
 pytestmark = pytest.mark.slow
 
@@ -739,3 +739,47 @@ def test_a_comfyui_canvas_file_and_png_open_run_and_save_back(
     assert {k: v["class_type"] for k, v in workflow(p).items()} == {
         k: v["class_type"] for k, v in expected.items()
     }
+
+
+def test_a_strength_sweep_shows_labelled_results_and_reruns_only_the_img2img_cone(
+    page: Page, server: Server
+) -> None:
+    """Sweep on the img2img strength: one request, five prompts, five labelled pictures on the
+    output node; after the first, the server's history shows only the img2img cone ran."""
+    p = page
+    pick_model(p, server)
+    wf = workflow(p)
+    adds = ids_of(wf, "AddNoise")
+    img2img = min(adds, key=lambda i: wf[i]["inputs"]["strength"])
+    save = ids_of(wf, "SaveImage")[-1]
+    node(p, img2img).locator("[data-testid=sweep-strength]").click()
+    node(p, img2img).locator("[data-testid=sweep-values-strength]").fill("0.3, 0.5, 0.7, 0.9, 1.0")
+    p.page.click("[data-testid=queue-button]")
+    wait_until(
+        p,
+        """(id) => {
+            const imgs = document.querySelectorAll(
+                `[data-testid=node][data-id="${id}"] img[data-testid=strip-image]`);
+            return imgs.length === 5 && [...imgs].every((i) => i.complete && i.naturalWidth > 0);
+        }""",
+        save,
+        RUN_TIMEOUT_MS,
+    )
+    labels = node(p, save).locator("[data-testid=strip-label]").all_inner_texts()
+    assert labels == [f"strength {v}" for v in ("0.3", "0.5", "0.7", "0.9", "1")]
+    txt2img_save = ids_of(wf, "SaveImage")[0]  # upstream of the sweep: one picture, no strip
+    assert node(p, txt2img_save).locator("[data-testid=strip-image]").count() == 0
+    p.shot("sweep-strip")
+    history = get_json(server.url + "history")
+    runs = sorted((h for h in history.values() if "sweep" in h["prompt"][3]),
+                  key=lambda h: h["prompt"][3]["sweep"]["index"])[-5:]  # fmt: skip
+    assert len({h["prompt"][3]["sweep"]["id"] for h in runs}) == 1
+    cone = {img2img} | {i for i, n in wf.items() if n["class_type"] in ("Denoise", "VAEDecode",
+                                                                         "SaveImage")}  # fmt: skip
+    reran = 0  # a value an earlier test ran (the server's cache is shared) may come whole
+    for entry in runs[1:]:
+        cached = {n for m in entry["status"]["messages"] if m[0] == "execution_cached"
+                  for n in m[1]["nodes"]}  # fmt: skip
+        assert set(wf) - cached <= cone, set(wf) - cached
+        reran += img2img not in cached
+    assert reran >= 3

@@ -18,7 +18,7 @@ import { EditorContext, type EditorApi } from './editor-context';
 import { GraphNode } from './GraphNode';
 import { Palette } from './Palette';
 import { runStore, type NodeRun } from './runstate';
-import { HttpError, connectSocket, convertWorkflow, getObjectInfo, getQueueRemaining, interrupt, queuePrompt, uploadImage } from './api';
+import { HttpError, connectSocket, convertWorkflow, getObjectInfo, getQueueRemaining, interrupt, queuePrompt, queueSweep, uploadImage } from './api';
 import {
   fromApi,
   handleInput,
@@ -30,6 +30,7 @@ import {
   unwrapWorkflow,
   workflowJsonFromPng,
   resolveWorkflow,
+  sweepAxes,
   type ApiWorkflow,
   type GEdge,
   type GNode,
@@ -239,6 +240,10 @@ export function App() {
   // ---- websocket -----------------------------------------------------------------------------
   const executingRef = useRef<string | null>(null);
   const previewTargets = useRef<string[]>([]);
+  /** The running sweep's prompts and their labels ("strength 0.5"), for the output strips. */
+  const sweepRuns = useRef<Map<string, string>>(new Map());
+  /** The nodes downstream of the swept inputs: only their results differ from run to run. */
+  const sweepCone = useRef<Set<string>>(new Set());
   useEffect(() => {
     const clearPreviews = () => {
       runStore.update((s) => {
@@ -289,7 +294,8 @@ export function App() {
             setRunning(true);
             runStore.update((s) => {
               const out: Record<string, NodeRun> = {};
-              for (const [id, r] of Object.entries(s)) out[id] = { images: r.images, imagesKey: r.imagesKey, texts: r.texts };
+              for (const [id, r] of Object.entries(s))
+                out[id] = { images: r.images, imagesKey: r.imagesKey, texts: r.texts, strip: r.strip };
               return out;
             });
             break;
@@ -353,9 +359,14 @@ export function App() {
             const old = runStore.get(id).preview;
             if (old) URL.revokeObjectURL(old);
             previewTargets.current = previewTargets.current.filter((t) => t !== id);
+            const label = sweepRuns.current.get(String(data.prompt_id));
+            const strip = runStore.get(id).strip ?? [];
             runStore.patch(id, {
               preview: undefined,
               ...(Array.isArray(images) ? { images, imagesKey: String(data.prompt_id ?? Date.now()) } : {}),
+              ...(Array.isArray(images) && label !== undefined && sweepCone.current.has(id)
+                ? { strip: [...strip, { label, images, key: String(data.prompt_id) }] }
+                : {}),
               ...(Array.isArray(data.output?.text) ? { texts: data.output.text.map(String) } : {}),
             });
             break;
@@ -399,7 +410,36 @@ export function App() {
       // Clear an old error before queueing: a run that fails fast may report its own error
       // before the queue request has even answered.
       setBanner((b) => (b?.kind === 'error' ? null : b));
-      await queuePrompt(api, clientId, api);
+      const axes = sweepAxes(graph.nodes);
+      if (axes.length > 2) throw new Error('a sweep has at most two inputs (an X/Y grid)');
+      runStore.update((s) => {
+        const out: Record<string, NodeRun> = {};
+        for (const [id, r] of Object.entries(s)) out[id] = r.strip ? { ...r, strip: undefined } : r;
+        return out;
+      });
+      if (axes.length) {
+        const res = await queueSweep(api, clientId, api, axes);
+        const names = axes.map((a) => a.input);
+        const cone = new Set(axes.map((a) => a.node));
+        for (let grew = true; grew; ) {
+          grew = false;
+          for (const e of graph.edges)
+            if (cone.has(e.source) && !cone.has(e.target)) {
+              cone.add(e.target);
+              grew = true;
+            }
+        }
+        sweepCone.current = cone;
+        sweepRuns.current = new Map(
+          (res.prompt_ids as string[]).map((pid, i) => [
+            pid,
+            (res.values[i] as unknown[]).map((v, k) => `${names[k]} ${v}`).join(' · '),
+          ]),
+        );
+      } else {
+        sweepRuns.current = new Map();
+        await queuePrompt(api, clientId, api);
+      }
       // Seeds set to change after each queue.
       const next = nodesRef.current.map((n) => {
         const ctl = n.data.control;
@@ -468,6 +508,14 @@ export function App() {
       setControl: (id, input, mode) => {
         remember();
         patchNode(id, (d) => ({ ...d, control: { ...(d.control ?? {}), [input]: mode } }));
+      },
+      setSweep: (id, input, text) => {
+        patchNode(id, (d) => {
+          const sweep = { ...(d.sweep ?? {}) };
+          if (text === null) delete sweep[input];
+          else sweep[input] = text;
+          return { ...d, sweep };
+        });
       },
       requeue: () => {
         // Let the last slider value land in state before the graph is read.

@@ -4,7 +4,7 @@ import { typeColour, type InputDef } from './catalogue';
 import { useEditor } from './editor-context';
 import { useNodeRun } from './runstate';
 import { viewUrl } from './api';
-import { handleInput, inHandle, isSeedInput, outHandle, type GNode } from './workflow';
+import { handleInput, inHandle, isSeedInput, outHandle, parseSweep, type GNode } from './workflow';
 
 const RELEASE_REQUEUE = new Set(['strength', 'denoise']);
 const LOD_ZOOM = 0.4;
@@ -87,6 +87,24 @@ function NumberWidget({ id, node, input, value }: { id: string; node: GNode['dat
         }}
         onBlur={() => setText(null)}
       />
+      <button
+        className={`nodrag icon ${node.sweep?.[input.name] !== undefined ? 'on' : ''}`}
+        title="Sweep: queue once per value"
+        data-testid={`sweep-${input.name}`}
+        onClick={() => ed.setSweep(id, input.name, node.sweep?.[input.name] !== undefined ? null : '')}
+      >
+        ⇄
+      </button>
+      {node.sweep?.[input.name] !== undefined && (
+        <input
+          type="text"
+          className={`nodrag sweep ${node.sweep[input.name] && !parseSweep(node.sweep[input.name]) ? 'invalid' : ''}`}
+          data-testid={`sweep-values-${input.name}`}
+          placeholder="0.3, 0.5, 0.7 or 0.2..0.8 x4"
+          value={node.sweep[input.name]}
+          onChange={(e) => ed.setSweep(id, input.name, e.target.value)}
+        />
+      )}
       {seed && (
         <>
           <button
@@ -383,7 +401,21 @@ function GraphNodeView({ id, data, selected }: { id: string; data: GNode['data']
         </pre>
       ))}
       {loadPreview && <img className="gnode-image" data-testid="input-image" src={loadPreview} alt="" draggable={false} />}
-      {images.length > 0 && (
+      {run.strip && run.strip.length > 0 && (
+        <div className="gnode-strip nodrag nowheel" data-testid="sweep-strip">
+          {run.strip.map((r) =>
+            r.images.map((img, k) => (
+              <figure key={`${r.key}-${k}`}>
+                <a href={viewUrl(img, r.key)} target="_blank" rel="noreferrer">
+                  <img className="gnode-image" data-testid="strip-image" src={viewUrl(img, r.key)} alt={r.label} draggable={false} />
+                </a>
+                <figcaption data-testid="strip-label">{r.label}</figcaption>
+              </figure>
+            )),
+          )}
+        </div>
+      )}
+      {images.length > 0 && !(run.strip && run.strip.length) && (
         <div className="gnode-images">
           {images.map((src) => (
             <a key={src} href={src} target="_blank" rel="noreferrer" className="nodrag">

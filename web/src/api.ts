@@ -26,6 +26,19 @@ async function json(res: Response) {
 
 export const getObjectInfo = () => fetch(apiUrl('object_info')).then(json);
 
+/** One prompt per value of the sweep's axes (the server's POST /sweep). */
+export const queueSweep = (prompt: unknown, clientId: string, workflow: unknown, sweep: unknown) =>
+  fetch(apiUrl('sweep'), {
+    method: 'POST',
+    headers: { 'Content-Type': 'application/json' },
+    body: JSON.stringify({
+      prompt,
+      client_id: clientId,
+      sweep,
+      extra_data: { extra_pnginfo: { workflow }, preview_method: 'auto' },
+    }),
+  }).then(json);
+
 /** A workflow in the other format, converted by the server (ComfyUI's canvas files). */
 export const convertWorkflow = (workflow: unknown, to: 'api' | 'ui') =>
   fetch(apiUrl('workflow/convert'), {

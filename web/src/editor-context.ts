@@ -5,6 +5,8 @@ export interface EditorApi {
   catalogue: Catalogue;
   setValue: (id: string, input: string, value: unknown) => void;
   setControl: (id: string, input: string, mode: string) => void;
+  /** Sweep an input over values when queued (null: no sweep). */
+  setSweep: (id: string, input: string, text: string | null) => void;
   /** Rename a node (an empty title restores the catalogue's name). */
   setTitle: (id: string, title: string) => void;
   /** Queue the graph now (a slider released). */

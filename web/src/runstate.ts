@@ -21,6 +21,8 @@ export interface NodeRun {
   preview?: string;
   /** Text a node shows (ShowValue's `text` output). */
   texts?: string[];
+  /** A sweep's results on an output node: each run's values and pictures, in queue order. */
+  strip?: { label: string; images: ImageRef[]; key: string }[];
   errors?: NodeIssue[];
 }
 

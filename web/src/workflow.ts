@@ -9,6 +9,8 @@ export interface GraphNodeData extends Record<string, unknown> {
   values: Record<string, unknown>;
   /** Per seed input: what happens after queueing ("fixed" | "randomize" | "increment"). */
   control?: Record<string, string>;
+  /** Values to sweep an input over when queued (see parseSweep), by input name. */
+  sweep?: Record<string, string>;
 }
 export type GNode = Node<GraphNodeData, 'graph'>;
 export type GEdge = Edge<{ type: string }>;
@@ -302,4 +304,30 @@ export async function resolveWorkflow(json: any, convert: Convert): Promise<{ ap
     if (entry && typeof x === 'number' && typeof y === 'number') entry._meta = { ...(entry._meta ?? {}), pos: [x, y] };
   }
   return { api, warnings };
+}
+
+export type SweepAxis = { node: string; input: string; values?: number[]; from?: number; to?: number; count?: number };
+
+/** A sweep's values as typed: "0.3, 0.5, 0.7", or "0.2..0.8 x4" (from, to, count); null if
+ * neither. */
+export function parseSweep(text: string): Omit<SweepAxis, 'node' | 'input'> | null {
+  const range = /^\s*(-?[\d.]+)\s*\.\.\s*(-?[\d.]+)\s*x\s*(\d+)\s*$/i.exec(text);
+  if (range) {
+    const [from, to, count] = [Number(range[1]), Number(range[2]), parseInt(range[3], 10)];
+    return Number.isFinite(from) && Number.isFinite(to) && count >= 1 ? { from, to, count } : null;
+  }
+  const values = text.split(/[,\s]+/).filter(Boolean).map(Number);
+  return values.length && values.every(Number.isFinite) ? { values } : null;
+}
+
+/** The sweep axes the graph's nodes ask for, in node order. */
+export function sweepAxes(nodes: GNode[]): SweepAxis[] {
+  const axes: SweepAxis[] = [];
+  for (const n of nodes) {
+    for (const [input, text] of Object.entries(n.data.sweep ?? {})) {
+      const parsed = parseSweep(text);
+      if (parsed) axes.push({ node: n.id, input, ...parsed });
+    }
+  }
+  return axes;
 }
