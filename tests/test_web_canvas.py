@@ -783,3 +783,19 @@ def test_a_strength_sweep_shows_labelled_results_and_reruns_only_the_img2img_con
         assert set(wf) - cached <= cone, set(wf) - cached
         reran += img2img not in cached
     assert reran >= 3
+
+
+def test_a_nodes_warning_shows_on_the_node(page: Page, server: Server) -> None:
+    p = page
+    path = Path(__file__).resolve().parent.parent / "workflows" / "comfy_txt2img.json"
+    wf = json.loads(path.read_text())
+    wf["6"]["inputs"]["text"] = "a red circle on a blue background, embedding:nowhere"
+    wf["3"]["inputs"]["steps"] = 4
+    drop_bytes(p, json.dumps(wf).encode(), "warned.json", "application/json")
+    wait_until(p, "(n) => Object.keys(window.nodegraph.getWorkflow()).length === n", len(wf))
+    pick_model(p, server)
+    queue_and_wait(p)
+    warning = node(p, "6").locator("[data-testid=node-warning]")
+    assert "embedding not found" in warning.inner_text() and "nowhere" in warning.inner_text()
+    assert node(p, "7").locator("[data-testid=node-warning]").count() == 0
+    p.shot("warning")

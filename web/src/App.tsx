@@ -349,6 +349,12 @@ export function App() {
               .map((n) => n.id);
             break;
           }
+          case 'nodegraph.warning':
+            if (data.node !== undefined && data.node !== null) {
+              const id = String(data.node);
+              runStore.patch(id, { warnings: [...(runStore.get(id).warnings ?? []), String(data.message)] });
+            }
+            break;
           case 'progress':
             if (data.node !== undefined && data.node !== null)
               runStore.patch(String(data.node), { progress: { value: Number(data.value), max: Number(data.max) } });

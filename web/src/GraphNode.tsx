@@ -395,6 +395,11 @@ function GraphNodeView({ id, data, selected }: { id: string; data: GNode['data']
           {e.message}
         </div>
       ))}
+      {run.warnings?.map((w, k) => (
+        <div className="node-warning" key={k} data-testid="node-warning">
+          {w}
+        </div>
+      ))}
       {run.texts?.map((t, k) => (
         <pre className="gnode-text nodrag nowheel" key={k} data-testid="node-text">
           {t}

@@ -24,6 +24,8 @@ export interface NodeRun {
   /** A sweep's results on an output node: each run's values and pictures, in queue order. */
   strip?: { label: string; images: ImageRef[]; key: string }[];
   errors?: NodeIssue[];
+  /** What the node warned of in its last run (a LoRA key mismatch, an ignored input, ...). */
+  warnings?: string[];
 }
 
 const EMPTY: NodeRun = {};
