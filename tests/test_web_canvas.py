@@ -799,3 +799,30 @@ def test_a_nodes_warning_shows_on_the_node(page: Page, server: Server) -> None:
     assert "embedding not found" in warning.inner_text() and "nowhere" in warning.inner_text()
     assert node(p, "7").locator("[data-testid=node-warning]").count() == 0
     p.shot("warning")
+
+
+def test_a_dropped_picture_becomes_a_load_image_that_runs(page: Page, tmp_path: Path) -> None:
+    p = page
+    p.page.click("[data-testid=clear-button]")
+    plain = picture(tmp_path / "dropped_plain.png", hue=0.3)
+    drop_bytes(p, plain.read_bytes(), plain.name, "image/png")
+    wait_until(
+        p,
+        """() => Object.values(window.nodegraph.getWorkflow()).some((n) =>
+            n.class_type === 'LoadImage' && String(n.inputs.image).startsWith('dropped_plain'))""",
+    )
+    (load,) = ids_of(workflow(p), "LoadImage")
+    wait_until(
+        p,
+        """(id) => {
+            const i = document.querySelector(
+                `[data-testid=node][data-id="${id}"] img[data-testid=input-image]`);
+            return i && i.complete && i.naturalWidth > 0;
+        }""",
+        load,
+    )
+    preview = add_from_palette(p, 760, 320, "previewim", "PreviewImage")
+    drag(p, handle(p, load, "out:0"), handle(p, preview, "in:images"))
+    queue_and_wait(p)
+    assert images_loaded(p, preview) == 1
+    p.shot("dropped-picture")

@@ -690,7 +690,7 @@ export function App() {
   }, [socketTypes, rf]);
 
   const addNode = useCallback(
-    (def: NodeDef, pos: { x: number; y: number }, link?: PendingLink) => {
+    (def: NodeDef, pos: { x: number; y: number }, link?: PendingLink): string => {
       remember();
       const id = nextId(nodesRef.current);
       // A node added for a link dragged from an input goes to the left of the drop point.
@@ -713,6 +713,7 @@ export function App() {
           return next;
         });
       }
+      return id;
     },
     [remember],
   );
@@ -847,9 +848,26 @@ export function App() {
         void editorRef.current.upload(node.id, imageInput.name, file);
         return;
       }
+      if (!node && file.type.startsWith('image/')) {
+        // A picture that carries no workflow becomes a LoadImage where it was dropped.
+        const at = rf.screenToFlowPosition({ x: e.clientX, y: e.clientY });
+        void (async () => {
+          try {
+            await workflowJsonFromPng(await file.arrayBuffer());
+            void loadFile(file);
+            return;
+          } catch {
+            /* a plain picture */
+          }
+          const def = catRef.current.LoadImage;
+          if (!def || !editorRef.current) return setBanner({ kind: 'error', text: `${file.name} carries no workflow.` });
+          await editorRef.current.upload(addNode(def, at), 'image', file);
+        })();
+        return;
+      }
       void loadFile(file);
     },
-    [loadFile],
+    [loadFile, addNode, rf],
   );
 
   // Stable props: React Flow copies changed props into its store, and every store update
