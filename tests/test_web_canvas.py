@@ -826,3 +826,29 @@ def test_a_dropped_picture_becomes_a_load_image_that_runs(page: Page, tmp_path: 
     queue_and_wait(p)
     assert images_loaded(p, preview) == 1
     p.shot("dropped-picture")
+
+
+def test_the_history_panel_shows_past_results_and_restores_their_graph(
+    page: Page, server: Server
+) -> None:
+    p = page
+    pick_model(p, server)
+    queue_and_wait(p)
+    ran = workflow(p)
+    p.page.click("[data-testid=history-button]")
+    first = p.page.locator("[data-testid=history-entry]").first
+    first.wait_for()
+    wait_until(
+        p,
+        """() => { const i = document.querySelector('[data-testid=history-image]');
+                   return i && i.complete && i.naturalWidth > 0; }""",
+    )
+    p.shot("history")
+    p.page.click("[data-testid=clear-button]")
+    assert not workflow(p)
+    first.locator("[data-testid=history-load]").click()
+    wait_until(p, "(n) => Object.keys(window.nodegraph.getWorkflow()).length === n", len(ran))
+    restored = workflow(p)
+    assert {i: (n["class_type"], n["inputs"]) for i, n in restored.items()} == {
+        i: (n["class_type"], n["inputs"]) for i, n in ran.items()
+    }

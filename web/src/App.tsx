@@ -16,6 +16,7 @@ import {
 import { parseCatalogue, compatible, typeColour, type Catalogue, type NodeDef } from './catalogue';
 import { EditorContext, type EditorApi } from './editor-context';
 import { GraphNode } from './GraphNode';
+import { HistoryPanel } from './History';
 import { Palette } from './Palette';
 import { runStore, type NodeRun } from './runstate';
 import { HttpError, connectSocket, convertWorkflow, getObjectInfo, getQueueRemaining, interrupt, queuePrompt, queueSweep, uploadImage } from './api';
@@ -106,6 +107,7 @@ export function App() {
   const [connected, setConnected] = useState(false);
   const [running, setRunning] = useState(false);
   const [finishedRuns, setFinishedRuns] = useState(0);
+  const [showHistory, setShowHistory] = useState(false);
   const [uploads, setUploads] = useState<Record<string, string[]>>({});
   const [, setHistoryTick] = useState(0);
   const rf = useReactFlow<GNode, GEdge>();
@@ -931,6 +933,9 @@ export function App() {
         <button onClick={() => fileInput.current?.click()} data-testid="load-button" title="Load JSON or PNG (Ctrl+O)">
           Load
         </button>
+        <button onClick={() => setShowHistory((v) => !v)} data-testid="history-button" title="The queue and past results">
+          History
+        </button>
         <button onClick={save} data-testid="save-button" title="Save as JSON (Ctrl+S)">
           Save
         </button>
@@ -1008,6 +1013,15 @@ export function App() {
           </EditorContext.Provider>
         ) : (
           <div className="loading">Loading node catalogue…</div>
+        )}
+        {showHistory && (
+          <HistoryPanel
+            refresh={finishedRuns * 1000 + queueRemaining}
+            onLoad={(wf) => {
+              loadApi(unwrapWorkflow(wf));
+              setBanner({ kind: 'info', text: 'Loaded the workflow of a past run' });
+            }}
+          />
         )}
       </main>
       {palette && catalogue && (

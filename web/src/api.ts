@@ -66,6 +66,17 @@ export const getQueueRemaining = () =>
     .then(json)
     .then((b) => Number(b?.exec_info?.queue_remaining ?? 0));
 
+export const getQueue = () => fetch(apiUrl('queue')).then(json);
+
+export const getHistory = (maxItems: number) => fetch(apiUrl(`history?max_items=${maxItems}`)).then(json);
+
+export const deleteQueued = (promptId: string) =>
+  fetch(apiUrl('queue'), {
+    method: 'POST',
+    headers: { 'Content-Type': 'application/json' },
+    body: JSON.stringify({ delete: [promptId] }),
+  }).then(json);
+
 export async function uploadImage(file: File): Promise<{ name: string; subfolder: string; type: string }> {
   const form = new FormData();
   form.append('image', file, file.name);
