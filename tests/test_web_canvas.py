@@ -852,3 +852,49 @@ def test_the_history_panel_shows_past_results_and_restores_their_graph(
     assert {i: (n["class_type"], n["inputs"]) for i, n in restored.items()} == {
         i: (n["class_type"], n["inputs"]) for i, n in ran.items()
     }
+
+
+def test_the_mask_painter_saves_the_mask_into_the_pictures_alpha(
+    page: Page, server: Server, tmp_path: Path
+) -> None:
+    import io
+    import urllib.request
+
+    from PIL import Image
+
+    p = page
+    p.page.click("[data-testid=clear-button]")
+    load = add_from_palette(p, 330, 300, "load image", "LoadImage")
+    node(p, load).locator("[data-testid=upload-input]").set_input_files(
+        str(picture(tmp_path / "to_mask.png"))
+    )
+    wait_until(p, "(id) => !!window.nodegraph.getWorkflow()[id].inputs.image", load)
+    node(p, load).locator("[data-testid=edit-mask]").click()
+    canvas = p.page.locator("[data-testid=mask-canvas]")
+    canvas.wait_for()
+    p.page.wait_for_function("() => !document.querySelector('[data-testid=mask-save]').disabled")
+    p.page.locator("[data-testid=mask-brush]").fill("96")
+    box = canvas.bounding_box()
+    p.page.mouse.move(box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.5)
+    p.page.mouse.down()
+    p.page.mouse.move(box["x"] + box["width"] * 0.7, box["y"] + box["height"] * 0.5, steps=8)
+    p.page.mouse.up()
+    p.shot("mask-painter")
+    before = workflow(p)[load]["inputs"]["image"]
+    p.page.click("[data-testid=mask-save]")
+    changed = "([id, b]) => window.nodegraph.getWorkflow()[id].inputs.image !== b"
+    wait_until(p, changed, [load, before])
+    name = workflow(p)[load]["inputs"]["image"]
+    assert name.startswith("to_mask") and "_mask" in name
+    url = server.url + f"view?filename={name}&type=input"
+    with urllib.request.urlopen(url) as res:
+        masked = Image.open(io.BytesIO(res.read()))
+        masked.load()
+    assert masked.mode == "RGBA"
+    alpha = masked.getchannel("A")
+    w, h = masked.size
+    assert alpha.getpixel((w // 2, h // 2)) == 0  # painted: transparent, LoadImage's mask 1
+    assert alpha.getpixel((2, 2)) == 255  # not painted: opaque
+    assert masked.convert("RGB").getpixel((2, 2)) == Image.open(tmp_path / "to_mask.png").convert(
+        "RGB"
+    ).getpixel((2, 2))

@@ -3,7 +3,9 @@ import { Handle, Position, useNodeConnections, useStore, type NodeProps } from '
 import { typeColour, type InputDef } from './catalogue';
 import { useEditor } from './editor-context';
 import { useNodeRun } from './runstate';
+import { createPortal } from 'react-dom';
 import { viewUrl } from './api';
+import { MaskPainter } from './MaskPainter';
 import { handleInput, inHandle, isSeedInput, outHandle, parseSweep, type GNode } from './workflow';
 
 const RELEASE_REQUEUE = new Set(['strength', 'denoise']);
@@ -242,6 +244,7 @@ function GraphNodeView({ id, data, selected }: { id: string; data: GNode['data']
   const ed = useEditor();
   const run = useNodeRun(id);
   const [renaming, setRenaming] = useState(false);
+  const [painting, setPainting] = useState(false);
   // Zoomed far out, widgets are drawn as plain text: form controls are the costliest part of a
   // node to lay out and paint, and unreadable at that size anyway.
   const zoomedOut = useStore((s) => s.transform[2] < LOD_ZOOM);
@@ -388,8 +391,28 @@ function GraphNodeView({ id, data, selected }: { id: string; data: GNode['data']
       {imageInput && !linked.has(imageInput.name) && !zoomedOut && (
         <div className="gnode-upload">
           <UploadButton id={id} input={imageInput.name} />
+          {loadPreview && (
+            <button className="nodrag upload" data-testid="edit-mask" onClick={() => setPainting(true)}>
+              Edit mask
+            </button>
+          )}
         </div>
       )}
+      {painting &&
+        loadPreview &&
+        imageInput &&
+        createPortal(
+          <MaskPainter
+            src={loadPreview}
+            onClose={() => setPainting(false)}
+            onSave={async (png) => {
+              const base = String(data.values[imageInput.name]).replace(/\.[^.]*$/, '').replace(/^.*\//, '');
+              await ed.upload(id, imageInput.name, new File([png], `${base}_mask.png`, { type: 'image/png' }));
+              setPainting(false);
+            }}
+          />,
+          document.body,
+        )}
       {nodeIssues.map((e, k) => (
         <div className="node-error" key={k} data-testid="node-error">
           {e.message}
