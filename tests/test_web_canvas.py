@@ -898,3 +898,31 @@ def test_the_mask_painter_saves_the_mask_into_the_pictures_alpha(
     assert masked.convert("RGB").getpixel((2, 2)) == Image.open(tmp_path / "to_mask.png").convert(
         "RGB"
     ).getpixel((2, 2))
+
+
+def test_an_img2img_result_compares_with_its_input_on_a_split_slider(
+    page: Page, server: Server
+) -> None:
+    p = page
+    pick_model(p, server)
+    queue_and_wait(p)
+    first, refined = ids_of(workflow(p), "SaveImage")
+    node(p, refined).locator("[data-testid=compare-button]").click()
+    pair = node(p, refined).locator("[data-testid=before-after]")
+    pair.wait_for()
+    before = pair.locator("[data-testid=compare-before]").get_attribute("src")
+    after = pair.locator("[data-testid=compare-after]").get_attribute("src")
+    txt2img = node(p, first).locator("img[data-testid=node-image]").first.get_attribute("src")
+    assert before == txt2img and after != before  # the txt2img picture it refined
+    assert node(p, first).locator("[data-testid=compare-button]").count() == 0  # no input
+    wait_until(
+        p,
+        """(id) => [...document.querySelectorAll(
+            `[data-testid=node][data-id="${id}"] [data-testid=before-after] img`)]
+            .every((i) => i.complete && i.naturalWidth > 0)""",
+        refined,
+    )
+    pair.locator("[data-testid=compare-slider]").fill("80")
+    style = pair.locator("[data-testid=compare-after]").get_attribute("style")
+    assert "inset(0px 0px 0px 80%)" in style or "inset(0 0 0 80%)" in style, style
+    p.shot("before-after")

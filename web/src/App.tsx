@@ -19,7 +19,7 @@ import { GraphNode } from './GraphNode';
 import { HistoryPanel } from './History';
 import { Palette } from './Palette';
 import { runStore, type NodeRun } from './runstate';
-import { HttpError, connectSocket, convertWorkflow, getObjectInfo, getQueueRemaining, interrupt, queuePrompt, queueSweep, uploadImage } from './api';
+import { HttpError, connectSocket, convertWorkflow, getObjectInfo, getQueueRemaining, interrupt, queuePrompt, queueSweep, uploadImage, viewUrl } from './api';
 import {
   fromApi,
   handleInput,
@@ -543,6 +543,31 @@ export function App() {
         }
       },
       extraChoices: (cls, input) => uploadsRef.current[`${cls}/${input}`] ?? [],
+      compareFor: (id) => {
+        // The picture an output's chain started from: a LoadImage upstream, else the picture of
+        // another output node that shares its upstream (txt2img before its img2img refinement).
+        const edges = edgesRef.current;
+        const up = (start: string) => {
+          const seen = new Set<string>();
+          const stack = [start];
+          while (stack.length) {
+            const n = stack.pop()!;
+            for (const e of edges) if (e.target === n && !seen.has(e.source)) stack.push((seen.add(e.source), e.source));
+          }
+          return seen;
+        };
+        const mine = up(id);
+        for (const n of nodesRef.current) {
+          if (mine.has(n.id) && n.data.classType === 'LoadImage' && n.data.values.image)
+            return viewUrl({ filename: String(n.data.values.image), type: 'input' });
+        }
+        for (const n of nodesRef.current) {
+          const r = runStore.get(n.id);
+          if (n.id === id || !r.images?.length || mine.has(n.id)) continue;
+          if ([...up(n.id)].some((a) => mine.has(a))) return viewUrl(r.images[0], r.imagesKey);
+        }
+        return null;
+      },
     };
     // `uploads` is read through a ref; it is a dependency so that dropdowns show new uploads.
   }, [catalogue, remember, queue, uploads]);

@@ -209,6 +209,33 @@ function Widget({ id, node, input }: { id: string; node: GNode['data']; input: I
   }
 }
 
+/** Before / after: the input under the result, a slider moving the split between them. */
+function BeforeAfter({ before, after }: { before: string; after: string }) {
+  const [split, setSplit] = useState(50);
+  return (
+    <div className="before-after nodrag nowheel" data-testid="before-after">
+      <div className="ba-stage">
+        <img src={before} alt="before" data-testid="compare-before" draggable={false} />
+        <img
+          src={after}
+          alt="after"
+          data-testid="compare-after"
+          draggable={false}
+          style={{ clipPath: `inset(0 0 0 ${split}%)` }}
+        />
+      </div>
+      <input
+        type="range"
+        min={0}
+        max={100}
+        value={split}
+        data-testid="compare-slider"
+        onChange={(e) => setSplit(Number(e.target.value))}
+      />
+    </div>
+  );
+}
+
 function UploadButton({ id, input }: { id: string; input: string }) {
   const ed = useEditor();
   const ref = useRef<HTMLInputElement>(null);
@@ -245,6 +272,7 @@ function GraphNodeView({ id, data, selected }: { id: string; data: GNode['data']
   const run = useNodeRun(id);
   const [renaming, setRenaming] = useState(false);
   const [painting, setPainting] = useState(false);
+  const [comparing, setComparing] = useState<string | null>(null);
   // Zoomed far out, widgets are drawn as plain text: form controls are the costliest part of a
   // node to lay out and paint, and unreadable at that size anyway.
   const zoomedOut = useStore((s) => s.transform[2] < LOD_ZOOM);
@@ -443,7 +471,19 @@ function GraphNodeView({ id, data, selected }: { id: string; data: GNode['data']
           )}
         </div>
       )}
-      {images.length > 0 && !(run.strip && run.strip.length) && (
+      {comparing && images.length > 0 && (
+        <BeforeAfter before={comparing} after={images[images.length - 1]} />
+      )}
+      {def?.outputNode && images.length > 0 && !run.preview && !(run.strip && run.strip.length) && (comparing || ed.compareFor(id)) && (
+        <button
+          className="nodrag upload"
+          data-testid="compare-button"
+          onClick={() => setComparing(comparing ? null : ed.compareFor(id))}
+        >
+          {comparing ? 'Close compare' : 'Compare with input'}
+        </button>
+      )}
+      {images.length > 0 && !comparing && !(run.strip && run.strip.length) && (
         <div className="gnode-images">
           {images.map((src) => (
             <a key={src} href={src} target="_blank" rel="noreferrer" className="nodrag">

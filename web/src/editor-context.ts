@@ -13,6 +13,8 @@ export interface EditorApi {
   requeue: () => void;
   upload: (id: string, input: string, file: File) => Promise<void>;
   extraChoices: (cls: string, input: string) => string[];
+  /** The picture an output node's result can be compared with (its img2img input), if any. */
+  compareFor: (id: string) => string | null;
 }
 
 export const EditorContext = createContext<EditorApi | null>(null);
