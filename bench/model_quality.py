@@ -16,7 +16,7 @@ checker of tools/shapes.py (no model involved in grading).
 3. Each goal of issue #4, met or not.
 
     .venv/bin/python bench/model_quality.py --controlnet [--prompts 48] [--out bench/out]
-        [--control-net nodegraph-shapes-scribble] [--steps 20] [--cfg 7.5]
+        [--control-net nodegraph-shapes-scribble] [--steps 20] [--cfg 7.5] [--other-shape-word]
 
 `--controlnet` measures the scribble ControlNet instead (workflows/comfy_controlnet_scribble.json
 through the Executor: CheckpointLoaderSimple + ControlNetLoader + LoadImage +
@@ -27,7 +27,9 @@ by tools/shapes.check_image: the centroid within 3 % of the width of the scribbl
 scribble filled in), the shape as drawn, the prompt's colour and background. The same prompts
 and seeds again without the control (strength 0) show where the shapes land by themselves.
 Goals: centroid and shape each >= 90 %, colour and background each >= 90 %. Saves a contact
-sheet (scribble, with, without) and controlnet_quality.json under --out.
+sheet (scribble, with, without) and controlnet_quality.json under --out. With
+`--other-shape-word` the captions name another shape than the one drawn (does the scribble or
+the text decide the shape?); saved as controlnet_other_shape_*.
 """
 
 from __future__ import annotations
@@ -243,17 +245,24 @@ CONTROL_WORKFLOW = "comfy_controlnet_scribble.json"
 CONTROL_SEED = 31337  # the cases' layouts: neither the training data's nor its evaluation's
 
 
-def control_cases(n: int, seed: int = CONTROL_SEED) -> list[dict]:
-    """``n`` seeded cases: caption, scribble (uint8) and the scribble's centroid."""
+def control_cases(n: int, seed: int = CONTROL_SEED, other_shape_word: bool = False) -> list[dict]:
+    """``n`` seeded cases: caption, scribble (uint8) and the scribble's centroid.
+
+    With ``other_shape_word`` the caption names another shape than the one drawn (the
+    layouts, colours and scribbles are the same); grading still wants the shape drawn.
+    """
     from tools.train_controlnet import hint_as_picture, random_layout, scribble
 
     rng = np.random.default_rng(seed)
     cases = []
-    for _ in range(n):
+    for k in range(n):
         shape, colour, background, centre, size = random_layout(rng)
         hint = scribble(shape, centre, size, rng)
+        word = shape
+        if other_shape_word:
+            word = shapes.SHAPES[(shapes.SHAPES.index(shape) + 1 + k % 2) % len(shapes.SHAPES)]
         cases.append({
-            "caption": shapes.make_caption(shape, colour, background), "hint": hint,
+            "caption": shapes.make_caption(word, colour, background), "hint": hint,
             "shape": shape, "colour": colour, "background": background,
             "centroid": shapes.check_image(hint_as_picture(hint)).centroid,
         })
@@ -300,12 +309,12 @@ def control_grade(images: list[np.ndarray], cases: list[dict]) -> dict:
 
 def controlnet_quality(
     executor: Executor, settings: RunSettings, model: str, control_net: str, n: int, steps: int,
-    cfg: float | None, out: Path,
+    cfg: float | None, out: Path, other_shape_word: bool = False,
 ) -> dict:
     wf = control_workflow(model, control_net, steps, cfg)
     ids = {node["class_type"]: node_id for node_id, node in wf.items()}
     positive = wf[ids["ControlNetApplyAdvanced"]]["inputs"]["positive"][0]  # the prompt's node
-    cases = control_cases(n)
+    cases = control_cases(n, other_shape_word=other_shape_word)
     results: dict[str, list[np.ndarray]] = {"with": [], "without": []}
     seconds = []
     hint_dir = Path(settings.output_dir) / "scribbles"
@@ -332,9 +341,11 @@ def controlnet_quality(
     for k in range(0, len(rows), per_sheet):
         sheet_rows = rows[k : k + per_sheet]
         contact_sheet(sheet_rows, [str(k + j) for j in range(len(sheet_rows))]).save(
-            out / f"controlnet_sheet_{k // per_sheet}.png")
+            out / f"controlnet{'_other_shape' if other_shape_word else ''}_sheet_{k // per_sheet}"
+            ".png")
     return {
-        "prompts": n, "steps": steps, "cfg": wf[ids["KSampler"]]["inputs"]["cfg"],
+        "prompts": n, "other_shape_word": other_shape_word, "steps": steps,
+        "cfg": wf[ids["KSampler"]]["inputs"]["cfg"],
         "strength": 1.0, "control_net": control_net,
         "with_control": control_grade(results["with"], cases),
         "without_control": control_grade(results["without"], cases),
@@ -357,7 +368,8 @@ def controlnet_goals(report: dict) -> dict[str, bool]:
 
 
 def print_controlnet(report: dict, goals: dict[str, bool]) -> None:
-    print(f"ControlNet '{report['control_net']}' over {report['prompts']} prompts, "
+    words = ", captions naming another shape" if report["other_shape_word"] else ""
+    print(f"ControlNet '{report['control_net']}' over {report['prompts']} prompts{words}, "
           f"{report['steps']} steps, CFG {report['cfg']}, strength 1; "
           f"{report['seconds_per_image']:.3f} s per image")
     print("                 centroid<=3%  mean dist  shape   colour  background  all")
@@ -385,6 +397,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="measure the scribble ControlNet instead (see above)")
     parser.add_argument("--control-net", default=folders.SHIPPED_CONTROLNET_NAME)
     parser.add_argument("--prompts", type=int, default=48, help="cases of --controlnet")
+    parser.add_argument("--other-shape-word", action="store_true",
+                        help="--controlnet with captions naming another shape than the one drawn")
     args = parser.parse_args(argv)
     folders.configure({"models": args.models, "threads": args.threads})
     args.out.mkdir(parents=True, exist_ok=True)
@@ -397,10 +411,12 @@ def main(argv: list[str] | None = None) -> int:
                 options={"models": args.models, "device": args.device},
             )
             report = controlnet_quality(executor, settings, args.model, args.control_net,
-                                        args.prompts, args.steps, args.cfg, args.out)
+                                        args.prompts, args.steps, args.cfg, args.out,
+                                        args.other_shape_word)
         goals = controlnet_goals(report)
         print_controlnet(report, goals)
-        (args.out / "controlnet_quality.json").write_text(
+        name = "controlnet_other_shape" if args.other_shape_word else "controlnet"
+        (args.out / f"{name}_quality.json").write_text(
             json.dumps({**report, "goals": goals}, indent=2) + "\n")
         print(f"contact sheets (scribble, with, without) and summary in {args.out}")
         return 0

@@ -386,6 +386,13 @@ def save_checkpoint(folder: Path, step: int, payload: dict, keep: int = 2) -> Pa
     return path
 
 
+def _shown(path: Path) -> str:
+    """A path as recorded: relative to the repository when inside it."""
+    with contextlib.suppress(ValueError):
+        return str(path.resolve().relative_to(ROOT))
+    return str(path)
+
+
 def train(args: argparse.Namespace, command: str) -> int:
     run_dir: Path = args.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -432,7 +439,7 @@ def train(args: argparse.Namespace, command: str) -> int:
     n = len(data["mean"])
     empty = len(embeds) - 1
     cases = eval_cases(args.eval)
-    plan = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    plan = {k: (_shown(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     plan.update(conditioning_embedding_out_channels=list(CONDITIONING_CHANNELS),
                 data_seed=DATA_SEED, eval_seed=EVAL_SEED, noise_offset=args.noise_offset,
                 min_snr_gamma=5.0, weighting=args.weighting)
