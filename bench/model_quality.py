@@ -14,6 +14,22 @@ checker of tools/shapes.py (no model involved in grading).
    Saves a contact sheet per picture (rows = strength, columns = seeds, the input first) and a
    plot of the three measures, as PNG under --out; and a JSON summary.
 3. Each goal of issue #4, met or not.
+
+    .venv/bin/python bench/model_quality.py --controlnet [--prompts 48] [--out bench/out]
+        [--control-net nodegraph-shapes-scribble] [--steps 20] [--cfg 7.5] [--other-shape-word]
+
+`--controlnet` measures the scribble ControlNet instead (workflows/comfy_controlnet_scribble.json
+through the Executor: CheckpointLoaderSimple + ControlNetLoader + LoadImage +
+ControlNetApplyAdvanced at strength 1 + KSampler): for `--prompts` seeded cases a random
+shape, colours, size and place (the data's ranges; seeds other than training's), its scribble
+drawn by tools/train_controlnet.scribble and the caption naming that shape. Each output is graded
+by tools/shapes.check_image: the centroid within 3 % of the width of the scribble's (the
+scribble filled in), the shape as drawn, the prompt's colour and background. The same prompts
+and seeds again without the control (strength 0) show where the shapes land by themselves.
+Goals: centroid and shape each >= 90 %, colour and background each >= 90 %. Saves a contact
+sheet (scribble, with, without) and controlnet_quality.json under --out. With
+`--other-shape-word` the captions name another shape than the one drawn (does the scribble or
+the text decide the shape?); saved as controlnet_other_shape_*.
 """
 
 from __future__ import annotations
@@ -225,6 +241,147 @@ def goals_met(txt: dict, sweep: dict) -> dict[str, bool]:
     }
 
 
+CONTROL_WORKFLOW = "comfy_controlnet_scribble.json"
+CONTROL_SEED = 31337  # the cases' layouts: neither the training data's nor its evaluation's
+
+
+def control_cases(n: int, seed: int = CONTROL_SEED, other_shape_word: bool = False) -> list[dict]:
+    """``n`` seeded cases: caption, scribble (uint8) and the scribble's centroid.
+
+    With ``other_shape_word`` the caption names another shape than the one drawn (the
+    layouts, colours and scribbles are the same); grading still wants the shape drawn.
+    """
+    from tools.train_controlnet import hint_as_picture, random_layout, scribble
+
+    rng = np.random.default_rng(seed)
+    cases = []
+    for k in range(n):
+        shape, colour, background, centre, size = random_layout(rng)
+        hint = scribble(shape, centre, size, rng)
+        word = shape
+        if other_shape_word:
+            word = shapes.SHAPES[(shapes.SHAPES.index(shape) + 1 + k % 2) % len(shapes.SHAPES)]
+        cases.append({
+            "caption": shapes.make_caption(word, colour, background), "hint": hint,
+            "shape": shape, "colour": colour, "background": background,
+            "centroid": shapes.check_image(hint_as_picture(hint)).centroid,
+        })
+    return cases
+
+
+def control_workflow(model: str, control_net: str, steps: int, cfg: float | None) -> dict:
+    """The scribble workflow with the models, steps (and CFG) set, previewing instead of saving."""
+    wf = json.loads((WORKFLOWS / CONTROL_WORKFLOW).read_text())
+    by_class = {node["class_type"]: node_id for node_id, node in wf.items()}
+    wf[by_class["CheckpointLoaderSimple"]]["inputs"]["ckpt_name"] = model
+    wf[by_class["ControlNetLoader"]]["inputs"]["control_net_name"] = control_net
+    wf[by_class["KSampler"]]["inputs"]["steps"] = steps
+    if cfg is not None:
+        wf[by_class["KSampler"]]["inputs"]["cfg"] = cfg
+    save = wf.pop(by_class["SaveImage"])
+    wf["preview"] = {"class_type": "PreviewImage", "inputs": {"images": save["inputs"]["images"]}}
+    return wf
+
+
+def control_grade(images: list[np.ndarray], cases: list[dict]) -> dict:
+    """Shares of centroid within 3 % of the width, shape, colour, background; mean distance."""
+    hits = {"centroid": 0, "shape": 0, "colour": 0, "background": 0, "all": 0}
+    distances = []
+    for image, case in zip(images, cases, strict=True):
+        got = shapes.check_image(image)
+        d = 0.5 if got.centroid is None else float(np.hypot(
+            got.centroid[0] - case["centroid"][0], got.centroid[1] - case["centroid"][1]))
+        distances.append(d)
+        right = {"centroid": d <= 0.03, "shape": got.shape == case["shape"],
+                 "colour": got.colour == case["colour"],
+                 "background": got.background == case["background"]}
+        right["all"] = all(right.values())
+        for key, ok in right.items():
+            hits[key] += ok
+    n = len(cases)
+    return {
+        "outputs": n,
+        **{f"{k}_share": v / n for k, v in hits.items()},
+        "mean_centroid_distance": float(np.mean(distances)),
+        "median_centroid_distance": float(np.median(distances)),
+    }
+
+
+def controlnet_quality(
+    executor: Executor, settings: RunSettings, model: str, control_net: str, n: int, steps: int,
+    cfg: float | None, out: Path, other_shape_word: bool = False,
+) -> dict:
+    wf = control_workflow(model, control_net, steps, cfg)
+    ids = {node["class_type"]: node_id for node_id, node in wf.items()}
+    positive = wf[ids["ControlNetApplyAdvanced"]]["inputs"]["positive"][0]  # the prompt's node
+    cases = control_cases(n, other_shape_word=other_shape_word)
+    results: dict[str, list[np.ndarray]] = {"with": [], "without": []}
+    seconds = []
+    hint_dir = Path(settings.output_dir) / "scribbles"
+    hint_dir.mkdir(parents=True, exist_ok=True)
+    for i, case in enumerate(cases):
+        path = hint_dir / f"scribble_{i:03d}.png"
+        Image.fromarray(case["hint"]).save(path)
+        wf[ids["LoadImage"]]["inputs"]["image"] = str(path)
+        wf[positive]["inputs"]["text"] = case["caption"]
+        wf[ids["KSampler"]]["inputs"]["seed"] = 7000 + i
+        for label, strength in (("with", 1.0), ("without", 0.0)):
+            wf[ids["ControlNetApplyAdvanced"]]["inputs"]["strength"] = strength
+            started = time.perf_counter()
+            result = executor.run(wf, settings)
+            if not result.ok:
+                raise SystemExit(f"run failed: {result.error and result.error.message}")
+            if strength:
+                seconds.append(time.perf_counter() - started)
+            decoded = result.outputs[ids["VAEDecode"]][0][0].float().cpu().numpy()
+            results[label].append(to_uint8(decoded))
+    rows = [[c["hint"], w, wo] for c, w, wo in zip(cases, results["with"], results["without"],
+                                                    strict=True)]
+    per_sheet = 16
+    for k in range(0, len(rows), per_sheet):
+        sheet_rows = rows[k : k + per_sheet]
+        contact_sheet(sheet_rows, [str(k + j) for j in range(len(sheet_rows))]).save(
+            out / f"controlnet{'_other_shape' if other_shape_word else ''}_sheet_{k // per_sheet}"
+            ".png")
+    return {
+        "prompts": n, "other_shape_word": other_shape_word, "steps": steps,
+        "cfg": wf[ids["KSampler"]]["inputs"]["cfg"],
+        "strength": 1.0, "control_net": control_net,
+        "with_control": control_grade(results["with"], cases),
+        "without_control": control_grade(results["without"], cases),
+        "seconds_per_image": float(np.median(seconds)),
+    }
+
+
+def controlnet_goals(report: dict) -> dict[str, bool]:
+    """The ControlNet's bar, goal by goal."""
+    w, wo = report["with_control"], report["without_control"]
+    return {
+        "with the control, the centroid within 3 % of the width of the scribble's in >= 90 %":
+            w["centroid_share"] >= 0.9,
+        "with the control, the shape as drawn in >= 90 %": w["shape_share"] >= 0.9,
+        "with the control, the prompt's colour and background each in >= 90 %":
+            min(w["colour_share"], w["background_share"]) >= 0.9,
+        "without it the centroids land anywhere (within 3 % in under 25 %)":
+            wo["centroid_share"] < 0.25,
+    }
+
+
+def print_controlnet(report: dict, goals: dict[str, bool]) -> None:
+    words = ", captions naming another shape" if report["other_shape_word"] else ""
+    print(f"ControlNet '{report['control_net']}' over {report['prompts']} prompts{words}, "
+          f"{report['steps']} steps, CFG {report['cfg']}, strength 1; "
+          f"{report['seconds_per_image']:.3f} s per image")
+    print("                 centroid<=3%  mean dist  shape   colour  background  all")
+    for label in ("with_control", "without_control"):
+        g = report[label]
+        print(f"  {label:<15} {g['centroid_share']:11.1%}  {g['mean_centroid_distance']:9.3f}  "
+              f"{g['shape_share']:6.1%}  {g['colour_share']:6.1%}  {g['background_share']:10.1%}"
+              f"  {g['all_share']:5.1%}")
+    for goal, met in goals.items():
+        print(f"{'met    ' if met else 'MISSED '} {goal}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
@@ -236,10 +393,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", action="append", default=[])
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's own)")
+    parser.add_argument("--controlnet", action="store_true",
+                        help="measure the scribble ControlNet instead (see above)")
+    parser.add_argument("--control-net", default=folders.SHIPPED_CONTROLNET_NAME)
+    parser.add_argument("--prompts", type=int, default=48, help="cases of --controlnet")
+    parser.add_argument("--other-shape-word", action="store_true",
+                        help="--controlnet with captions naming another shape than the one drawn")
     args = parser.parse_args(argv)
     folders.configure({"models": args.models, "threads": args.threads})
     args.out.mkdir(parents=True, exist_ok=True)
     executor = Executor(default_registry())
+    if args.controlnet:
+        with tempfile.TemporaryDirectory() as tmp:
+            settings = RunSettings(
+                output_dir=Path(tmp),
+                temp_dir=Path(tmp) / "temp",
+                options={"models": args.models, "device": args.device},
+            )
+            report = controlnet_quality(executor, settings, args.model, args.control_net,
+                                        args.prompts, args.steps, args.cfg, args.out,
+                                        args.other_shape_word)
+        goals = controlnet_goals(report)
+        print_controlnet(report, goals)
+        name = "controlnet_other_shape" if args.other_shape_word else "controlnet"
+        (args.out / f"{name}_quality.json").write_text(
+            json.dumps({**report, "goals": goals}, indent=2) + "\n")
+        print(f"contact sheets (scribble, with, without) and summary in {args.out}")
+        return 0
     with tempfile.TemporaryDirectory() as tmp:
         settings = RunSettings(
             output_dir=Path(tmp),

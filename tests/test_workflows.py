@@ -36,6 +36,7 @@ NAMES = [
     "comfy_hires_fix",
     "comfy_outpaint",
     "comfy_area_composition",
+    "comfy_controlnet_scribble",
     *(f"comfy/{p.stem}" for p in sorted((WORKFLOWS / "comfy").glob("*.json"))),
 ]
 """API-format workflows by name; "comfy/NAME" are ComfyUI canvas (UI) files."""
@@ -64,6 +65,23 @@ shipped = pytest.mark.skipif(
 )
 
 
+TINY_CONTROLNET = "tiny-scribble"
+"""A ControlNet of the tiny model (from its UNet), for workflows that load one: the shipped
+scribble ControlNet fits the shipped model only."""
+
+
+@pytest.fixture(scope="module")
+def tiny_controlnet(tiny_sd: Path) -> str:
+    from diffusers import ControlNetModel, UNet2DConditionModel
+
+    folder = tiny_sd / "controlnet" / TINY_CONTROLNET
+    if not (folder / "config.json").is_file():
+        unet = UNet2DConditionModel.from_pretrained(str(tiny_sd / TINY_NAME / "unet"))
+        net = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 8, 16, 16))
+        net.save_pretrained(str(folder), safe_serialization=True)
+    return TINY_CONTROLNET
+
+
 def load(name: str) -> dict:
     """A workflow in the API format (a canvas file converted as the CLI converts it)."""
     data = json.loads((WORKFLOWS / f"{name}.json").read_text())
@@ -87,6 +105,8 @@ def overrides(name: str, model: str, picture: Path | None, size: int | None = No
         if node["class_type"] == "EmptyLatentImage" and size is not None:
             wide = inputs["width"] // inputs["height"]  # the workflow's aspect, kept
             sets += ["--set", f"{node_id}.width={size * wide}", "--set", f"{node_id}.height={size}"]
+        if node["class_type"] == "ControlNetLoader" and model == TINY_NAME:
+            sets += ["--set", f"{node_id}.control_net_name={TINY_CONTROLNET}"]
     return sets
 
 
@@ -134,7 +154,7 @@ def test_workflows_are_valid_and_name_the_shipped_model():
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_workflow_runs_on_the_tiny_model(name, tiny_sd, picture, tmp_path):
+def test_workflow_runs_on_the_tiny_model(name, tiny_sd, tiny_controlnet, picture, tmp_path):
     report = run_cli(name, tmp_path, *overrides(name, TINY_NAME, picture, df.TINY_SIZE))
     (run,) = report["runs"]
     assert run["status"] == "success" and run["outputs"]

@@ -4,7 +4,8 @@ A models root is either a folder laid out as ComfyUI's `models/` (a sub-folder p
 `checkpoints/`, `loras/`, `vae/`, ...), a flat folder (today's layout: every model in it is a
 checkpoint), or a ComfyUI `extra_model_paths.yaml` naming folders per kind. Roots come from
 `--models` (the run's `options["models"]`, or `use_model_dirs`), then the `NODEGRAPH_MODELS`
-environment variable (roots separated by os.pathsep); the shipped model is always a checkpoint.
+environment variable (roots separated by os.pathsep); the shipped model is always a checkpoint,
+and its scribble ControlNet (when exported) always a controlnet.
 
 A model is named as ComfyUI names it: its path relative to its kind's folder, with `/`; a
 diffusers folder by its path relative to that folder too. The first root holding a name wins.
@@ -23,6 +24,9 @@ import torch
 
 SHIPPED_NAME = "nodegraph-shapes"
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "shipped_model"
+# The shipped model's scribble ControlNet (tools/train_controlnet.py), a diffusers folder.
+SHIPPED_CONTROLNET_NAME = "nodegraph-shapes-scribble"
+SHIPPED_CONTROLNET_DIR = SHIPPED_DIR / "controlnet"
 ENV_VAR = "NODEGRAPH_MODELS"
 SAFE_SUFFIXES = (".safetensors", ".sft")
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pt2", ".pth", ".bin", ".pkl")
@@ -213,6 +217,10 @@ def list_models(kind: str | None = None, extra: Iterable[str] = ()) -> list[Mode
     if kind in (None, "checkpoints") and (SHIPPED_DIR / "model_index.json").is_file():
         shipped = ModelFile("checkpoints", SHIPPED_NAME, SHIPPED_DIR, "diffusers")
         found[("checkpoints", SHIPPED_NAME)] = shipped
+    if kind in (None, "controlnet") and (SHIPPED_CONTROLNET_DIR / "config.json").is_file():
+        found[("controlnet", SHIPPED_CONTROLNET_NAME)] = ModelFile(
+            "controlnet", SHIPPED_CONTROLNET_NAME, SHIPPED_CONTROLNET_DIR, "component"
+        )
     for root in model_roots(extra):
         for folder_kind, folder, whole in kind_folders(root):
             if (
