@@ -59,7 +59,10 @@ def test_a_comfyui_models_folder_is_read_by_kind_with_comfyui_names(tmp_path):
     assert names("loras", root) == ["style/ink.safetensors"]
     assert names("vae", root) == ["diffusers_vae", "sdxl_vae.safetensors"]
     assert names("embeddings", root) == ["easynegative.safetensors"]
-    assert names("controlnet", root) == ["sketch.safetensors"]  # t2i_adapter counts as controlnet
+    assert names("controlnet", root) == [  # t2i_adapter counts as controlnet
+        F.SHIPPED_CONTROLNET_NAME,  # the shipped model's scribble ControlNet, always first
+        "sketch.safetensors",
+    ]
     formats = {m.name: m.format for m in F.list_models("checkpoints", [str(root)])}
     assert formats["old.ckpt"] == "pickle" and formats["my-pipeline"] == "diffusers"
     found = F.find_model("loras", "style/ink.safetensors", [str(root)])

@@ -74,6 +74,19 @@ def queue_and_wait(p: Page, click: bool = True) -> None:
     queue_and_wait_from(p, before)
 
 
+def wait_for_thumbnail(p: Page, node_id: str) -> None:
+    """Until the node shows its input picture (a LoadImage's upload), fully loaded."""
+    wait_until(
+        p,
+        """(id) => {
+            const i = document.querySelector(
+                `[data-testid=node][data-id="${id}"] img[data-testid=input-image]`);
+            return i && i.complete && i.naturalWidth > 0;
+        }""",
+        node_id,
+    )
+
+
 def images_loaded(p: Page, node_id: str) -> int:
     """How many finished images the node shows, fully loaded."""
     sel = f'[data-testid=node][data-id="{node_id}"] img[data-testid=node-image]'
@@ -141,7 +154,7 @@ def test_default_graph_runs_then_strength_rerun_uses_cache(page: Page, server: S
     assert len(wf) == p.page.locator("[data-testid=node]").count() >= 8
     saves = ids_of(wf, "SaveImage")
     assert len(saves) == 2, wf
-    assert p.page.locator(".react-flow__edge").count() > 8
+    wait_until(p, "() => document.querySelectorAll('.react-flow__edge').length > 8")
     assert p.page.locator(".react-flow__minimap").is_visible()
     p.shot("default")
 
@@ -432,15 +445,7 @@ def test_build_a_small_graph_by_ui_with_an_upload_and_run_it(page: Page, tmp_pat
     node(p, load).locator("[data-testid=upload-input]").set_input_files(
         str(picture(tmp_path / "upload.png"))
     )
-    wait_until(
-        p,
-        """(id) => {
-            const i = document.querySelector(
-                `[data-testid=node][data-id="${id}"] img[data-testid=input-image]`);
-            return i && i.complete && i.naturalWidth > 0;
-        }""",
-        load,
-    )
+    wait_for_thumbnail(p, load)
     assert workflow(p)[load]["inputs"]["image"].startswith("upload")
     queue_and_wait(p)
     assert images_loaded(p, preview) == 1
@@ -812,15 +817,7 @@ def test_a_dropped_picture_becomes_a_load_image_that_runs(page: Page, tmp_path: 
             n.class_type === 'LoadImage' && String(n.inputs.image).startsWith('dropped_plain'))""",
     )
     (load,) = ids_of(workflow(p), "LoadImage")
-    wait_until(
-        p,
-        """(id) => {
-            const i = document.querySelector(
-                `[data-testid=node][data-id="${id}"] img[data-testid=input-image]`);
-            return i && i.complete && i.naturalWidth > 0;
-        }""",
-        load,
-    )
+    wait_for_thumbnail(p, load)
     preview = add_from_palette(p, 760, 320, "previewim", "PreviewImage")
     drag(p, handle(p, load, "out:0"), handle(p, preview, "in:images"))
     queue_and_wait(p)

@@ -26,38 +26,28 @@ async function json(res: Response) {
 
 export const getObjectInfo = () => fetch(apiUrl('object_info')).then(json);
 
-/** One prompt per value of the sweep's axes (the server's POST /sweep). */
-export const queueSweep = (prompt: unknown, clientId: string, workflow: unknown, sweep: unknown) =>
-  fetch(apiUrl('sweep'), {
+/** POST a JSON body to a route; the JSON answer (an HttpError when refused). */
+const postJson = (path: string, body: unknown) =>
+  fetch(apiUrl(path), {
     method: 'POST',
     headers: { 'Content-Type': 'application/json' },
-    body: JSON.stringify({
-      prompt,
-      client_id: clientId,
-      sweep,
-      extra_data: { extra_pnginfo: { workflow }, preview_method: 'auto' },
-    }),
+    body: JSON.stringify(body),
   }).then(json);
+
+/** What every prompt carries: the canvas's workflow (SaveImage embeds it) and a request for
+ * live previews (sent only to prompts that ask, as ComfyUI sends them). */
+const extraData = (workflow: unknown) => ({ extra_pnginfo: { workflow }, preview_method: 'auto' });
+
+export const queuePrompt = (prompt: unknown, clientId: string, workflow: unknown) =>
+  postJson('prompt', { prompt, client_id: clientId, extra_data: extraData(workflow) });
+
+/** One prompt per value of the sweep's axes (the server's POST /sweep). */
+export const queueSweep = (prompt: unknown, clientId: string, workflow: unknown, sweep: unknown) =>
+  postJson('sweep', { prompt, client_id: clientId, sweep, extra_data: extraData(workflow) });
 
 /** A workflow in the other format, converted by the server (ComfyUI's canvas files). */
 export const convertWorkflow = (workflow: unknown, to: 'api' | 'ui') =>
-  fetch(apiUrl('workflow/convert'), {
-    method: 'POST',
-    headers: { 'Content-Type': 'application/json' },
-    body: JSON.stringify({ workflow, to }),
-  }).then(json);
-
-export const queuePrompt = (prompt: unknown, clientId: string, workflow: unknown) =>
-  fetch(apiUrl('prompt'), {
-    method: 'POST',
-    headers: { 'Content-Type': 'application/json' },
-    // live previews are sent only to prompts that ask for them, as ComfyUI sends them
-    body: JSON.stringify({
-      prompt,
-      client_id: clientId,
-      extra_data: { extra_pnginfo: { workflow }, preview_method: 'auto' },
-    }),
-  }).then(json);
+  postJson('workflow/convert', { workflow, to });
 
 export const interrupt = () => fetch(apiUrl('interrupt'), { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: '{}' });
 
@@ -70,12 +60,7 @@ export const getQueue = () => fetch(apiUrl('queue')).then(json);
 
 export const getHistory = (maxItems: number) => fetch(apiUrl(`history?max_items=${maxItems}`)).then(json);
 
-export const deleteQueued = (promptId: string) =>
-  fetch(apiUrl('queue'), {
-    method: 'POST',
-    headers: { 'Content-Type': 'application/json' },
-    body: JSON.stringify({ delete: [promptId] }),
-  }).then(json);
+export const deleteQueued = (promptId: string) => postJson('queue', { delete: [promptId] });
 
 export async function uploadImage(file: File): Promise<{ name: string; subfolder: string; type: string }> {
   const form = new FormData();
