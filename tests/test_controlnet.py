@@ -107,14 +107,19 @@ def apply(
     return out.positive, out.negative
 
 
+def equals_the_hand_call(model: Any, pos: Any, neg: Any, net: ControlNet, strength: float) -> None:
+    """KSampler with ControlNetApplyAdvanced equals diffusers' ControlNet + UNet call, bit for
+    bit, and differs from no ControlNet."""
+    ours = ksample(model, *apply(pos, neg, net, strength=strength))
+    hand = dataclasses.replace(model, unet=HandUnet(model.unet, [(net.net, hint(0), strength)]))
+    assert torch.equal(ours, ksample(hand, pos, neg))
+    assert not torch.equal(ours, ksample(model, pos, neg))
+
+
 def test_apply_advanced_through_ksampler_equals_diffusers_controlnet_call():
     model = C.tiny_model("sd1")
     pos, neg = prompts()
-    net = control_net()
-    ours = ksample(model, *apply(pos, neg, net, strength=0.8))
-    hand = dataclasses.replace(model, unet=HandUnet(model.unet, [(net.net, hint(0), 0.8)]))
-    assert torch.equal(ours, ksample(hand, pos, neg))
-    assert not torch.equal(ours, ksample(model, pos, neg))
+    equals_the_hand_call(model, pos, neg, control_net(), 0.8)
 
 
 def test_an_sdxl_controlnet_equals_diffusers_controlnet_call_with_its_size_conditions():
@@ -122,11 +127,7 @@ def test_an_sdxl_controlnet_equals_diffusers_controlnet_call_with_its_size_condi
     g = torch.Generator().manual_seed(3)
     pos, neg = (Conditioning.of(torch.randn((1, 77, 96), generator=g),
                                 torch.randn((1, 64), generator=g)) for _ in range(2))  # fmt: skip
-    net = control_net("sdxl")
-    ours = ksample(model, *apply(pos, neg, net, strength=0.9))
-    hand = dataclasses.replace(model, unet=HandUnet(model.unet, [(net.net, hint(0), 0.9)]))
-    assert torch.equal(ours, ksample(hand, pos, neg))
-    assert not torch.equal(ours, ksample(model, pos, neg))
+    equals_the_hand_call(model, pos, neg, control_net("sdxl"), 0.9)
 
 
 def test_strength_zero_and_an_empty_range_are_no_controlnet():

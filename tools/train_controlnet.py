@@ -52,7 +52,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,6 +64,7 @@ from tools.train_model import (  # noqa: E402
     latest_checkpoint,
     lr_at,
     noisy_input_and_target,
+    optimise,
     to_model_images,
     tokenize,
     training_noise,
@@ -512,12 +512,7 @@ def train(args: argparse.Namespace, command: str) -> int:
                                return_dict=False)
         pred = unet(noisy, t, encoder_hidden_states=cond, down_block_additional_residuals=down,
                     mid_block_additional_residual=mid).sample
-        per_sample = F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))
-        loss = (per_sample * weights[t]).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        loss = optimise(pred, target, weights[t], opt, params)
         step += 1
         window_n += args.batch
         loss_avg = loss.item() if loss_avg is None else 0.98 * loss_avg + 0.02 * loss.item()

@@ -42,6 +42,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -1043,6 +1044,23 @@ def latest_unet_checkpoint(run_dir: Path) -> Path | None:
     return latest_checkpoint(run_dir / "tune") or latest_checkpoint(run_dir / "unet")
 
 
+def optimise(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor,
+    opt: torch.optim.Optimizer,
+    params: Iterable[torch.nn.Parameter],
+) -> torch.Tensor:
+    """One optimiser step on the per-sample weighted MSE, gradients clipped to norm 1; the loss."""
+    per_sample = F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))
+    loss = (per_sample * weight).mean()
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    return loss
+
+
 def train_unet(
     plan: Plan, phase: Phase, run_dir: Path, vae, tokenizer, tokenizer_dir: Path,
     export_dir: Path, resume_from_shipped: bool, command: str,
@@ -1158,12 +1176,7 @@ def train_unet(
         )
         cond = text_encoder(ids)[0]
         pred = unet(noisy, t, encoder_hidden_states=cond).sample
-        per_sample = F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))
-        loss = (per_sample * weights[t]).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        loss = optimise(pred, target, weights[t], opt, params)
         seen += batch
         loss_avg = loss.item() if loss_avg is None else 0.98 * loss_avg + 0.02 * loss.item()
         done = step + 1

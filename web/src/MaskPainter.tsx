@@ -3,6 +3,19 @@
 // its alpha (transparent = masked, LoadImage's MASK is 1 - alpha), uploaded to the input folder.
 import { useEffect, useRef, useState } from 'react';
 
+/** Redraw the mask layer (red, its alpha the mask) from each pixel's current mask alpha and
+ * its index into RGBA data. */
+function setMask(c: HTMLCanvasElement, alphaAt: (alpha: number, i: number) => number) {
+  const g = c.getContext('2d')!;
+  const m = g.getImageData(0, 0, c.width, c.height);
+  for (let i = 0; i < m.data.length; i += 4) {
+    m.data[i] = 255;
+    m.data[i + 3] = alphaAt(m.data[i + 3], i + 3);
+  }
+  g.globalCompositeOperation = 'source-over';
+  g.putImageData(m, 0, 0);
+}
+
 export function MaskPainter({ src, onSave, onClose }: { src: string; onSave: (png: Blob) => Promise<void>; onClose: () => void }) {
   const picture = useRef<HTMLImageElement | null>(null);
   const mask = useRef<HTMLCanvasElement>(null);
@@ -25,13 +38,8 @@ export function MaskPainter({ src, onSave, onClose }: { src: string; onSave: (pn
       probe.height = c.height;
       const p = probe.getContext('2d')!;
       p.drawImage(img, 0, 0);
-      const data = p.getImageData(0, 0, c.width, c.height);
-      const m = c.getContext('2d')!.createImageData(c.width, c.height);
-      for (let i = 0; i < data.data.length; i += 4) {
-        m.data[i] = 255;
-        m.data[i + 3] = 255 - data.data[i + 3];
-      }
-      c.getContext('2d')!.putImageData(m, 0, 0);
+      const alpha = p.getImageData(0, 0, c.width, c.height).data;
+      setMask(c, (_, i) => 255 - alpha[i]);
       setReady(true);
     };
     img.src = src;
@@ -50,17 +58,7 @@ export function MaskPainter({ src, onSave, onClose }: { src: string; onSave: (pn
     g.fill();
   };
 
-  const transform = (f: (a: number) => number) => {
-    const c = mask.current!;
-    const g = c.getContext('2d')!;
-    const m = g.getImageData(0, 0, c.width, c.height);
-    for (let i = 0; i < m.data.length; i += 4) {
-      m.data[i] = 255;
-      m.data[i + 3] = f(m.data[i + 3]);
-    }
-    g.globalCompositeOperation = 'source-over';
-    g.putImageData(m, 0, 0);
-  };
+  const transform = (f: (a: number) => number) => setMask(mask.current!, (a) => f(a));
 
   const save = async () => {
     const img = picture.current!;
