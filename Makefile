@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	# torch first, pinned: the CPU wheel on these machines (an unpinned torch pulls CUDA).
 	$(VENV)/bin/pip install -q --disable-pip-version-check torch==2.13.0
-	$(VENV)/bin/pip install -q --disable-pip-version-check -e '.[test]'
+	$(VENV)/bin/pip install -q --disable-pip-version-check -e '.[test,cluster]'
 	# spandrel (upscale models) without its torchvision requirement: see pyproject's `upscale`.
 	$(VENV)/bin/pip install -q --disable-pip-version-check --no-deps $(SPANDREL)
 	rm -f $(VENV)/.installed-* && touch $(STAMP)

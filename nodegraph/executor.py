@@ -37,6 +37,8 @@ class RunResult:
     """Output values of every node that took part, by node id."""
     warnings: list[events.NodeWarning] = field(default_factory=list)
     error: events.RunFailed | None = None
+    keys: dict[str, str] = field(default_factory=dict)
+    """Every planned node's cache key (ancestry signature), by node id."""
 
     @property
     def ok(self) -> bool:
@@ -69,6 +71,15 @@ class Executor:
         if settings is not None:
             check_host(plan, settings)
         return plan
+
+    def keys(self, plan: Plan, settings: RunSettings) -> dict[str, str]:
+        """Every node's cache key under `settings`, computed without running anything (what a
+        router compares with the keys a worker holds). A fingerprint that fails raises."""
+        ctx = RunContext("keys", settings, plan.workflow, {}, _ignore, threading.Event())
+        run = _Run(self, plan, ctx, False)
+        for node_id in plan.order:
+            run.keys[node_id] = run._key(plan.steps[node_id])
+        return run.keys
 
     def interrupt(self) -> None:
         """Ask the run in progress to stop at its next node or progress tick."""
@@ -219,6 +230,7 @@ class _Run:
                 changed.add(node_id)
         self.current = None
         self.executor._last = (self.plan, keys)
+        self.result.keys = keys
 
     def _key(self, step: Step) -> str:
         spec = step.cls.spec

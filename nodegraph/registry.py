@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import pkgutil
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from importlib.metadata import entry_points
 from types import ModuleType
 from typing import Any
@@ -70,6 +70,16 @@ class Registry:
             if callable(hook):
                 hook(options)
 
+    def loaded_models(self) -> list[str]:
+        """Names of the model files node modules hold loaded now (each module that keeps
+        models defines `loaded_models()`); a cluster worker reports them to the router."""
+        names: list[str] = []
+        for module in self._modules.values():
+            hook = getattr(module, "loaded_models", None)
+            if callable(hook):
+                names.extend(hook())
+        return sorted(set(names))
+
     def get(self, class_type: str) -> type[Node] | None:
         return self._nodes.get(class_type)
 
@@ -91,6 +101,19 @@ def default_registry() -> Registry:
     registry = Registry()
     registry.discover("nodes")
     registry.discover_plugins()
+    return registry
+
+
+def registry_from(packages: Sequence[str] = (), default_nodes: bool = True) -> Registry:
+    """The default library (unless left out) plus node modules or packages named by import
+    path: the recipe a server hands its cluster workers, so each builds the same registry."""
+    registry = default_registry() if default_nodes else Registry()
+    for name in packages:
+        module = importlib.import_module(name)
+        if hasattr(module, "__path__"):
+            registry.discover(name)
+        else:
+            registry.register_module(module)
     return registry
 
 

@@ -192,11 +192,38 @@ class Server:
                 len(recovered["failed"]),
             )
         loop = asyncio.get_running_loop()
+        if self.config.cluster is not None:
+            self.worker = await asyncio.to_thread(self._start_cluster, loop)
+            return
         self.worker = Worker(
             self.executor, self.store, self.settings, self.hub, loop, self.broadcast_status,
             previews=self.config.previews_for,
         )  # fmt: skip
         self.worker.start()
+
+    def _start_cluster(self, loop: asyncio.AbstractEventLoop) -> Worker:
+        """Ray and its worker actors (server/cluster), standing where the one worker stands."""
+        from .cluster import ClusterError
+        from .cluster.actor import WorkerSpec
+        from .cluster.pool import Cluster
+
+        cluster = self.config.cluster
+        assert cluster is not None and self.store is not None
+        threads = self.config.threads or max(1, (os.cpu_count() or 1) // cluster.workers)
+        spec = WorkerSpec(
+            worker_id="", options={**self.settings.options, "threads": threads},
+            cache_bytes=self.config.cache_bytes, max_nodes=self.config.limits.max_nodes,
+            node_packages=cluster.node_packages, default_nodes=cluster.default_nodes,
+        )  # fmt: skip
+        pool = Cluster(
+            cluster, spec, self.executor, self.store, self.settings, self.hub, loop,
+            self.broadcast_status, previews=self.config.previews_for,
+        )  # fmt: skip
+        try:
+            pool.start()
+        except ClusterError as exc:
+            raise startup.StartupError(f"the cluster: {exc}") from None
+        return pool  # type: ignore[return-value]  # the same interface as Worker
 
     async def shutdown(self, app: web.Application) -> None:
         if self.worker is not None:
@@ -417,6 +444,14 @@ class Server:
         self.worker.interrupt(str(prompt_id) if prompt_id is not None else None)
         return web.Response(status=200)
 
+    async def get_cluster(self, request: web.Request) -> web.Response:
+        """The cluster's workers (what each holds and does) and its recent routing."""
+        describe_cluster = getattr(self.worker, "describe", None)
+        if describe_cluster is None:
+            body = error_body("not_a_cluster", "This server runs on one machine (no --ray).")
+            return web.json_response(body, status=404)
+        return web.json_response(await asyncio.to_thread(describe_cluster))
+
     async def get_history(self, request: web.Request) -> web.Response:
         assert self.store is not None
         try:
@@ -522,11 +557,10 @@ class Server:
         self.hub.add(conn)
         try:
             conn.put(message("status", {"status": self.status(), "sid": client_id}))
-            running = self.worker.running_node() if self.worker else None
-            if running is not None and running[0].client_id == client_id:  # a reconnect
-                job, node = running
-                data = {"node": node, "display_node": node, "prompt_id": job.prompt_id}
-                conn.put(message("executing", data))
+            for job, node in self.worker.running_nodes() if self.worker else ():
+                if job.client_id == client_id:  # a reconnect
+                    data = {"node": node, "display_node": node, "prompt_id": job.prompt_id}
+                    conn.put(message("executing", data))
             async for _ in ws:  # clients may send feature flags; nothing to answer
                 pass
         finally:
@@ -724,6 +758,7 @@ def create_app(config: ServerConfig, registry: Registry | None = None) -> web.Ap
         ("GET", "/models", server.models),
         ("GET", "/embeddings", server.embeddings),
         ("GET", "/models/{folder}", server.models_in),
+        ("GET", "/cluster", server.get_cluster),
         ("GET", "/ws", server.websocket),
     ]
     for method, path, handler in routes:

@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
-import importlib
 import logging
 import os
 import signal
@@ -17,6 +16,7 @@ from aiohttp import web
 
 from nodegraph.cli import add_model_arguments
 
+from .cluster import ClusterConfig
 from .config import DEFAULT_WEB_DIR, PREVIEW_METHODS, Limits, ServerConfig, is_loopback
 from .startup import StartupError, lock_data_folder
 
@@ -67,6 +67,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
     parser.add_argument("--cache-bytes", type=int, default=None, help="engine cache budget")
     parser.add_argument(
+        "--cache-mb", type=int, default=None, help="engine cache budget in MiB (as `nodegraph run`)"
+    )
+    parser.add_argument(
         "--threads",
         type=int,
         default=None,
@@ -92,6 +95,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="leave out the node library and plugins (with --node-package: tests, tools)",
     )
+    cluster = parser.add_argument_group("cluster (Ray; pip install -e '.[cluster]')")
+    cluster.add_argument(
+        "--ray",
+        default=None,
+        metavar="local|ADDRESS",
+        help="run jobs on Ray worker actors: 'local' starts a cluster on this machine, an "
+        "address (host:port) joins one started with `ray start --head`",
+    )
+    cluster.add_argument("--workers", type=int, default=1, help="worker actors (default 1)")
+    cluster.add_argument(
+        "--worker-gpus",
+        type=float,
+        default=None,
+        help="GPUs per worker, a fraction packs several on one GPU (default: 1 where the "
+        "cluster has GPUs, else CPU workers)",
+    )
+    cluster.add_argument(
+        "--ray-gpus",
+        type=int,
+        default=None,
+        help="logical GPUs a --ray local cluster declares (default: detected)",
+    )
     defaults = Limits()
     for field in dataclasses.fields(Limits):
         parser.add_argument(
@@ -104,7 +129,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_from(args: argparse.Namespace) -> ServerConfig:
     limits = Limits(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Limits)})
+    cluster = None
+    if args.ray:
+        cluster = ClusterConfig(
+            address=args.ray, workers=args.workers, worker_gpus=args.worker_gpus,
+            local_gpus=args.ray_gpus, node_packages=tuple(args.node_package),
+            default_nodes=not args.no_default_nodes,
+        )  # fmt: skip
     return ServerConfig(
+        cluster=cluster,
         host=args.host,
         port=args.port,
         data_dir=args.data,
@@ -116,7 +149,7 @@ def config_from(args: argparse.Namespace) -> ServerConfig:
         device=args.device,
         vram_budget=args.vram_budget,
         lowvram=args.lowvram,
-        cache_bytes=args.cache_bytes,
+        cache_bytes=args.cache_mb * 2**20 if args.cache_mb is not None else args.cache_bytes,
         threads=args.threads,
         web_dir=args.web,
         preview_method=args.preview_method,
@@ -124,20 +157,16 @@ def config_from(args: argparse.Namespace) -> ServerConfig:
 
 
 def _registry(args: argparse.Namespace):  # noqa: ANN202 - nodegraph.registry.Registry
-    from nodegraph.registry import Registry, default_registry
+    from nodegraph.registry import registry_from
 
-    registry = Registry() if args.no_default_nodes else default_registry()
-    for name in args.node_package:
-        module = importlib.import_module(name)
-        if hasattr(module, "__path__"):
-            registry.discover(name)
-        else:
-            registry.register_module(module)
-    return registry
+    return registry_from(args.node_package, not args.no_default_nodes)
 
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    if args.ray and args.workers < 1:
+        print("error: --workers must be at least 1", file=sys.stderr)
+        return 2
     config = config_from(args)
     if not is_loopback(config.host) and not config.token:
         print(

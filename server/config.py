@@ -8,6 +8,8 @@ from pathlib import Path
 
 from aiohttp import web
 
+from .cluster import ClusterConfig
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_WEB_DIR = REPO_ROOT / "web" / "dist"
 
@@ -60,6 +62,8 @@ class ServerConfig:
     threads: int | None = None
     """Torch CPU threads (the node library applies it); None leaves torch's default."""
     web_dir: Path | None = DEFAULT_WEB_DIR
+    cluster: ClusterConfig | None = None
+    """`--ray`: jobs run on a pool of Ray worker actors (server/cluster) instead of in-process."""
     preview_method: str = "none"
     """ComfyUI's --preview-method: live previews go to clients only when it is not "none" or
     the prompt's extra_data asks for them (preview_method), as ComfyUI sends them."""

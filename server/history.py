@@ -21,19 +21,22 @@ def shown_number(number: float) -> int | float:
 
 def render(row: Sequence[Any]) -> bytes:
     """One `"prompt_id": {...}` member of the history from a row of `COLUMNS`."""
-    prompt_id, number, prompt, extra, to_execute, state, outputs, messages, meta = row
+    prompt_id, number, prompt, extra, to_execute, state, outputs, messages, meta, worker = row
     pid = encode_basestring_ascii(prompt_id)
     item = f"[{shown_number(number)!r}, {pid}, {prompt}, {extra}, {to_execute}]"
     status = f'{{"status_str": {_STATUS[state]}, "messages": {messages or "[]"}}}'
     text = (
         f'{pid}: {{"prompt": {item}, "outputs": {outputs or "{}"}, "status": {status}, '
-        f'"meta": {meta or "{}"}}}'
+        f'"meta": {meta or "{}"}'
+        + (f', "worker": {encode_basestring_ascii(worker)}' if worker is not None else "")
+        + "}"
     )
     return text.encode()
 
 
 COLUMNS = (
-    "prompt_id, number, prompt, extra_data, outputs_to_execute, state, outputs, messages, meta"
+    "prompt_id, number, prompt, extra_data, outputs_to_execute, state, outputs, messages, meta, "
+    "worker"
 )
 """What `render` reads, in its order."""
 

@@ -83,8 +83,9 @@ class RunMessages:
                         },
                     )
                 ]
-                if event.preview is not None and self.previews:
-                    frame = preview_frame(event.preview)
+                if event.preview is not None and self.previews:  # bytes: a cluster worker's
+                    preview = event.preview
+                    frame = preview if isinstance(preview, bytes) else preview_frame(preview)
                     if frame is not None:
                         frames.append(frame)
                 return frames

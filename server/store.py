@@ -41,7 +41,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     history_seq INTEGER,
     outputs TEXT,
     messages TEXT,
-    meta TEXT
+    meta TEXT,
+    worker TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, number, seq);
 CREATE INDEX IF NOT EXISTS jobs_by_history ON jobs (history_seq);
@@ -77,6 +78,8 @@ class Outcome:
     messages: list[list[Any]]
     """[event, data] pairs: ComfyUI's status.messages."""
     meta: dict[str, Any]
+    worker: str | None = None
+    """The cluster worker that ran it (None on one machine)."""
 
 
 class DuplicatePromptId(ValueError):
@@ -120,6 +123,9 @@ class Store:
             if check != [("ok",)]:
                 raise sqlite3.DatabaseError(f"the database is damaged ({check[0][0]})")
             self._db.executescript(_SCHEMA)
+            columns = {r[1] for r in self._db.execute("PRAGMA table_info(jobs)").fetchall()}
+            if "worker" not in columns:  # a database from before the cluster
+                self._db.execute("ALTER TABLE jobs ADD COLUMN worker TEXT")
             row = self._db.execute("SELECT MAX(ABS(number)) FROM jobs").fetchone()
         return int(row[0] or 0) + 1
 
@@ -228,15 +234,44 @@ class Store:
                 f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state = ? ORDER BY number, seq LIMIT 1",
                 (QUEUED,),
             ).fetchone()
-            if row is None:
-                return None
-            self._db.execute(
-                "UPDATE jobs SET state = ?, attempts = attempts + 1, started = ? "
-                "WHERE prompt_id = ?",
-                (RUNNING, time.time(), row[0]),
-            )
+            return self._claim_row(row)
+
+    def queued(self, limit: int) -> list[Job]:
+        """The first `limit` queued jobs in run order (a cluster's dispatcher chooses among
+        them)."""
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state = ? ORDER BY number, seq LIMIT ?",
+                (QUEUED, limit),
+            ).fetchall()
+        return [_job(r) for r in rows]
+
+    def claim(self, prompt_id: str) -> Job | None:
+        """Mark one queued job running; None if it is no longer queued (deleted meanwhile)."""
+        with self._transaction(fsync=False):
+            row = self._db.execute(
+                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state = ? AND prompt_id = ?",
+                (QUEUED, prompt_id),
+            ).fetchone()
+            return self._claim_row(row)
+
+    def _claim_row(self, row: tuple[Any, ...] | None) -> Job | None:
+        if row is None:
+            return None
+        self._db.execute(
+            "UPDATE jobs SET state = ?, attempts = attempts + 1, started = ? WHERE prompt_id = ?",
+            (RUNNING, time.time(), row[0]),
+        )
         job = _job(row)
         return Job(**{**job.__dict__, "state": RUNNING, "attempts": job.attempts + 1})
+
+    def retry(self, prompt_id: str) -> None:
+        """Put a running job back, its start counted (the worker running it died)."""
+        with self._lock:
+            self._db.execute(
+                "UPDATE jobs SET state = ?, started = NULL WHERE prompt_id = ? AND state = ?",
+                (QUEUED, prompt_id, RUNNING),
+            )
 
     def requeue(self, prompt_id: str) -> None:
         """Put a running job back without counting its start (a clean shutdown stopped it)."""
@@ -264,7 +299,7 @@ class Store:
         assert outcome.state in FINAL
         self._db.execute(
             "UPDATE jobs SET state = ?, finished = ?, outputs = ?, messages = ?, meta = ?, "
-            "history_seq = (SELECT COALESCE(MAX(history_seq), 0) + 1 FROM jobs) "
+            "worker = ?, history_seq = (SELECT COALESCE(MAX(history_seq), 0) + 1 FROM jobs) "
             "WHERE prompt_id = ? AND state = ?",  # a finished job never changes again
             (
                 outcome.state,
@@ -272,6 +307,7 @@ class Store:
                 json.dumps(outcome.outputs),
                 json.dumps(outcome.messages),
                 json.dumps(outcome.meta),
+                outcome.worker,
                 prompt_id,
                 RUNNING,
             ),

@@ -30,7 +30,7 @@ RETRY_FIRST, RETRY_MOST = 0.25, 5.0
 class Worker:
     def __init__(
         self,
-        executor: Executor,
+        executor: Executor | None,
         store: Store,
         settings: RunSettings,
         hub: Hub,
@@ -58,12 +58,12 @@ class Worker:
     def current(self) -> Job | None:
         return self._current
 
-    def running_node(self) -> tuple[Job, str] | None:
+    def running_nodes(self) -> list[tuple[Job, str]]:
         """The running job and the node it is in now (for a client that reconnects)."""
         job, run = self._current, self._run_messages
         if job is None or run is None or run.current is None:
-            return None
-        return job, run.current[0]
+            return []
+        return [(job, run.current[0])]
 
     def start(self) -> None:
         self._thread.start()
@@ -123,12 +123,7 @@ class Worker:
             with self._wake:
                 if self._stopping:
                     return
-            try:
-                job = self.store.claim_next()
-                self._store_works()
-            except Exception as exc:
-                self._store_fails("take the next job", exc)
-                job = None
+            job = self._next_job()
             if job is None:
                 self._pause(1.0)
                 continue
@@ -147,28 +142,47 @@ class Worker:
                     self._current = self._interrupt = self._run_messages = None
             self._changed()
 
-    def _run(self, job: Job, interrupt: threading.Event) -> None:
-        run = RunMessages(job.prompt_id, self.previews(job.extra_data or {}))
-        self._run_messages = run
-        client = job.client_id
+    def _next_job(self) -> Job | None:
+        """The job to run next (claimed: running in the store), or None for now."""
+        try:
+            job = self.store.claim_next()
+            self._store_works()
+            return job
+        except Exception as exc:
+            self._store_fails("take the next job", exc)
+            return None
+
+    def _execute(self, job: Job, run: RunMessages, interrupt: threading.Event) -> str | None:
+        """Run the job, its events posted as messages; "success", "failed", "interrupted",
+        or None when it did not end here (it was handed back to the queue)."""
 
         def on_event(event: events.Event) -> None:
-            self._post(client, run.translate(event))
+            self._post(job.client_id, run.translate(event))
 
         try:
-            result = self.executor.run(
+            return self.executor.run(
                 job.prompt,
                 self.settings,
                 on_event=on_event,
                 extra=job.extra_data,
                 interrupt=interrupt,
                 run_id=job.prompt_id,
-            )
-            status = result.status
+            ).status
         except BaseException as exc:  # the workflow no longer validates, a node called exit, ...
             log.warning("job %s failed outside its nodes: %r", job.prompt_id, exc)
-            self._post(client, [run.crashed(exc)])
-            status = "failed"
+            self._post(job.client_id, [run.crashed(exc)])
+            return "failed"
+
+    def _outcome(self, job: Job, final: str, run: RunMessages) -> Outcome:
+        return Outcome(final, run.outputs, run.history, run.meta)
+
+    def _run(self, job: Job, interrupt: threading.Event) -> None:
+        run = RunMessages(job.prompt_id, self.previews(job.extra_data or {}))
+        self._run_messages = run
+        client = job.client_id
+        status = self._execute(job, run, interrupt)
+        if status is None:
+            return
         if status == "interrupted" and self._stopping:
             try:
                 self.store.requeue(job.prompt_id)
@@ -177,7 +191,7 @@ class Worker:
                 log.warning("job %s stopped; not queued again now: %s", job.prompt_id, exc)
             return
         final = SUCCESS if status == "success" else ERROR
-        if self._record(job, Outcome(final, run.outputs, run.history, run.meta), run):
+        if self._record(job, self._outcome(job, final, run), run):
             self._post(client, [run.done()])
 
     def _record(self, job: Job, outcome: Outcome, run: RunMessages) -> bool:

@@ -300,17 +300,22 @@ def free_port() -> int:
 
 
 def start_subprocess(
-    data_dir: Path, port: int, *extra: str, command: list[str] | None = None
+    data_dir: Path,
+    port: int,
+    *extra: str,
+    command: list[str] | None = None,
+    env: dict[str, str] | None = None,
 ) -> subprocess.Popen[str]:
-    """`python -m server` (or `command`) with the test nodes only; returns once it listens."""
+    """`python -m server` (or `command`) with the test nodes only; returns once it listens.
+    `env`: more environment variables."""
     nodes_only = ["--no-default-nodes", "--node-package", "nodes.utility"]
     nodes_only += ["--node-package", "tests.server_fixtures"]
     base = command or [sys.executable, "-m", "server", *nodes_only]
     cmd = [*base, "--port", str(port), "--data", str(data_dir), *extra]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    env.pop("NODEGRAPH_TOKEN", None)
+    environment = {**os.environ, **(env or {}), "PYTHONPATH": str(REPO)}
+    environment.pop("NODEGRAPH_TOKEN", None)
     proc = subprocess.Popen(
-        cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        cmd, cwd=REPO, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     assert proc.stdout is not None
     deadline = time.monotonic() + 90

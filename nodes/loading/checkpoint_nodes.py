@@ -15,6 +15,11 @@ from .checkpoints import STORE, load_checkpoint, load_key, make_vae, read_compon
 from .folders import SHIPPED_NAME, find_model, model_names
 
 
+def loaded_models() -> list[str]:
+    """The model files this process holds loaded (checkpoints, VAEs, ControlNets, LoRAs)."""
+    return STORE.files()
+
+
 class Checkpoint(Outputs):
     model: MODEL
     clip: CLIP

@@ -239,6 +239,11 @@ class Store:
         with self._lock:
             self._items.clear()
 
+    def files(self) -> list[str]:
+        """File names of the models held (the key's path; a diffusers folder's name)."""
+        with self._lock:
+            return [Path(key[1]).name for key in self._items if len(key) > 1]
+
 
 STORE = Store(STORE_SIZE)
 

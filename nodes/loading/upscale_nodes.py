@@ -8,9 +8,13 @@ from typing import Any
 
 from nodegraph import InputField, Node, NodeContext
 
-from ..upscaling.model import KIND, UPSCALE_MODEL, load_upscale_model
+from ..upscaling.model import KIND, STORE, UPSCALE_MODEL, load_upscale_model
 from .checkpoint_nodes import model_fingerprint
 from .folders import model_names
+
+
+def loaded_models() -> list[str]:
+    return STORE.files()
 
 
 class UpscaleModelLoader(Node):
