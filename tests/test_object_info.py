@@ -19,7 +19,14 @@ NATIVE_NAMESAKES = {
     "CheckpointLoader": "nodegraph's native checkpoint loader; ComfyUI's is a deprecated one",
 }
 """ComfyUI names that nodegraph's native nodes had first: different nodes, on purpose."""
-FILE_LISTS = {"ckpt_name", "vae_name", "lora_name", "control_net_name", "model_name"}
+FILE_LISTS = {
+    "ckpt_name",
+    "vae_name",
+    "lora_name",
+    "control_net_name",
+    "model_name",
+    "hypernetwork_name",
+}
 """Inputs whose choices are the files found (they differ from machine to machine)."""
 KNOWN = {
     ("LoadImage", "image"): "the server lists the input folder's pictures (test_server_safety)",

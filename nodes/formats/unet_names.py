@@ -73,3 +73,19 @@ def original_unet_names(config: Mapping[str, Any], weights: Iterable[str]) -> di
                 out[weight] = f"{old}.{rest}"
                 break
     return out
+
+
+SDXL_MERGE_BLOCKS: tuple[str, ...] = (
+    "time_embed.",
+    "label_emb.",
+    *(f"input_blocks.{i}" for i in range(9)),
+    *(f"middle_block.{i}" for i in range(3)),
+    *(f"output_blocks.{i}" for i in range(9)),
+    "out.",
+)
+"""The parts of an SDXL UNet by original-name prefix, in ComfyUI's ModelMergeSDXL order."""
+
+
+def longest_prefix(name: str, prefixes: Iterable[str]) -> str | None:
+    """The longest of `prefixes` that `name` starts with (None: none does)."""
+    return max((p for p in prefixes if name.startswith(p)), key=len, default=None)

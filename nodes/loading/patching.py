@@ -3,6 +3,8 @@
 Like ComfyUI's ModelPatcher: each touched weight is computed in (at least) float32 with every
 patch applied in order, cast back to the parameter's dtype once, and the untouched original is
 kept as a backup of the same device and dtype that is copied back bit-exactly afterwards.
+A HookPatch changes how modules run instead (forward hooks, ComfyUI's attention patches): its
+hooks are attached for the same span and removed afterwards.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import dataclass, field
 from weakref import WeakKeyDictionary
 
 import torch
+from torch.utils.hooks import RemovableHandle
 
 from nodes.formats.lora import Adapter, LoraShapeError
 
@@ -35,6 +38,18 @@ class Patch:
     @property
     def active(self) -> bool:
         return bool(self.adapters) and (self.strength != 0 or self.model_strength != 1.0)
+
+
+@dataclass(frozen=True)
+class HookPatch(Patch):
+    """A patch of how the module runs, not of its weights (it has no adapters, so weight
+    merging and patching pass it by): `attach` registers its hooks while the module runs."""
+
+    adapters: Mapping[str, Adapter] = field(default_factory=dict, compare=False, repr=False)
+
+    def attach(self, module: torch.nn.Module) -> list[RemovableHandle]:
+        """Register the hooks on `module` (and its children); the handles remove them."""
+        raise NotImplementedError
 
 
 _locks: WeakKeyDictionary[torch.nn.Module, threading.RLock] = WeakKeyDictionary()
@@ -95,6 +110,7 @@ def patched(module: torch.nn.Module, patches: Sequence[Patch]) -> Iterator[torch
     with module_lock(module):
         tensors = _tensors(module)
         backups: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        handles: list[RemovableHandle] = []
         try:
             for name in dict.fromkeys(name for patch in active for name in patch.adapters):
                 tensor = tensors.get(name)
@@ -106,8 +122,13 @@ def patched(module: torch.nn.Module, patches: Sequence[Patch]) -> Iterator[torch
                 if id(tensor) not in backups:
                     backups[id(tensor)] = (tensor, tensor.detach().clone())
                 _patch_one(name, tensor, active)
+            for patch in patches:
+                if isinstance(patch, HookPatch):
+                    handles += patch.attach(module)
             yield module
         finally:
+            for handle in reversed(handles):
+                handle.remove()
             with torch.no_grad():
                 for tensor, backup in backups.values():
                     tensor.copy_(backup)

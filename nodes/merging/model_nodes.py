@@ -4,10 +4,11 @@ second model's UNet weights merged into the first's as patches."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 
 from nodegraph import InputField, Node, NodeContext
 
-from ..formats.unet_names import original_unet_names
+from ..formats.unet_names import longest_prefix, original_unet_names
 from ..values import MODEL, Model
 from .weights import Ratios, merge_patch
 
@@ -72,9 +73,19 @@ class ModelMergeAdd(Node):
         return merged("ModelMergeAdd", self.model1, self.model2, lambda n: (1.0, 1.0))
 
 
-BLOCKS = ("input", "middle", "out")
-"""ModelMergeBlocks' ratios by the prefix of the original (CompVis) weight name: input_blocks,
-middle_block, out and output_blocks; the rest (time and label embeddings) take input's."""
+def block_ratios(model: Model, shares: Mapping[str, float]) -> Ratios:
+    """ComfyUI's ModelMergeBlocks rule: each weight takes the share of the longest of `shares`'
+    keys its original (CompVis) name starts with; a weight no key fits takes the first share."""
+    names = [n for n, _ in model.unet.named_parameters()]
+    original = original_unet_names(model.unet.config, names)
+    default = next(iter(shares.values()))
+
+    def ratios(name: str) -> tuple[float, float]:
+        block = longest_prefix(original.get(name, name), shares)
+        share = default if block is None else shares[block]
+        return 1.0 - share, share
+
+    return ratios
 
 
 class ModelMergeBlocks(Node):
@@ -88,14 +99,8 @@ class ModelMergeBlocks(Node):
     out: float = _ratio("Share of model1 in the output (up) blocks and the last layers.")
 
     def invoke(self, ctx: NodeContext) -> MODEL:
+        # by original-name prefix: input_blocks, middle_block, out (and output_blocks); the time
+        # and label embeddings match none and take input's share
         shares = {"input": self.input, "middle": self.middle, "out": self.out}
-        names = [n for n, _ in self.model1.unet.named_parameters()]
-        original = original_unet_names(self.model1.unet.config, names)
-
-        def ratios(name: str) -> tuple[float, float]:
-            old = original.get(name, name)
-            block = max((b for b in BLOCKS if old.startswith(b)), key=len, default="input")
-            return 1.0 - shares[block], shares[block]
-
-        key = tuple(shares.values())
-        return merged("ModelMergeBlocks", self.model1, self.model2, ratios, *key)
+        ratios = block_ratios(self.model1, shares)
+        return merged("ModelMergeBlocks", self.model1, self.model2, ratios, *shares.values())
