@@ -746,6 +746,21 @@ def test_a_comfyui_canvas_file_and_png_open_run_and_save_back(
     }
 
 
+def wait_for_pictures(p: Page, node_id: str, testid: str, count: int) -> None:
+    """Until the node shows `count` loaded pictures marked `testid` (a sweep's results)."""
+    wait_until(
+        p,
+        """([id, testid, count]) => {
+            const imgs = document.querySelectorAll(
+                `[data-testid=node][data-id="${id}"] img[data-testid=${testid}]`);
+            return imgs.length === count
+                && [...imgs].every((i) => i.complete && i.naturalWidth > 0);
+        }""",
+        [node_id, testid, count],
+        RUN_TIMEOUT_MS,
+    )
+
+
 def test_a_strength_sweep_shows_labelled_results_and_reruns_only_the_img2img_cone(
     page: Page, server: Server
 ) -> None:
@@ -760,16 +775,7 @@ def test_a_strength_sweep_shows_labelled_results_and_reruns_only_the_img2img_con
     node(p, img2img).locator("[data-testid=sweep-strength]").click()
     node(p, img2img).locator("[data-testid=sweep-values-strength]").fill("0.3, 0.5, 0.7, 0.9, 1.0")
     p.page.click("[data-testid=queue-button]")
-    wait_until(
-        p,
-        """(id) => {
-            const imgs = document.querySelectorAll(
-                `[data-testid=node][data-id="${id}"] img[data-testid=strip-image]`);
-            return imgs.length === 5 && [...imgs].every((i) => i.complete && i.naturalWidth > 0);
-        }""",
-        save,
-        RUN_TIMEOUT_MS,
-    )
+    wait_for_pictures(p, save, "strip-image", 5)
     labels = node(p, save).locator("[data-testid=strip-label]").all_inner_texts()
     assert labels == [f"strength {v}" for v in ("0.3", "0.5", "0.7", "0.9", "1")]
     txt2img_save = ids_of(wf, "SaveImage")[0]  # upstream of the sweep: one picture, no strip
@@ -806,15 +812,14 @@ def test_a_nodes_warning_shows_on_the_node(page: Page, server: Server) -> None:
     p.shot("warning")
 
 
-def test_a_dropped_picture_becomes_a_load_image_that_runs(page: Page, tmp_path: Path) -> None:
-    p = page
-    p.page.click("[data-testid=clear-button]")
-    plain = picture(tmp_path / "dropped_plain.png", hue=0.3)
-    drop_bytes(p, plain.read_bytes(), plain.name, "image/png")
+def load_image_runs(p: Page, name_start: str) -> None:
+    """The canvas's one LoadImage holds an uploaded picture named `name_start...`, shows its
+    thumbnail, and runs into a PreviewImage."""
     wait_until(
         p,
-        """() => Object.values(window.nodegraph.getWorkflow()).some((n) =>
-            n.class_type === 'LoadImage' && String(n.inputs.image).startsWith('dropped_plain'))""",
+        """(start) => Object.values(window.nodegraph.getWorkflow()).some((n) =>
+            n.class_type === 'LoadImage' && String(n.inputs.image).startsWith(start))""",
+        name_start,
     )
     (load,) = ids_of(workflow(p), "LoadImage")
     wait_for_thumbnail(p, load)
@@ -822,6 +827,14 @@ def test_a_dropped_picture_becomes_a_load_image_that_runs(page: Page, tmp_path: 
     drag(p, handle(p, load, "out:0"), handle(p, preview, "in:images"))
     queue_and_wait(p)
     assert images_loaded(p, preview) == 1
+
+
+def test_a_dropped_picture_becomes_a_load_image_that_runs(page: Page, tmp_path: Path) -> None:
+    p = page
+    p.page.click("[data-testid=clear-button]")
+    plain = picture(tmp_path / "dropped_plain.png", hue=0.3)
+    drop_bytes(p, plain.read_bytes(), plain.name, "image/png")
+    load_image_runs(p, "dropped_plain")
     p.shot("dropped-picture")
 
 
@@ -923,3 +936,68 @@ def test_an_img2img_result_compares_with_its_input_on_a_split_slider(
     style = pair.locator("[data-testid=compare-after]").get_attribute("style")
     assert "inset(0px 0px 0px 80%)" in style or "inset(0 0 0 80%)" in style, style
     p.shot("before-after")
+
+
+def test_a_two_input_sweep_shows_an_x_y_grid(page: Page, server: Server) -> None:
+    """Sweep the img2img strength (across) and its guidance (down): one grid of 2 x 2 pictures
+    with the values as headers, on the output node below both."""
+    p = page
+    pick_model(p, server)
+    wf = workflow(p)
+    noise = "refine_noise" if "refine_noise" in wf else min(
+        ids_of(wf, "AddNoise"), key=lambda i: wf[i]["inputs"]["strength"])  # fmt: skip
+    guide = "refine_denoise" if "refine_denoise" in wf else ids_of(wf, "Denoise")[-1]
+    save = ids_of(wf, "SaveImage")[-1]
+    node(p, noise).locator("[data-testid=sweep-strength]").click()
+    node(p, noise).locator("[data-testid=sweep-values-strength]").fill("0.4, 0.8")
+    node(p, guide).locator("[data-testid=sweep-cfg]").click()
+    node(p, guide).locator("[data-testid=sweep-values-cfg]").fill("3, 7.5")
+    p.page.click("[data-testid=queue-button]")
+    wait_for_pictures(p, save, "grid-image", 4)
+    grid = node(p, save).locator("[data-testid=sweep-grid]")
+    assert grid.locator("[data-testid=grid-x]").all_inner_texts() == ["0.4", "0.8"]
+    assert grid.locator("[data-testid=grid-y]").all_inner_texts() == ["3", "7.5"]
+    corner = grid.locator("[data-testid=grid-corner]").inner_text()
+    assert "strength" in corner and "cfg" in corner
+    titles = [img.get_attribute("title") for img in grid.locator("img").all()]
+    assert titles == ["strength 0.4 · cfg 3", "strength 0.8 · cfg 3", "strength 0.4 · cfg 7.5",
+                      "strength 0.8 · cfg 7.5"]  # fmt: skip
+    p.shot("sweep-grid")
+
+
+def test_live_off_keeps_a_released_slider_from_queueing(page: Page, server: Server) -> None:
+    p = page
+    pick_model(p, server)
+    wf = workflow(p)
+    img2img = min(ids_of(wf, "AddNoise"), key=lambda i: wf[i]["inputs"]["strength"])
+    toggle = p.page.locator("[data-testid=live-toggle]")
+    assert toggle.is_checked()  # on by default
+    toggle.uncheck()
+    slider = node(p, img2img).locator("[data-testid=slider-strength]")
+    box = slider.bounding_box()
+    history = len(get_json(server.url + "history"))
+    p.page.mouse.click(box["x"] + box["width"] * 0.7, box["y"] + box["height"] / 2)
+    p.page.wait_for_timeout(1500)
+    assert workflow(p)[img2img]["inputs"]["strength"] != wf[img2img]["inputs"]["strength"]
+    assert p.page.inner_text("[data-testid=queue-count]").split()[0] == "0"
+    assert len(get_json(server.url + "history")) == history  # nothing was queued
+    p.page.reload()
+    assert not p.page.locator("[data-testid=live-toggle]").is_checked()  # remembered
+    p.page.locator("[data-testid=live-toggle]").check()
+
+
+def test_a_pasted_picture_becomes_a_load_image_that_runs(page: Page, tmp_path: Path) -> None:
+    p = page
+    p.page.click("[data-testid=clear-button]")
+    plain = picture(tmp_path / "clip.png", hue=0.6)
+    p.page.evaluate(
+        """([b64]) => {
+            const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+            const dt = new DataTransfer();
+            dt.items.add(new File([bytes], 'image.png', { type: 'image/png' }));
+            window.dispatchEvent(new ClipboardEvent('paste', { clipboardData: dt }));
+        }""",
+        [base64.b64encode(plain.read_bytes()).decode()],
+    )
+    load_image_runs(p, "pasted-")
+    p.shot("pasted-picture")

@@ -48,6 +48,7 @@ const DEFAULT_EDGE_OPTIONS = { type: 'default' };
 const PRO_OPTIONS = { hideAttribution: true };
 const minimapColour = (n: { id: string }) => (runStore.get(n.id).status === 'error' ? '#e55353' : '#5c6b8a');
 const STORAGE_KEY = 'nodegraph.workflow';
+const LIVE_KEY = 'nodegraph.live';
 const clientId = `web-${Math.random().toString(36).slice(2, 10)}`;
 
 interface PendingLink {
@@ -109,6 +110,10 @@ export function App() {
   const [finishedRuns, setFinishedRuns] = useState(0);
   const [showHistory, setShowHistory] = useState(false);
   const [uploads, setUploads] = useState<Record<string, string[]>>({});
+  /** "Live": releasing a slider queues the graph again (only the cone below it re-runs). */
+  const [live, setLive] = useState(() => localStorage.getItem(LIVE_KEY) !== 'off');
+  const liveRef = useRef(live);
+  liveRef.current = live;
   const [, setHistoryTick] = useState(0);
   const rf = useReactFlow<GNode, GEdge>();
 
@@ -242,8 +247,9 @@ export function App() {
   // ---- websocket -----------------------------------------------------------------------------
   const executingRef = useRef<string | null>(null);
   const previewTargets = useRef<string[]>([]);
-  /** The running sweep's prompts and their labels ("strength 0.5"), for the output strips. */
-  const sweepRuns = useRef<Map<string, string>>(new Map());
+  /** The running sweep's prompts: their labels ("strength 0.5") and values (one per axis, for
+   * an X/Y grid), for the output strips. */
+  const sweepRuns = useRef<Map<string, { label: string; values: string[]; axes: string[] }>>(new Map());
   /** The nodes downstream of the swept inputs: only their results differ from run to run. */
   const sweepCone = useRef<Set<string>>(new Set());
   useEffect(() => {
@@ -367,13 +373,13 @@ export function App() {
             const old = runStore.get(id).preview;
             if (old) URL.revokeObjectURL(old);
             previewTargets.current = previewTargets.current.filter((t) => t !== id);
-            const label = sweepRuns.current.get(String(data.prompt_id));
+            const swept = sweepRuns.current.get(String(data.prompt_id));
             const strip = runStore.get(id).strip ?? [];
             runStore.patch(id, {
               preview: undefined,
               ...(Array.isArray(images) ? { images, imagesKey: String(data.prompt_id ?? Date.now()) } : {}),
-              ...(Array.isArray(images) && label !== undefined && sweepCone.current.has(id)
-                ? { strip: [...strip, { label, images, key: String(data.prompt_id) }] }
+              ...(Array.isArray(images) && swept !== undefined && sweepCone.current.has(id)
+                ? { strip: [...strip, { ...swept, images, key: String(data.prompt_id) }] }
                 : {}),
               ...(Array.isArray(data.output?.text) ? { texts: data.output.text.map(String) } : {}),
             });
@@ -439,10 +445,10 @@ export function App() {
         }
         sweepCone.current = cone;
         sweepRuns.current = new Map(
-          (res.prompt_ids as string[]).map((pid, i) => [
-            pid,
-            (res.values[i] as unknown[]).map((v, k) => `${names[k]} ${v}`).join(' · '),
-          ]),
+          (res.prompt_ids as string[]).map((pid, i) => {
+            const values = (res.values[i] as unknown[]).map(String);
+            return [pid, { label: values.map((v, k) => `${names[k]} ${v}`).join(' · '), values, axes: names }];
+          }),
         );
       } else {
         sweepRuns.current = new Map();
@@ -526,6 +532,7 @@ export function App() {
         });
       },
       requeue: () => {
+        if (!liveRef.current) return;
         // Let the last slider value land in state before the graph is read.
         setTimeout(() => void queue(), 0);
       },
@@ -897,6 +904,35 @@ export function App() {
     [loadFile, addNode, rf],
   );
 
+  // A picture pasted from the clipboard goes to the selected node's image input, or becomes a
+  // LoadImage in the middle of the view (copied nodes paste through the keyboard handler).
+  useEffect(() => {
+    const onPaste = (e: ClipboardEvent) => {
+      if (isEditable(e.target)) return;
+      const file = [...(e.clipboardData?.files ?? [])].find((f) => f.type.startsWith('image/'));
+      const ed = editorRef.current;
+      if (!file || !ed) return;
+      e.preventDefault();
+      const name = file.name && file.name !== 'image.png' ? file.name : `pasted-${Date.now()}.png`;
+      const named = new File([file], name, { type: file.type });
+      const selected = nodesRef.current.find((n) => n.selected);
+      const input = selected && catRef.current[selected.data.classType]?.inputs.find(
+        (i) => i.literal && (i.options.image_upload || (selected.data.classType === 'LoadImage' && i.name === 'image')),
+      );
+      if (selected && input) {
+        void ed.upload(selected.id, input.name, named);
+        return;
+      }
+      const def = catRef.current.LoadImage;
+      if (!def) return setBanner({ kind: 'error', text: 'This server has no LoadImage node.' });
+      const box = canvasRef.current?.getBoundingClientRect();
+      const at = rf.screenToFlowPosition({ x: (box?.left ?? 0) + (box?.width ?? 0) / 2, y: (box?.top ?? 0) + (box?.height ?? 0) / 2 });
+      void ed.upload(addNode(def, at), 'image', named);
+    };
+    window.addEventListener('paste', onPaste);
+    return () => window.removeEventListener('paste', onPaste);
+  }, [addNode, rf]);
+
   // Stable props: React Flow copies changed props into its store, and every store update
   // re-runs the selectors of every node, socket and link on the canvas.
   const flowHandlers = useMemo(
@@ -985,6 +1021,18 @@ export function App() {
             if (f) void loadFile(f);
           }}
         />
+        <label className="live-toggle" title="Live: releasing a slider queues the graph again">
+          <input
+            type="checkbox"
+            data-testid="live-toggle"
+            checked={live}
+            onChange={(e) => {
+              setLive(e.target.checked);
+              localStorage.setItem(LIVE_KEY, e.target.checked ? 'on' : 'off');
+            }}
+          />
+          Live
+        </label>
         <span className="grow" />
         <span className={`conn ${connected ? 'on' : 'off'}`} data-testid="connection" title={connected ? 'Live updates connected' : 'Reconnecting…'}>
           {connected ? '● live' : '○ offline'}

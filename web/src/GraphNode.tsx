@@ -2,13 +2,12 @@ import { memo, useMemo, useRef, useState } from 'react';
 import { Handle, Position, useNodeConnections, useStore, type NodeProps } from '@xyflow/react';
 import { typeColour, type InputDef } from './catalogue';
 import { useEditor } from './editor-context';
-import { useNodeRun } from './runstate';
+import { useNodeRun, type NodeRun } from './runstate';
 import { createPortal } from 'react-dom';
 import { viewUrl } from './api';
 import { MaskPainter } from './MaskPainter';
 import { handleInput, inHandle, isSeedInput, outHandle, parseSweep, type GNode } from './workflow';
 
-const RELEASE_REQUEUE = new Set(['strength', 'denoise']);
 const LOD_ZOOM = 0.4;
 
 /** Pressing a linked input picks its link up by that end, ComfyUI's way: the press is handed to
@@ -65,13 +64,13 @@ function NumberWidget({ id, node, input, value }: { id: string; node: GNode['dat
             ed.setValue(id, input.name, parseFloat(e.target.value));
           }}
           onPointerUp={() => {
-            if (RELEASE_REQUEUE.has(input.name) && !released.current) {
+            if (!released.current) {
               released.current = true;
-              ed.requeue();
+              ed.requeue(); // with "live" on
             }
           }}
           onKeyUp={(e) => {
-            if (RELEASE_REQUEUE.has(input.name) && e.key.startsWith('Arrow')) ed.requeue();
+            if (e.key.startsWith('Arrow')) ed.requeue();
           }}
         />
       )}
@@ -233,6 +232,51 @@ function BeforeAfter({ before, after }: { before: string; after: string }) {
         onChange={(e) => setSplit(Number(e.target.value))}
       />
     </div>
+  );
+}
+
+/** A two-input sweep's results as an X/Y grid: the first input's values across, the second's
+ * down, each cell clickable to full size. */
+function SweepGrid({ strip }: { strip: NonNullable<NodeRun['strip']> }) {
+  const [xName, yName] = strip[0].axes;
+  const xs = [...new Set(strip.map((r) => r.values[0]))];
+  const ys = [...new Set(strip.map((r) => r.values[1]))];
+  const cell = (x: string, y: string) => strip.find((r) => r.values[0] === x && r.values[1] === y);
+  return (
+    <table className="gnode-grid nodrag nowheel" data-testid="sweep-grid">
+      <thead>
+        <tr>
+          <th data-testid="grid-corner">
+            {yName} ↓ · {xName} →
+          </th>
+          {xs.map((x) => (
+            <th key={x} data-testid="grid-x">
+              {x}
+            </th>
+          ))}
+        </tr>
+      </thead>
+      <tbody>
+        {ys.map((y) => (
+          <tr key={y}>
+            <th data-testid="grid-y">{y}</th>
+            {xs.map((x) => {
+              const r = cell(x, y);
+              const img = r?.images[0];
+              return (
+                <td key={x}>
+                  {r && img && (
+                    <a href={viewUrl(img, r.key)} target="_blank" rel="noreferrer">
+                      <img className="gnode-image" data-testid="grid-image" src={viewUrl(img, r.key)} alt={r.label} title={r.label} draggable={false} />
+                    </a>
+                  )}
+                </td>
+              );
+            })}
+          </tr>
+        ))}
+      </tbody>
+    </table>
   );
 }
 
@@ -457,7 +501,8 @@ function GraphNodeView({ id, data, selected }: { id: string; data: GNode['data']
         </pre>
       ))}
       {loadPreview && <img className="gnode-image" data-testid="input-image" src={loadPreview} alt="" draggable={false} />}
-      {run.strip && run.strip.length > 0 && (
+      {run.strip && run.strip.length > 0 && run.strip[0].axes.length === 2 && <SweepGrid strip={run.strip} />}
+      {run.strip && run.strip.length > 0 && run.strip[0].axes.length !== 2 && (
         <div className="gnode-strip nodrag nowheel" data-testid="sweep-strip">
           {run.strip.map((r) =>
             r.images.map((img, k) => (

@@ -22,7 +22,8 @@ export interface NodeRun {
   /** Text a node shows (ShowValue's `text` output). */
   texts?: string[];
   /** A sweep's results on an output node: each run's values and pictures, in queue order. */
-  strip?: { label: string; images: ImageRef[]; key: string }[];
+  /** A sweep's results: one entry per run, its values one per swept input (`axes`). */
+  strip?: { label: string; images: ImageRef[]; key: string; values: string[]; axes: string[] }[];
   errors?: NodeIssue[];
   /** What the node warned of in its last run (a LoRA key mismatch, an ignored input, ...). */
   warnings?: string[];
