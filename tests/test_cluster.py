@@ -137,6 +137,23 @@ def test_a_strength_sweep_runs_where_its_txt2img_is_cached(cluster: tuple[str, P
     assert refined == ["affinity_refined_00002_.png", "affinity_refined_00003_.png"]
 
 
+def test_an_uploaded_picture_reaches_the_worker_that_runs_its_img2img(
+    cluster: tuple[str, Path],
+) -> None:
+    """The workers share no folder with the server: the input picture travels with the job."""
+    base, data = cluster
+    workflow = json.loads((REPO / "workflows" / "comfy_img2img.json").read_text())
+    picture = REPO / "workflows" / "images" / "white_triangle_on_green.png"
+    (data / "input" / "sent_along.png").write_bytes(picture.read_bytes())
+    workflow["10"]["inputs"]["image"] = "sent_along.png"
+    workflow["9"]["inputs"]["filename_prefix"] = "sent_along"
+    prompt_id = queue(base, workflow)
+    entry = finished(base, [prompt_id])[prompt_id]
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    (image,) = entry["outputs"]["9"]["images"]
+    assert (data / "output" / image["filename"]).stat().st_size > 0
+
+
 def frames_of(base: str, workflow: dict) -> list[Any]:
     client = uuid.uuid4().hex
     ws = WebSocket(ws_url(base, client))
