@@ -1,173 +1,27 @@
-"""ComfyUI's canvas ("UI", litegraph) workflow format, to and from the API format.
-
-    ui_to_api(ui, registry) -> (api, warnings)   # what ComfyUI's frontend queues for a canvas
-    api_to_ui(api, registry) -> ui               # a canvas file ComfyUI can open (schema 0.4)
-    read_workflow_file(path) -> (kind, data)     # API JSON, UI JSON, or a ComfyUI / nodegraph PNG
-
-The conversion follows the behaviour of ComfyUI's frontend (its `graphToPrompt`): a node's
-`widgets_values` are the values of its widget inputs in the class's input order (required, then
-optional; sockets skipped), with one frontend-only value after every seed-like INT (the
-"control after generate" mode) and after an image-upload input; a converted widget fed by a link
-takes the link (or the value of the PrimitiveNode feeding it); Reroute nodes are followed to the
-real output; Note, MarkdownNote, PrimitiveNode and Reroute never reach the API; a muted node
-(mode 2) is dropped with every input linked from it; a bypassed node (mode 4) is dropped and its
-consumers take what feeds its input of the same type; legacy group nodes (`extra.groupNodes`) and
-subgraphs (`definitions.subgraphs`) are flattened into ids "<outer id>:<inner id>"; `_meta.title`
-is the node's title. Schema 0.4 (links as arrays) and schema 1 (links as objects) are read.
-
-The engine core knows no node classes: the registry passed in gives each class's inputs and
-outputs (`Node.spec`), which is all the conversion needs.
-"""
+"""Canvas (UI) -> API: what ComfyUI's frontend queues for a canvas (see the package doc)."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from .node import InputSpec, NodeSpec
-from .registry import Registry
-
-MUTED, BYPASSED = 2, 4
-"""litegraph's node modes that change execution: 2 never (muted), 4 bypass."""
-VIRTUAL = frozenset({"Note", "MarkdownNote", "PrimitiveNode", "Reroute"})
-"""Frontend-only node types: never emitted."""
-GROUP_PREFIXES = ("workflow>", "workflow/")
-SEED_NAMES = frozenset({"seed", "noise_seed"})
-SUBGRAPH_INPUT, SUBGRAPH_OUTPUT = -10, -20
-"""The ids of a subgraph's boundary pseudo-nodes (unless its definition names others)."""
-CONTROL = "control"
-UPLOAD = "upload"
-
-
-class WorkflowFileError(ValueError):
-    """A file that is not a workflow ComfyUI or nodegraph can read: a one-line reason."""
-
-
-# --- reading files -------------------------------------------------------------------------
-
-
-def detect_format(data: Any) -> str | None:
-    """ "ui" for a canvas workflow, "api" for an API-format one, None for anything else."""
-    if not isinstance(data, dict):
-        return None
-    if isinstance(data.get("nodes"), list) and "links" in data:
-        return "ui"
-    if isinstance(data.get("prompt"), dict) and "class_type" not in data:
-        data = data["prompt"]
-    if data and all(isinstance(v, dict) and "class_type" in v for v in data.values()):
-        return "api"
-    return None
-
-
-def parse_json(text: str, name: str = "the workflow") -> Any:
-    """JSON text, or a WorkflowFileError naming the line and column of the first problem."""
-    try:
-        return json.loads(text, parse_constant=_refuse_constant)
-    except json.JSONDecodeError as exc:
-        raise WorkflowFileError(
-            f"{name} is not valid JSON: line {exc.lineno}, column {exc.colno}: {exc.msg}"
-        ) from None
-    except (ValueError, RecursionError) as exc:
-        raise WorkflowFileError(f"{name} is not valid JSON: {exc}") from None
-
-
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
-
-
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def png_workflow(path: Path) -> tuple[str, Any]:
-    """The workflow a PNG carries: its "workflow" chunk (UI) if readable, else its "prompt"."""
-    try:
-        from PIL import Image
-    except ImportError as exc:  # pragma: no cover - Pillow is a dependency of the project
-        raise WorkflowFileError(f"cannot read PNG files without Pillow: {exc}") from None
-    try:
-        with Image.open(path) as img:
-            chunks = dict(getattr(img, "text", {}) or {})
-    except OSError as exc:
-        raise WorkflowFileError(f"{path} is not a readable PNG: {exc}") from None
-    for key, kind in (("workflow", "ui"), ("prompt", "api")):
-        if key not in chunks:
-            continue
-        try:
-            data = json.loads(chunks[key])
-        except ValueError:
-            continue
-        if detect_format(data) == kind:
-            return kind, data
-    raise WorkflowFileError(f"{path} carries no workflow (no 'workflow' or 'prompt' text chunk)")
-
-
-def read_workflow_file(path: Path) -> tuple[str, Any]:
-    """("api" | "ui", data) from an API or UI JSON file or a PNG saved by ComfyUI / nodegraph."""
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise WorkflowFileError(f"cannot read {path}: {exc}") from None
-    if raw.startswith(PNG_MAGIC):
-        return png_workflow(path)
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise WorkflowFileError(f"cannot read {path}: not UTF-8 text ({exc})") from None
-    data = parse_json(text, str(path))
-    kind = detect_format(data)
-    if kind is None and isinstance(data, dict) and "nodes" not in data:
-        kind = "api"  # an API workflow with broken nodes: validation names each problem
-    if kind is None:
-        raise WorkflowFileError(
-            f"{path} is not a workflow: expected ComfyUI's API format (an object of nodes, each "
-            'with "class_type" and "inputs") or its UI format (an object with "nodes" and "links")'
-        )
-    return kind, data
-
-
-# --- the widgets of a class ----------------------------------------------------------------
-
-
-def ordered_inputs(spec: NodeSpec) -> list[InputSpec]:
-    """A class's inputs as the frontend walks them: input.required, then input.optional."""
-    inputs = list(spec.inputs.values())
-    return [i for i in inputs if not i.optional] + [i for i in inputs if i.optional]
-
-
-def is_seed(spec: InputSpec) -> bool:
-    return spec.type == "INT" and bool(
-        spec.ui.get("control_after_generate") or spec.name in SEED_NAMES
-    )
-
-
-def widget_slots(spec: NodeSpec) -> list[tuple[str, str | None]]:
-    """The entries of a node's widgets_values: (input name, None) for an input's value,
-    (input name, "control") for a seed's control mode (right after the seed), and
-    (input name, "upload") for the image-upload button, which the frontend adds as one more
-    required input: after the last required widget, before the optional ones."""
-    slots: list[tuple[str, str | None]] = []
-    inputs = [i for i in ordered_inputs(spec) if not i.is_socket]
-    upload = next((i.name for i in inputs if i.ui.get("image_upload") and not i.optional), None)
-    for inp in inputs:
-        if inp.optional and upload is not None:
-            slots.append((upload, UPLOAD))
-            upload = None
-        slots.append((inp.name, None))
-        if is_seed(inp):
-            slots.append((inp.name, CONTROL))
-    if upload is not None:
-        slots.append((upload, UPLOAD))
-    return slots
-
-
-def _title(cls: Any, type_name: str) -> str:
-    return (getattr(cls, "display_name", None) or type_name) if cls is not None else type_name
-
-
-# --- UI -> API -----------------------------------------------------------------------------
+from ..registry import Registry
+from .files import WorkflowFileError, detect_format
+from .slots import (
+    BYPASSED,
+    CONTROL,
+    GROUP_PREFIXES,
+    MUTED,
+    SUBGRAPH_INPUT,
+    SUBGRAPH_OUTPUT,
+    VIRTUAL,
+    is_link,
+    is_seed,
+    title_of,
+    widget_slots,
+)
 
 Source = tuple[str, int]
 
@@ -687,11 +541,11 @@ def _ui_to_api(ui: Mapping[str, Any], registry: Registry) -> tuple[dict[str, Any
         api[node.id] = {
             "inputs": inputs,
             "class_type": node.type,
-            "_meta": {"title": node.title or _title(cls, node.type)},
+            "_meta": {"title": node.title or title_of(cls, node.type)},
         }
     for node_id, node in api.items():  # as the frontend: no link may name a node not sent
         for name, value in list(node["inputs"].items()):
-            if _is_link(value) and value[0] not in api:
+            if is_link(value) and value[0] not in api:
                 warnings.append(
                     f"node {node_id}: input '{name}' links to node {value[0]}, "
                     "which is not sent; dropped"
@@ -713,217 +567,6 @@ def unknown_classes(api: Mapping[str, Any], registry: Registry) -> dict[str, lis
         if isinstance(node, Mapping) and node.get("class_type") not in registry:
             found.setdefault(str(node.get("class_type")), []).append(str(node_id))
     return found
-
-
-# --- API -> UI -----------------------------------------------------------------------------
-
-COLUMN_WIDTH, ROW_GAP, LEFT, TOP = 380, 40, 50, 50
-
-
-def _ui_id(key: str) -> int | str:
-    return int(key) if key.isdigit() and str(int(key)) == key else key
-
-
-def _is_link(value: Any) -> bool:
-    return (
-        type(value) is list
-        and len(value) == 2
-        and isinstance(value[0], (str, int))
-        and not isinstance(value[0], bool)
-        and type(value[1]) is int
-    )
-
-
-def _inputs_of(node: Mapping[str, Any]) -> dict[str, Any]:
-    inputs = node.get("inputs")
-    return dict(inputs) if isinstance(inputs, Mapping) else {}
-
-
-def _default(spec: InputSpec) -> Any:
-    if spec.default is not None:
-        return spec.default
-    choices = spec.choices()
-    if choices:
-        return choices[0]
-    return {"INT": 0, "FLOAT": 0.0, "BOOLEAN": False}.get(spec.type, "")
-
-
-def _depths(api: Mapping[str, Any]) -> dict[str, int]:
-    """Each node's column: the longest chain of links that leads to it."""
-    parents: dict[str, set[str]] = {k: set() for k in api}
-    for key, node in api.items():
-        for value in _inputs_of(node).values():
-            if _is_link(value) and str(value[0]) in api:
-                parents[key].add(str(value[0]))
-    depth: dict[str, int] = {}
-    remaining = dict(parents)
-    level = 0
-    while remaining:
-        ready = [k for k, ps in remaining.items() if all(p in depth for p in ps)]
-        if not ready:  # a cycle: put what is left in the next column
-            ready = list(remaining)
-        for k in ready:
-            depth[k] = max((depth[p] + 1 for p in remaining[k] if p in depth), default=0)
-            del remaining[k]
-        level += 1
-    return depth
-
-
-def api_to_ui(api: Mapping[str, Any], registry: Registry) -> dict[str, Any]:
-    """A canvas (schema 0.4) for an API workflow: nodes laid out left to right by depth."""
-    if isinstance(api.get("prompt"), Mapping) and "class_type" not in api:
-        api = api["prompt"]
-    api = {str(k): v for k, v in api.items() if isinstance(v, Mapping)}
-    depth = _depths(api)
-    order = sorted(api, key=lambda k: (depth[k], list(api).index(k)))
-    links: list[list[Any]] = []
-    out_types: dict[tuple[str, int], str] = {}
-    for key, node in api.items():
-        cls = registry.get(str(node.get("class_type")))
-        if cls is not None:
-            for slot, out in enumerate(cls.spec.outputs):
-                out_types[(key, slot)] = out.type
-    nodes: list[dict[str, Any]] = []
-    column_y: dict[int, float] = {}
-    pending: list[tuple[dict[str, Any], str, int]] = []  # (input entry, source, slot)
-    for position, key in enumerate(order):
-        node = api[key]
-        class_type = str(node.get("class_type"))
-        given = _inputs_of(node)
-        cls = registry.get(class_type)
-        inputs: list[dict[str, Any]] = []
-        widgets_values: list[Any] = []
-        widget_count = 0
-        multiline = False
-        if cls is not None:
-            specs = ordered_inputs(cls.spec)
-            for spec in specs:
-                if spec.is_socket:
-                    inputs.append({"name": spec.name, "type": spec.type, "link": None})
-            for spec in specs:
-                if not spec.is_socket and _is_link(given.get(spec.name)):
-                    inputs.append(
-                        {
-                            "name": spec.name,
-                            "type": spec.type,
-                            "widget": {"name": spec.name},
-                            "link": None,
-                        }
-                    )
-            for name, extra in widget_slots(cls.spec):
-                spec = cls.spec.inputs[name]
-                if extra == CONTROL:
-                    widgets_values.append("fixed")
-                elif extra == UPLOAD:
-                    widgets_values.append("image")
-                else:
-                    value = given.get(name, _default(spec))
-                    if _is_link(value):
-                        value = _default(spec)
-                    elif isinstance(value, Mapping) and set(value) == {"__value__"}:
-                        value = value["__value__"]
-                    widgets_values.append(value)
-                    multiline = multiline or bool(spec.ui.get("multiline"))
-                widget_count += 1
-            known = {s.name for s in specs}
-            for name, value in given.items():  # links to inputs the class does not declare
-                if name not in known and _is_link(value):
-                    inputs.append({"name": name, "type": "*", "link": None})
-            outputs_spec = [(o.name.upper(), o.type) for o in cls.spec.outputs]
-        else:
-            for name, value in given.items():
-                if _is_link(value):
-                    inputs.append(
-                        {
-                            "name": name,
-                            "type": out_types.get((str(value[0]), value[1]), "*"),
-                            "link": None,
-                        }
-                    )
-                else:
-                    widgets_values.append(
-                        value["__value__"]
-                        if isinstance(value, Mapping) and set(value) == {"__value__"}
-                        else value
-                    )
-                    widget_count += 1
-            used = [
-                v[1]
-                for other in api.values()
-                for v in _inputs_of(other).values()
-                if _is_link(v) and str(v[0]) == key
-            ]
-            outputs_spec = [("*", "*")] * (max(used) + 1 if used else 0)
-        for entry in inputs:
-            value = given.get(entry["name"])
-            if _is_link(value) and str(value[0]) in api:
-                pending.append((entry, str(value[0]), value[1]))
-        outputs = [
-            {"name": name, "type": type_name, "links": None, "slot_index": slot}
-            for slot, (name, type_name) in enumerate(outputs_spec)
-        ]
-        slots = max(len(inputs), len(outputs), 1)
-        height = 26 + 22 * slots + 26 * widget_count + (80 if multiline else 0)
-        width = 400 if multiline else 315
-        col = depth[key]
-        y = column_y.get(col, TOP)
-        column_y[col] = y + height + ROW_GAP
-        meta = node.get("_meta")
-        placed = meta.get("pos") if isinstance(meta, Mapping) else None  # the canvas's own
-        if not (isinstance(placed, list) and len(placed) == 2
-                and all(isinstance(v, int | float) for v in placed)):  # fmt: skip
-            placed = [LEFT + col * COLUMN_WIDTH, y]
-        ui_node: dict[str, Any] = {
-            "id": _ui_id(key),
-            "type": class_type,
-            "pos": list(placed),
-            "size": [width, height],
-            "flags": {},
-            "order": position,
-            "mode": 0,
-            "inputs": inputs,
-            "outputs": outputs,
-            "properties": {"Node name for S&R": class_type},
-            "widgets_values": widgets_values,
-        }
-        title = meta.get("title") if isinstance(meta, Mapping) else None
-        if isinstance(title, str) and title != _title(cls, class_type):
-            ui_node["title"] = title
-        nodes.append(ui_node)
-    by_key = {str(n["id"]): n for n in nodes}
-    wanted = {id(entry): (source, slot) for entry, source, slot in pending}
-    for ui_node in nodes:
-        for target_slot, entry in enumerate(ui_node["inputs"]):
-            if id(entry) not in wanted:
-                continue
-            source, slot = wanted[id(entry)]
-            link_id = len(links) + 1
-            source_node = by_key[source]
-            while len(source_node["outputs"]) <= slot:  # an output the class does not declare
-                source_node["outputs"].append(
-                    {
-                        "name": "*",
-                        "type": "*",
-                        "links": None,
-                        "slot_index": len(source_node["outputs"]),
-                    }
-                )
-            out = source_node["outputs"][slot]
-            link_type = out_types.get((source, slot)) or entry["type"]
-            out["links"] = [*(out["links"] or []), link_id]
-            entry["link"] = link_id
-            links.append([link_id, source_node["id"], slot, ui_node["id"], target_slot, link_type])
-    numeric = [n["id"] for n in nodes if isinstance(n["id"], int)]
-    return {
-        "last_node_id": max(numeric, default=len(nodes)),
-        "last_link_id": len(links),
-        "nodes": nodes,
-        "links": links,
-        "groups": [],
-        "config": {},
-        "extra": {"ds": {"scale": 1.0, "offset": [0, 0]}},
-        "version": 0.4,
-    }
 
 
 def to_api(kind: str, data: Any, registry: Registry) -> tuple[dict[str, Any], list[str]]:
