@@ -710,8 +710,10 @@ def test_a_comfyui_canvas_file_and_png_open_run_and_save_back(
     p = page
     path = Path(__file__).resolve().parent.parent / "workflows" / "comfy" / "txt2img.json"
     canvas = json.loads(path.read_text())
+    sampler = next(n for n in canvas["nodes"] if n["type"] == "KSampler")
+    sampler["color"], sampler["bgcolor"] = "#223", "#335"  # colours, as ComfyUI's menu sets
     expected, _ = ui_to_api(canvas, default_registry())
-    drop_bytes(p, path.read_bytes(), path.name, "application/json")
+    drop_bytes(p, json.dumps(canvas).encode(), path.name, "application/json")
     wait_until(p, "(n) => Object.keys(window.nodegraph.getWorkflow()).length === n", len(expected))
     loaded = workflow(p)
     for ui_node in canvas["nodes"]:
@@ -719,6 +721,12 @@ def test_a_comfyui_canvas_file_and_png_open_run_and_save_back(
         if nid in expected:
             assert loaded[nid]["class_type"] == expected[nid]["class_type"]
             assert loaded[nid]["_meta"]["pos"] == [round(v) for v in ui_node["pos"][:2]]
+    (group,) = canvas["groups"]  # the file's group and coloured node show, and are saved
+    box = p.page.locator("[data-testid=canvas-group]")
+    assert box.count() == 1 and box.inner_text() == group["title"]
+    coloured = [sampler]
+    for ui_node in coloured:
+        assert node(p, str(ui_node["id"])).get_attribute("data-color") == ui_node["color"]
     pick_model(p, server)
     queue_and_wait(p)
     for sid in ids_of(loaded, "SaveImage"):
@@ -728,11 +736,18 @@ def test_a_comfyui_canvas_file_and_png_open_run_and_save_back(
         p.page.click("[data-testid=save-ui-button]")
     saved = tmp_path / "saved.ui.json"
     dl.value.save_as(saved)
-    back, warnings = ui_to_api(json.loads(saved.read_text()), default_registry())
+    saved_canvas = json.loads(saved.read_text())
+    back, warnings = ui_to_api(saved_canvas, default_registry())
     now = workflow(p)
     assert warnings == [] and back.keys() == now.keys()
     for nid, n in now.items():
         assert back[nid]["class_type"] == n["class_type"] and back[nid]["inputs"] == n["inputs"]
+    assert [(g["title"], g["bounding"], g["color"]) for g in saved_canvas["groups"]] == [
+        (group["title"], group["bounding"], group["color"])]  # fmt: skip
+    saved_nodes = {n["id"]: n for n in saved_canvas["nodes"]}
+    for ui_node in coloured:
+        kept = saved_nodes[ui_node["id"]]
+        assert (kept["color"], kept["bgcolor"]) == (ui_node["color"], ui_node["bgcolor"])
 
     info = PngImagePlugin.PngInfo()
     info.add_text("workflow", path.read_text())

@@ -5,6 +5,7 @@ import {
   Controls,
   MiniMap,
   ReactFlow,
+  ViewportPortal,
   applyEdgeChanges,
   applyNodeChanges,
   useReactFlow,
@@ -32,7 +33,10 @@ import {
   workflowJsonFromPng,
   resolveWorkflow,
   sweepAxes,
+  canvasGroups,
+  withCanvasExtras,
   type ApiWorkflow,
+  type CanvasGroup,
   type GEdge,
   type GNode,
   type Graph,
@@ -49,6 +53,7 @@ const PRO_OPTIONS = { hideAttribution: true };
 const minimapColour = (n: { id: string }) => (runStore.get(n.id).status === 'error' ? '#e55353' : '#5c6b8a');
 const STORAGE_KEY = 'nodegraph.workflow';
 const LIVE_KEY = 'nodegraph.live';
+const GROUPS_KEY = 'nodegraph.groups';
 const clientId = `web-${Math.random().toString(36).slice(2, 10)}`;
 
 interface PendingLink {
@@ -110,6 +115,17 @@ export function App() {
   const [finishedRuns, setFinishedRuns] = useState(0);
   const [showHistory, setShowHistory] = useState(false);
   const [uploads, setUploads] = useState<Record<string, string[]>>({});
+  /** The groups of the canvas file opened last (drawn behind the nodes, saved by "Save UI"). */
+  const [groups, setGroups] = useState<CanvasGroup[]>(() => {
+    try {
+      return canvasGroups({ groups: JSON.parse(localStorage.getItem(GROUPS_KEY) ?? '[]') });
+    } catch {
+      return [];
+    }
+  });
+  const groupsRef = useRef(groups);
+  groupsRef.current = groups;
+  useEffect(() => localStorage.setItem(GROUPS_KEY, JSON.stringify(groups)), [groups]);
   /** "Live": releasing a slider queues the graph again (only the cone below it re-runs). */
   const [live, setLive] = useState(() => localStorage.getItem(LIVE_KEY) !== 'off');
   const liveRef = useRef(live);
@@ -185,8 +201,9 @@ export function App() {
       try {
         const isPng = file.type === 'image/png' || /\.png$/i.test(file.name);
         const json = isPng ? await workflowJsonFromPng(await file.arrayBuffer()) : JSON.parse(await file.text());
-        const { api, warnings } = await resolveWorkflow(json, convertWorkflow);
+        const { api, warnings, groups: opened } = await resolveWorkflow(json, convertWorkflow);
         loadApi(api);
+        setGroups(opened);
         setBanner(
           warnings.length
             ? { kind: 'error', text: `Loaded ${file.name}: ${warnings.join('; ')}` }
@@ -798,7 +815,8 @@ export function App() {
     try {
       const api = toApi({ nodes: nodesRef.current, edges: edgesRef.current }, catRef.current);
       const { workflow } = await convertWorkflow(api, 'ui');
-      download('workflow.ui.json', JSON.stringify(workflow, null, 2));
+      const canvas = withCanvasExtras(workflow, groupsRef.current, nodesRef.current);
+      download('workflow.ui.json', JSON.stringify(canvas, null, 2));
     } catch (e) {
       setBanner({ kind: 'error', text: `Cannot save in ComfyUI's format: ${(e as Error).message}` });
     }
@@ -1003,10 +1021,10 @@ export function App() {
         <button onClick={() => void saveCanvas()} data-testid="save-ui-button" title="Save in ComfyUI's canvas format (ComfyUI opens it)">
           Save UI
         </button>
-        <button onClick={() => loadApi(DEFAULT_WORKFLOW)} data-testid="default-button" disabled={!catalogue} title="Replace the graph by the default one">
+        <button onClick={() => { setGroups([]); loadApi(DEFAULT_WORKFLOW); }} data-testid="default-button" disabled={!catalogue} title="Replace the graph by the default one">
           Default
         </button>
-        <button onClick={() => loadApi({})} data-testid="clear-button" title="Start from an empty canvas">
+        <button onClick={() => { setGroups([]); loadApi({}); }} data-testid="clear-button" title="Start from an empty canvas">
           Clear
         </button>
         <input
@@ -1082,6 +1100,24 @@ export function App() {
               <Background variant={BackgroundVariant.Dots} gap={24} size={1} color="#3a3f4b" />
               <Controls showInteractive={false} />
               <MiniMap pannable zoomable nodeColor={minimapColour} maskColor="rgba(20,22,28,0.6)" />
+              <ViewportPortal>
+                {groups.map((g, i) => (
+                  <div
+                    key={i}
+                    className="canvas-group"
+                    data-testid="canvas-group"
+                    style={{
+                      transform: `translate(${g.bounding[0]}px, ${g.bounding[1]}px)`,
+                      width: g.bounding[2],
+                      height: g.bounding[3],
+                      borderColor: g.color ?? '#3f789e',
+                      background: `${g.color ?? '#3f789e'}33`,
+                    }}
+                  >
+                    <span style={{ fontSize: g.font_size ?? 24 }}>{g.title}</span>
+                  </div>
+                ))}
+              </ViewportPortal>
             </ReactFlow>
           </EditorContext.Provider>
         ) : (

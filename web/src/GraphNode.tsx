@@ -351,10 +351,12 @@ function GraphNodeView({ id, data, selected }: { id: string; data: GNode['data']
       data-testid="node"
       data-id={id}
       data-class={data.classType}
+      data-color={data.color}
+      style={data.bgcolor ? { background: data.bgcolor } : undefined}
       data-status={run.status ?? ''}
       data-progress={run.progress ? `${run.progress.value}/${run.progress.max}` : undefined}
     >
-      <div className="gnode-head" title={def?.description || data.classType}>
+      <div className="gnode-head" title={def?.description || data.classType} style={data.color ? { background: data.color } : undefined}>
         {renaming ? (
           <input
             className="nodrag gnode-rename"

@@ -11,6 +11,17 @@ export interface GraphNodeData extends Record<string, unknown> {
   control?: Record<string, string>;
   /** Values to sweep an input over when queued (see parseSweep), by input name. */
   sweep?: Record<string, string>;
+  /** A canvas file's node colours (title bar, body), kept for "Save UI". */
+  color?: string;
+  bgcolor?: string;
+}
+
+/** A group of a ComfyUI canvas file: a titled, coloured box behind nodes (flow coordinates). */
+export interface CanvasGroup {
+  title: string;
+  bounding: [number, number, number, number];
+  color?: string;
+  font_size?: number;
 }
 export type GNode = Node<GraphNodeData, 'graph'>;
 export type GEdge = Edge<{ type: string }>;
@@ -115,6 +126,7 @@ export function toApi(graph: Graph, catalogue: Catalogue): ApiWorkflow {
       pos: [Math.round(node.position.x), Math.round(node.position.y)],
     };
     if (node.data.control && Object.keys(node.data.control).length) meta.control = node.data.control;
+    for (const key of ['color', 'bgcolor'] as const) if (node.data[key]) meta[key] = node.data[key];
     out[node.id] = { class_type: node.data.classType, inputs, _meta: meta };
   }
   return out;
@@ -220,11 +232,13 @@ export function fromApi(api: ApiWorkflow, catalogue: Catalogue, colour: (t: stri
     }
     const control = n._meta?.control && typeof n._meta.control === 'object' ? { ...n._meta.control } : undefined;
     const title = typeof n._meta?.title === 'string' && n._meta.title !== (def?.displayName ?? n.class_type) ? n._meta.title : undefined;
+    const colours: Partial<GraphNodeData> = {};
+    for (const key of ['color', 'bgcolor'] as const) if (typeof n._meta?.[key] === 'string') colours[key] = n._meta[key];
     nodes.push({
       id,
       type: 'graph',
       position: readPos(n._meta) ?? layout?.[id] ?? { x: 0, y: 0 },
-      data: { classType: n.class_type, values, ...(title ? { title } : {}), ...(control ? { control } : {}) },
+      data: { classType: n.class_type, values, ...(title ? { title } : {}), ...(control ? { control } : {}), ...colours },
     });
   }
   return { nodes, edges };
@@ -292,8 +306,11 @@ export type Convert = (workflow: unknown, to: 'api' | 'ui') => Promise<{ workflo
 
 /** The API workflow of loaded JSON: a ComfyUI canvas file converted by the server (its nodes'
  * positions kept), else the API workflow inside it. */
-export async function resolveWorkflow(json: any, convert: Convert): Promise<{ api: ApiWorkflow; warnings: string[] }> {
-  if (!isCanvasFile(json)) return { api: unwrapWorkflow(json), warnings: [] };
+export async function resolveWorkflow(
+  json: any,
+  convert: Convert,
+): Promise<{ api: ApiWorkflow; warnings: string[]; groups: CanvasGroup[] }> {
+  if (!isCanvasFile(json)) return { api: unwrapWorkflow(json), warnings: [], groups: [] };
   const { workflow, warnings } = await convert(json, 'api');
   const api = unwrapWorkflow(workflow);
   for (const n of json.nodes as any[]) {
@@ -302,8 +319,33 @@ export async function resolveWorkflow(json: any, convert: Convert): Promise<{ ap
     const x = Array.isArray(pos) ? pos[0] : pos?.['0'];
     const y = Array.isArray(pos) ? pos[1] : pos?.['1'];
     if (entry && typeof x === 'number' && typeof y === 'number') entry._meta = { ...(entry._meta ?? {}), pos: [x, y] };
+    for (const key of ['color', 'bgcolor']) if (entry && typeof n?.[key] === 'string') entry._meta = { ...(entry._meta ?? {}), [key]: n[key] };
   }
-  return { api, warnings };
+  return { api, warnings, groups: canvasGroups(json) };
+}
+
+/** The groups of a canvas file that have a usable box. */
+export function canvasGroups(json: any): CanvasGroup[] {
+  const groups = Array.isArray(json?.groups) ? json.groups : [];
+  return groups
+    .filter((g: any) => Array.isArray(g?.bounding) && g.bounding.length === 4 && g.bounding.every(Number.isFinite))
+    .map((g: any) => ({
+      title: String(g.title ?? ''),
+      bounding: g.bounding.map(Number) as CanvasGroup['bounding'],
+      ...(typeof g.color === 'string' ? { color: g.color } : {}),
+      ...(typeof g.font_size === 'number' ? { font_size: g.font_size } : {}),
+    }));
+}
+
+/** A canvas file from the server's conversion, with the groups and node colours put back. */
+export function withCanvasExtras(ui: any, groups: CanvasGroup[], nodes: GNode[]): any {
+  const byId = new Map(nodes.map((n) => [n.id, n.data]));
+  const out = { ...ui, groups: groups.map((g, i) => ({ id: i + 1, ...g, flags: {} })) };
+  out.nodes = (ui.nodes ?? []).map((n: any) => {
+    const data = byId.get(String(n.id));
+    return { ...n, ...(data?.color ? { color: data.color } : {}), ...(data?.bgcolor ? { bgcolor: data.bgcolor } : {}) };
+  });
+  return out;
 }
 
 export type SweepAxis = { node: string; input: string; values?: number[]; from?: number; to?: number; count?: number };
