@@ -41,3 +41,15 @@ def live(tmp_path: Path) -> Iterator[Any]:
     server = LiveServer(tmp_path / "data")
     yield server
     server.close()
+
+
+@pytest.fixture(scope="module")
+def reference_threads() -> Iterator[None]:
+    """One CPU thread, as ComfyUI's reference tensors were made (the same float reductions;
+    the error-controlled dpm_adaptive would take other steps on more)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

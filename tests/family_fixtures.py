@@ -2,9 +2,9 @@
 
 `build_pipeline(family, seed)` makes a diffusers pipeline whose sizes are tiny but whose
 STRUCTURE follows the real family (block types, cross-attention widths, the SDXL time
-embeddings, 9-channel inpainting inputs, v-prediction, 32-group GroupNorm everywhere), so a
-loader that infers architectures from tensor shapes sees every family as it would see the
-real checkpoint. Two ways of writing it:
+embeddings, 9-channel inpainting and 8-channel InstructPix2Pix inputs, v-prediction, 32-group
+GroupNorm everywhere), so a loader that infers architectures from tensor shapes sees every
+family as it would see the real checkpoint. Two ways of writing it:
 
 - `write_diffusers(family, folder)`: a diffusers folder (`save_pretrained`, safetensors);
 - `write_single_file(family, path)`: ONE `.safetensors` file in the original CompVis/Stability
@@ -173,6 +173,9 @@ FAMILIES: dict[str, Family] = {
                _SD_SCHEDULER, SD_SCALING),
         Family("sd1_inpaint", "StableDiffusionInpaintPipeline", {**_SD1_UNET, "in_channels": 9},
                _SD1_TOWERS, "PNDMScheduler", _SD_SCHEDULER, SD_SCALING),
+        Family("sd1_ip2p", "StableDiffusionInstructPix2PixPipeline",
+               {**_SD1_UNET, "in_channels": 8}, _SD1_TOWERS, "PNDMScheduler", _SD_SCHEDULER,
+               SD_SCALING),
         Family("sd2", "StableDiffusionPipeline", _SD2_UNET, _SD2_TOWERS, "PNDMScheduler",
                _SD_SCHEDULER, SD_SCALING),
         Family("sd2_v", "StableDiffusionPipeline", _SD2_UNET, _SD2_TOWERS, "DDIMScheduler",

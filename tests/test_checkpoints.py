@@ -22,6 +22,7 @@ from tests.diffusion_fixtures import diffusion_registry
 FAMILY_NAMES = {
     "sd1": "sd1",
     "sd1_inpaint": "sd1-inpaint",
+    "sd1_ip2p": "sd1-ip2p",
     "sd2": "sd2",
     "sd2_v": "sd2-v",
     "sdxl": "sdxl",

@@ -45,14 +45,7 @@ class Ctx:
         self.warnings.append(message)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The reference was made on one CPU thread; matmuls on more may round differently (and
-    the error-controlled dpm_adaptive would then take other steps)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("reference_threads")
 
 
 @cache

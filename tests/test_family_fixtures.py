@@ -213,7 +213,8 @@ def test_families_configs():
         assert ff.IMAGE_SIZE[family] == vae.sample_size
         assert all(c % 32 == 0 for c in (*unet.block_out_channels, *vae.block_out_channels))
         assert unet.norm_num_groups == vae.norm_num_groups == 32
-        assert unet.in_channels == (9 if family.endswith("inpaint") else 4)
+        want = 9 if family.endswith("inpaint") else 8 if family.endswith("ip2p") else 4
+        assert unet.in_channels == want
         assert vae.scaling_factor == (0.13025 if family.startswith("sdxl") else 0.18215)
         widths = [getattr(pipe, t.component).config.hidden_size for t in fam.towers]
         if family.startswith("sdxl") and family != "sdxl_refiner":

@@ -1,5 +1,6 @@
-"""The family workflows in workflows/ (SDXL base then refiner, a LoRA on SD 1.x) run through the
-CLI on tiny checkpoints named as the real files, in a ComfyUI-style models folder."""
+"""The family workflows in workflows/ (SDXL base then refiner, a LoRA on SD 1.x, an
+InstructPix2Pix edit) run through the CLI on tiny checkpoints named as the real files, in a
+ComfyUI-style models folder."""
 
 from __future__ import annotations
 
@@ -20,8 +21,11 @@ CHECKPOINTS = {
     "sd_xl_base_1.0.safetensors": "sdxl",
     "sd_xl_refiner_1.0.safetensors": "sdxl_refiner",
     "v1-5-pruned-emaonly.safetensors": "sd1",
+    "instruct-pix2pix-00-22000.safetensors": "sd1_ip2p",
 }
-NAMES = ["sdxl_base_refiner", "comfy_sdxl_base_refiner", "comfy_lora_sd1"]
+NAMES = ["sdxl_base_refiner", "comfy_sdxl_base_refiner", "comfy_lora_sd1", "comfy_instruct_pix2pix"]
+SIZED = ("EmptyLatentImage", "ImageScale")
+"""Nodes whose width and height give the picture's size: set to the tiny models' 64 px."""
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +56,7 @@ def test_the_family_workflows_name_real_files_and_known_nodes():
 def test_family_workflow_runs_on_tiny_checkpoints(name, models, tmp_path):
     sets = ["--models", str(models)]
     for node_id, node in load(name).items():
-        if node["class_type"] == "EmptyLatentImage":
+        if node["class_type"] in SIZED:
             sets += ["--set", f"{node_id}.width=64", "--set", f"{node_id}.height=64"]
     report = run_cli(name, tmp_path, *sets)
     (run,) = report["runs"]

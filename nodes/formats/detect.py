@@ -2,7 +2,8 @@
 
 The UNet's structure decides: a 4-D convolution `proj_in` is SD 1.x, a linear one SD 2.x or
 SDXL; a `label_emb` (the pooled-text and size embedding) is SDXL, the base when it has two
-text towers, the refiner when it has bigG only. Input channels give inpainting (9); SD 2.x's
+text towers, the refiner when it has bigG only. Input channels give inpainting (9) and
+InstructPix2Pix (8, SD 1.x as ComfyUI's SD15_instructpix2pix); SD 2.x's
 v-prediction is told by ComfyUI's weight heuristic; SDXL's by its `v_pred` / `ztsnr` markers.
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from .families import FAMILIES, INPAINT_CHANNELS, V_MARKER_STD, Family, TowerSpec, Variant
+from .families import FAMILIES, V_MARKER_STD, Family, TowerSpec, Variant
 from .tensors import CheckpointError, Tensors
 
 UNET_PREFIX = "model.diffusion_model."
@@ -86,12 +87,17 @@ def detect(tensors: Tensors) -> Variant:
     if conv_in not in tensors:
         raise CheckpointError(f"{name}: the UNet has no input convolution ({conv_in})")
     in_channels = tensors.shape(conv_in)[1]
-    if in_channels not in (4, INPAINT_CHANNELS):
-        what = "InstructPix2Pix" if in_channels == 8 else f"a {in_channels}-channel"
-        raise CheckpointError(f"{name} is {what} model, which nodegraph does not support yet")
     proj_in = _first(tensors, "proj_in.weight")
     if proj_in is None:
         raise CheckpointError(f"{name}: the UNet has no attention blocks (no proj_in weights)")
+    variant = _variant(tensors, in_channels, proj_in)
+    reason = variant.unsupported()
+    if reason is not None:
+        raise CheckpointError(f"{name} is {reason}, which nodegraph does not support yet")
+    return variant
+
+
+def _variant(tensors: Tensors, in_channels: int, proj_in: str) -> Variant:
     if UNET_PREFIX + "label_emb.0.0.weight" in tensors:
         family = _sdxl_family(tensors)
         prediction = "v_prediction" if "v_pred" in tensors else "epsilon"

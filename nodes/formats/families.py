@@ -157,6 +157,11 @@ V_MARKER_STD = 0.09
 """SD 2.x is v-prediction when the std of its last attention block's norm1 bias exceeds this."""
 INPAINT_CHANNELS = 9
 """4 noise + 1 mask + 4 masked-image latent channels."""
+IP2P_CHANNELS = 8
+"""InstructPix2Pix: 4 noise + 4 channels of the (unscaled) latent of the picture to edit."""
+IP2P_FAMILIES = ("sd1",)
+"""The families whose 8-channel UNets load as InstructPix2Pix (ComfyUI's SD15_instructpix2pix;
+its SDXL one is not supported yet)."""
 
 
 @dataclass(frozen=True)
@@ -173,14 +178,30 @@ class Variant:
         return self.in_channels == INPAINT_CHANNELS
 
     @property
+    def ip2p(self) -> bool:
+        return self.in_channels == IP2P_CHANNELS
+
+    @property
     def name(self) -> str:
-        """The name listed by `nodegraph models`: family key, then -v / -inpaint."""
+        """The name listed by `nodegraph models`: family key, then -v / -inpaint / -ip2p."""
         name = self.family.key
         if self.prediction == "v_prediction":
             name += "-v"
         if self.inpaint:
             name += "-inpaint"
+        if self.ip2p:
+            name += "-ip2p"
         return name
+
+    def unsupported(self) -> str | None:
+        """Why nodegraph cannot run this UNet's input channels (None: it can)."""
+        if self.in_channels in (4, INPAINT_CHANNELS):
+            return None
+        if self.ip2p and self.family.key in IP2P_FAMILIES:
+            return None
+        if self.ip2p:
+            return f"a {self.family.label} InstructPix2Pix model"
+        return f"a {self.in_channels}-channel model"
 
     @property
     def size(self) -> int:

@@ -1,5 +1,6 @@
 """What the UNet takes besides the latent: text, SDXL's pooled text and size conditions, and the
-inpainting channels, batched for classifier-free guidance (negative first, as diffusers does)."""
+inpainting or InstructPix2Pix channels, batched for classifier-free guidance (negative first, as
+diffusers does)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 import torch
 
 from ..control.residuals import ADAPTER_FEATURES, adapter_added
-from ..formats.families import FAMILIES
+from ..formats.families import FAMILIES, IP2P_CHANNELS
 from ..latents.scaling import common_upscale
 from ..values import Cond, Model
 from .comfy.inpaint import concat_mask, resize_to_batch_size
@@ -57,12 +58,16 @@ def _concat(
     cond: Cond,
     masked: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor | None:
-    """An inpainting UNet's extra channels (ComfyUI's concat_cond): the mask and the masked
-    picture's latent, from the conditioning (InpaintModelConditioning) or the latent's noise
-    mask; with neither, a mask of ones over a black picture."""
-    extra = int(model.unet.config.in_channels) - latents.shape[1]
+    """A UNet's extra channels (ComfyUI's concat_cond). InstructPix2Pix (8 channels): the
+    picture's latent (`_ip2p_concat`). Inpainting: the mask and the masked picture's latent,
+    from the conditioning (InpaintModelConditioning) or the latent's noise mask; with neither,
+    a mask of ones over a black picture."""
+    in_channels = int(model.unet.config.in_channels)
+    extra = in_channels - latents.shape[1]
     if extra <= 0:
         return None
+    if in_channels == IP2P_CHANNELS:
+        return _ip2p_concat(latents, cond)
     n, _, h, w = latents.shape
     mask = cond.extras.get("concat_mask", None if masked is None else masked[0])
     if mask is None:
@@ -80,6 +85,20 @@ def _concat(
     if concat.shape[1] != extra:
         raise ValueError(f"the UNet takes {extra} extra input channels; nodegraph knows 5")
     return concat
+
+
+def _ip2p_concat(latents: torch.Tensor, cond: Cond) -> torch.Tensor:
+    """An InstructPix2Pix UNet's extra channels (ComfyUI's IP2P concat_cond): the picture's
+    latent as the VAE gave it (not scaled into the model's space: SD 1.x's process_ip2p_image_in
+    is the identity), bilinear to the latent's size, fitted to its batch; zeros without one."""
+    image = cond.extras.get("concat_latent_image")
+    if image is None:
+        return torch.zeros_like(latents)
+    image = image.to(latents.device)
+    if image.shape[1:] != latents.shape[1:]:
+        h, w = latents.shape[2:]
+        image = common_upscale(image.float(), w, h, "bilinear", "center")
+    return resize_to_batch_size(image, latents.shape[0]).to(latents.dtype)
 
 
 @dataclass

@@ -18,7 +18,7 @@ OUT = ROOT / "tests" / "data" / "comfy_object_info.json"
 EXTRAS = (
     "nodes_custom_sampler", "nodes_model_advanced", "nodes_mask", "nodes_images",
     "nodes_post_processing", "nodes_latent", "nodes_model_merging", "nodes_upscale_model",
-    "nodes_canny", "nodes_compositing", "nodes_sd3", "nodes_clip_sdxl",
+    "nodes_canny", "nodes_compositing", "nodes_sd3", "nodes_clip_sdxl", "nodes_ip2p",
     "nodes_model_merging_model_specific", "nodes_hypernetwork",
 )  # fmt: skip
 """comfy_extras modules holding ComfyUI's SD-family nodes besides nodes.py."""
