@@ -15,7 +15,7 @@ from server.cluster.connect import check_room
 from server.cluster.router import SLOTS, Needs, Router
 from server.store import _SCHEMA, SUCCESS, Outcome, Store
 
-from .server_fixtures import REPO, http
+from .server_fixtures import REPO, http, show
 
 TXT2IMG = frozenset({"ckpt", "pos", "neg", "empty", "sample", "decode"})
 
@@ -146,3 +146,36 @@ def test_one_machine_never_imports_ray_and_has_no_cluster(live: Any) -> None:
     assert subprocess.run([sys.executable, "-c", code], cwd=REPO, timeout=120).returncode == 0
     status, _, raw = http(live.url, "GET", "/cluster")
     assert status == 404 and json.loads(raw)["error"]["type"] == "not_a_cluster"
+
+
+def test_the_worker_actor_streams_events_previews_and_what_it_holds() -> None:
+    """GraphWorker without Ray: its input files arrive, previews travel as JPEG frames, and its
+    report names the server's signatures of what its cache holds (not its own keys)."""
+    from nodegraph import events
+    from server.cluster.actor import Ended, GraphWorker, RemoteJob, WorkerSpec
+    from server.messages import PREVIEW_IMAGE
+
+    worker = GraphWorker(WorkerSpec("w9", {}, node_packages=("nodes.utility",
+                                                           "tests.server_fixtures"),
+                                    default_nodes=False))  # fmt: skip
+    try:
+        prompt = {"1": {"class_type": "SlowCount",
+                        "inputs": {"steps": 3, "delay": 0.0, "preview": "image", "tag": ""}},
+                  "2": {"class_type": "ReadInput", "inputs": {"name": "sent.txt"}},
+                  **show(["1", 0])}  # fmt: skip
+        keys = {"1": "server-key-1", "2": "server-key-2", "9": "server-key-9"}
+        job = RemoteJob("p1", prompt, {}, keys,
+                        {"sent.txt": b"four"}, previews=True)  # fmt: skip
+        stream = list(worker.run(job))
+        ended = stream[-1]
+        assert isinstance(ended, Ended) and ended.status == "success", ended
+        items = [event for batch in stream[:-1] for event, _files in batch]
+        frames = [e.preview for e in items if isinstance(e, events.Progress)]
+        assert len(frames) == 3 and all(
+            f[:4] == PREVIEW_IMAGE.to_bytes(4, "big") and f[8:10] == b"\xff\xd8" for f in frames)
+        shown = [e.ui for e in items if isinstance(e, events.NodeFinished) and e.ui]
+        assert {"text": ["4"]} in shown, shown  # ReadInput read the file sent along
+        assert set(ended.report.held) == set(keys.values())
+        assert ended.report.jobs_done == 1 and not ended.report.busy
+    finally:
+        worker.close()
