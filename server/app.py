@@ -536,6 +536,21 @@ class Server:
     async def embeddings(self, request: web.Request) -> web.Response:
         return web.json_response(await asyncio.to_thread(_embeddings, self.config.model_dirs))
 
+    async def extensions(self, request: web.Request) -> web.Response:
+        """ComfyUI's list of front-end extension scripts: nodegraph's canvas loads none."""
+        return web.json_response([])
+
+    async def view_metadata(self, request: web.Request) -> web.Response:
+        """A .safetensors model's `__metadata__` header, as ComfyUI answers `GET
+        /view_metadata/{folder}?filename=`; 404 for another format or no metadata."""
+        folder, name = request.match_info["folder_name"], request.query.get("filename", "")
+        if not name.endswith(".safetensors"):
+            return refuse(404, "Only a .safetensors model has metadata to view.")
+        found = await asyncio.to_thread(_safetensors_metadata, folder, name, self.config.model_dirs)
+        if found is None:
+            return refuse(404, f"No {folder} model '{name}' with safetensors metadata.")
+        return web.json_response(found)
+
     async def models_in(self, request: web.Request) -> web.Response:
         folder = request.match_info["folder"]
         found = _model_folders(self.registry).get(folder)
@@ -652,6 +667,28 @@ def _embeddings(model_dirs: tuple[Path, ...]) -> list[str]:
     return embedding_names(kind_dirs("embeddings", [str(d) for d in model_dirs]))
 
 
+def _safetensors_metadata(
+    kind: str, name: str, model_dirs: tuple[Path, ...]
+) -> dict[str, Any] | None:
+    """The `__metadata__` of a safetensors model the node library lists; None when there is no
+    such model or it has no metadata."""
+    try:
+        from safetensors import safe_open
+
+        from nodes.loading.folders import find_model
+    except ImportError:
+        return None
+    try:
+        model = find_model(kind, name, [str(d) for d in model_dirs])
+        if model.format != "safetensors" or not model.path.is_file():
+            return None
+        with safe_open(str(model.path), framework="numpy") as f:
+            metadata = f.metadata()
+    except Exception:  # not found, unreadable, or a damaged header
+        return None
+    return dict(metadata) if metadata else None
+
+
 def _system_stats(device: str | None) -> dict[str, Any]:
     ram_total = ram_free = 0
     try:
@@ -752,6 +789,9 @@ def create_app(config: ServerConfig, registry: Registry | None = None) -> web.Ap
         ("POST", "/history", server.post_history),
         ("GET", "/view", files.view),
         ("POST", "/upload/image", files.upload_image),
+        ("POST", "/upload/mask", files.upload_mask),
+        ("GET", "/extensions", server.extensions),
+        ("GET", "/view_metadata/{folder_name}", server.view_metadata),
         ("GET", "/object_info", server.object_info),
         ("GET", "/object_info/{node_class}", server.object_info_one),
         ("GET", "/system_stats", server.system_stats),

@@ -1,4 +1,5 @@
-"""/view and /upload/image: files confined to input/, output/ and temp/, images only inline."""
+"""/view, /upload/image and /upload/mask: files confined to input/, output/ and temp/, images
+only inline."""
 
 from __future__ import annotations
 
@@ -6,10 +7,12 @@ import asyncio
 import contextlib
 import hashlib
 import io
+import json
+from collections.abc import Callable
 from pathlib import Path
 
 from aiohttp import web
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from nodegraph.files import Staged, UnsafePath, atomic_write, confined
 
@@ -156,11 +159,13 @@ async def _convert(
     return await asyncio.to_thread(work)
 
 
-async def upload_image(request: web.Request) -> web.Response:
-    config = request.app[CONFIG]
-    limits = config.limits
+async def _read_upload(
+    request: web.Request, names: tuple[str, ...]
+) -> tuple[dict[str, str], bytes, str]:
+    """The multipart fields named in `names`, the `image` part's bytes and file name, or Refused."""
+    limits = request.app[CONFIG].limits
     if request.content_type != "multipart/form-data":
-        return refuse(415, "Upload with multipart/form-data.")
+        raise Refused(415, "Upload with multipart/form-data.")
     fields: dict[str, str] = {}
     data, filename = None, None
     try:
@@ -169,30 +174,118 @@ async def upload_image(request: web.Request) -> web.Response:
             if part.name == "image" and part.filename is not None:
                 filename = part.filename
                 data = await _read_limited(part, limits.max_upload_bytes)
-            elif part.name in ("type", "subfolder", "overwrite"):
+            elif part.name in names:
                 fields[part.name] = (await _read_limited(part, 4096)).decode("utf-8", "replace")
             else:
                 await _read_limited(part, limits.max_upload_bytes)
-    except Refused as exc:
-        return exc.response()
     except (ValueError, AssertionError):
-        return refuse(400, "The multipart body is malformed.")
+        raise Refused(400, "The multipart body is malformed.") from None
     if data is None or not filename:
-        return refuse(400, "No image: send the file in the multipart field 'image'.")
+        raise Refused(400, "No image: send the file in the multipart field 'image'.")
+    return fields, data, filename
+
+
+async def _save_upload(
+    config: ServerConfig,
+    fields: dict[str, str],
+    filename: str,
+    make: Callable[[Path], bytes],
+) -> web.Response:
+    """Store what `make(target)` returns (called once the target is checked) under the form's
+    type/subfolder and name; the answer is ComfyUI's `{"name", "subfolder", "type"}`."""
     kind, subfolder = fields.get("type", "input") or "input", fields.get("subfolder", "")
     overwrite = fields.get("overwrite", "").lower() in ("true", "1", "yes")
     try:
         if Path(filename).suffix.lower() not in IMAGE_TYPES:
             raise Refused(415, f"'{filename}' is not an image file name (.png, .jpg, .webp, ...).")
         target = resolve(config, kind, subfolder, filename)
-        await asyncio.to_thread(check_image, data, limits)
-    except Refused as exc:
-        return exc.response()
-    try:
+        data = await asyncio.to_thread(make, target)
         name = await asyncio.to_thread(_store, target, data, overwrite)
     except Refused as exc:
         return exc.response()
     return web.json_response({"name": name, "subfolder": subfolder.strip("/"), "type": kind})
+
+
+async def upload_image(request: web.Request) -> web.Response:
+    config = request.app[CONFIG]
+    try:
+        fields, data, filename = await _read_upload(request, ("type", "subfolder", "overwrite"))
+    except Refused as exc:
+        return exc.response()
+
+    def make(_target: Path) -> bytes:
+        check_image(data, config.limits)
+        return data
+
+    return await _save_upload(config, fields, filename, make)
+
+
+async def upload_mask(request: web.Request) -> web.Response:
+    """ComfyUI's mask upload: the picture `original_ref` names (a JSON `{"filename", "subfolder",
+    "type"}`; type "output" unless given or the name ends ` [input]` / ` [output]` / ` [temp]`)
+    with the uploaded image's alpha channel as its alpha, saved like an /upload/image upload."""
+    config = request.app[CONFIG]
+    try:
+        fields, data, filename = await _read_upload(
+            request, ("type", "subfolder", "overwrite", "original_ref")
+        )
+    except Refused as exc:
+        return exc.response()
+
+    def make(target: Path) -> bytes:
+        check_image(data, config.limits)
+        original = _original_path(config, fields.get("original_ref", ""))
+        return _with_alpha(original, data, target.suffix.lower(), config.limits)
+
+    return await _save_upload(config, fields, filename, make)
+
+
+def _original_path(config: ServerConfig, ref_text: str) -> Path:
+    """The existing picture a mask upload's `original_ref` names, or Refused."""
+    try:
+        ref = json.loads(ref_text)
+    except ValueError:
+        ref = None
+    if not isinstance(ref, dict) or not isinstance(ref.get("filename"), str):
+        raise Refused(400, "original_ref must be a JSON object with the original's filename.")
+    name, kind = ref["filename"], ref.get("type") or "output"
+    for folder in ("input", "output", "temp"):
+        if name.endswith(f" [{folder}]"):
+            name, kind = name[: -len(folder) - 3], folder
+    path = resolve(config, str(kind), str(ref.get("subfolder") or ""), name)
+    if not path.is_file():
+        raise Refused(404, f"The original picture '{name}' is not in {kind}/.")
+    return path
+
+
+def _with_alpha(original: Path, mask: bytes, suffix: str, limits: Limits) -> bytes:
+    """The original picture (its PNG text kept) with the mask's alpha, encoded for `suffix`."""
+    with Image.open(original) as image:
+        if image.width * image.height > limits.max_image_pixels:
+            raise Refused(413, "The original picture has too many pixels.")
+        info = PngImagePlugin.PngInfo()
+        for key, value in getattr(image, "text", {}).items():
+            info.add_text(key, value)
+        picture = image.convert("RGBA")
+    with Image.open(io.BytesIO(mask)) as m:
+        alpha = m.convert("RGBA").getchannel("A")
+    if alpha.size != picture.size:
+        raise Refused(
+            400,
+            f"The mask is {alpha.size[0]} x {alpha.size[1]}; the original is "
+            f"{picture.width} x {picture.height}.",
+        )
+    picture.putalpha(alpha)
+    fmt = Image.registered_extensions().get(suffix, "PNG")
+    buf = io.BytesIO()
+    try:
+        if fmt == "PNG":
+            picture.save(buf, format="PNG", compress_level=4, pnginfo=info)
+        else:
+            picture.save(buf, format=fmt)
+    except OSError:
+        raise Refused(415, f"A mask cannot be saved as {fmt} (it has an alpha channel).") from None
+    return buf.getvalue()
 
 
 async def _read_limited(part: object, limit: int) -> bytes:
