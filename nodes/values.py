@@ -242,6 +242,40 @@ class Noisy:
         return int(self.timesteps.numel())
 
 
+@dataclass(eq=False)
+class ClipVision:
+    """CLIP_VISION: a CLIP image encoder (transformers' CLIPVisionModelWithProjection) and how
+    pictures are prepared for it (its square picture size, CLIP's mean and std)."""
+
+    model: Any
+    device: torch.device
+    dtype: torch.dtype
+    name: str
+    image_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    def cache_nbytes(self) -> int:
+        return 0  # the weights belong to the model store, not to the run cache
+
+
+@dataclass(eq=False)
+class ClipVisionOutput:
+    """CLIP_VISION_OUTPUT: a CLIPVisionEncode's result, by ComfyUI's names: the last layer's
+    tokens (batch, 1 + patches, width; before the final norm), the penultimate layer's, and the
+    projected image embeddings (batch, projection width); `mm_projected` stays None (LLaVA's
+    projector is not loaded)."""
+
+    last_hidden_state: torch.Tensor
+    penultimate_hidden_states: torch.Tensor
+    image_embeds: torch.Tensor
+    mm_projected: torch.Tensor | None = None
+
+    def cache_nbytes(self) -> int:
+        tensors = (self.last_hidden_state, self.penultimate_hidden_states, self.image_embeds)
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+
 MODEL = socket("MODEL", Model)
 CLIP = socket("CLIP", Clip)
 VAE = socket("VAE", Vae)
@@ -250,3 +284,5 @@ LATENT = socket("LATENT", Latent)
 NOISY_LATENT = socket("NOISY_LATENT", Noisy)
 IMAGE = socket("IMAGE", torch.Tensor)
 MASK = socket("MASK", torch.Tensor)
+CLIP_VISION = socket("CLIP_VISION", ClipVision)
+CLIP_VISION_OUTPUT = socket("CLIP_VISION_OUTPUT", ClipVisionOutput)
