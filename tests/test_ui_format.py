@@ -156,6 +156,101 @@ def test_a_linked_widget_becomes_an_input_slot(registry):
     assert ui_to_api(ui, registry)[0] == api
 
 
+def with_reroutes(api: dict, **listed: dict) -> dict:
+    """The API workflow with `_meta.reroutes` on some nodes, as nodegraph's canvas keeps them."""
+    api = json.loads(json.dumps(api))
+    for key, reroutes in listed.items():
+        api[key]["_meta"]["reroutes"] = reroutes
+    return api
+
+
+def links_of(ui: dict) -> set[tuple]:
+    """A canvas's links as (origin, slot, target, slot, type), checked against the nodes' slots."""
+    nodes = {n["id"]: n for n in ui["nodes"]}
+    assert len(nodes) == len(ui["nodes"]) and ui["last_link_id"] == len(ui["links"])
+    out = set()
+    for link_id, origin, o_slot, target, t_slot, type_name in ui["links"]:
+        assert link_id in nodes[origin]["outputs"][o_slot]["links"]
+        assert nodes[target]["inputs"][t_slot]["link"] == link_id
+        assert type_name == nodes[origin]["outputs"][o_slot]["type"]
+        out.add((origin, o_slot, target, t_slot, type_name))
+    return out
+
+
+CHAIN = [{"id": "4", "pos": [360, 150]}, {"id": "5", "pos": [480, 150.5]}]
+
+
+def test_api_to_ui_writes_the_reroutes_the_canvas_keeps(registry):
+    """`_meta.reroutes` (the canvas's record of the Reroute nodes on an input's link) becomes
+    ComfyUI Reroute nodes: a chain of two, the second fanning out to both inputs, one node each
+    however many links list it; the canvas converts back to the same prompt."""
+    oracle = load(DATA / "reroute_chain.api.json")
+    api = with_reroutes(oracle, **{"2": {"a": CHAIN, "b": CHAIN}})
+    ui = api_to_ui(api, registry)
+    reroutes = {n["id"]: n for n in ui["nodes"] if n["type"] == "Reroute"}
+    assert {i: n["pos"] for i, n in reroutes.items()} == {4: [360, 150], 5: [480, 150.5]}
+    original = {n["id"]: n for n in load(DATA / "reroute_chain.json")["nodes"]}
+    for rid, node in reroutes.items():  # the shape ComfyUI saves, typed by what flows through
+        same = ("id", "type", "size", "flags", "mode", "properties")
+        assert {k: node[k] for k in same} == {k: original[rid][k] for k in same}
+        assert [(i["name"], i["type"]) for i in node["inputs"]] == [("", "*")]
+        assert [(o["name"], o["type"]) for o in node["outputs"]] == [("", "INT")]
+    assert links_of(ui) == {
+        (1, 0, 4, 0, "INT"), (4, 0, 5, 0, "INT"), (5, 0, 2, 0, "INT"), (5, 0, 2, 1, "INT"),
+        (2, 0, 6, 0, "INT"),
+    }  # fmt: skip
+    assert ui["last_node_id"] == 6
+    assert ui_to_api(ui, registry) == (oracle, [])
+
+
+def test_reroutes_that_do_not_fit_leave_the_link_straight(registry):
+    """A listed reroute never changes what a link runs from: one fed by another output than the
+    link's (or listed twice, or unreadable) is left out of that link; one with the id of a real
+    node gets a fresh id."""
+    oracle = load(DATA / "reroute_chain.api.json")
+    clash = [{"id": "6", "pos": [800, 200]}]  # the ShowValue's id
+    api = with_reroutes(
+        oracle,
+        **{
+            "2": {"a": CHAIN, "b": CHAIN[1:]},  # b: Reroute 5 straight from node 1? it is fed by 4
+            "6": {"value": clash},
+        },
+    )
+    ui = api_to_ui(api, registry)
+    assert links_of(ui) == {
+        (1, 0, 4, 0, "INT"), (4, 0, 5, 0, "INT"), (5, 0, 2, 0, "INT"), (1, 0, 2, 1, "INT"),
+        (2, 0, 7, 0, "INT"), (7, 0, 6, 0, "INT"),
+    }  # fmt: skip
+    assert ui["last_node_id"] == 7
+    assert ui_to_api(ui, registry) == (oracle, [])
+    for broken in (
+        [CHAIN[0], CHAIN[0]],
+        [{"id": "4"}],
+        [{"id": True, "pos": [0, 0]}],
+        [{"id": "4", "pos": [0, "1"]}],
+        {"id": "4", "pos": [0, 0]},
+    ):
+        ui = api_to_ui(with_reroutes(oracle, **{"6": {"value": broken}}), registry)
+        assert not any(n["type"] == "Reroute" for n in ui["nodes"])
+        assert ui_to_api(ui, registry) == (oracle, [])
+
+
+def test_workflows_with_reroutes_round_trip_through_the_canvas_format(registry):
+    """The comfy img2img canvas's Reroute (the VAE, to two nodes) kept as the canvas keeps it:
+    API -> UI -> API gives the same prompt, and the Reroute where the file has it."""
+    ui_file = load(ROOT / "workflows" / "comfy" / "img2img.json")
+    (reroute,) = [n for n in ui_file["nodes"] if n["type"] == "Reroute"]
+    api, _ = ui_to_api(ui_file, registry)
+    stop = [{"id": str(reroute["id"]), "pos": reroute["pos"]}]
+    kept = with_reroutes(api, **{"8": {"vae": stop}, "11": {"vae": stop}})
+    ui = api_to_ui(kept, registry)
+    (written,) = [n for n in ui["nodes"] if n["type"] == "Reroute"]
+    assert (written["id"], written["pos"], written["outputs"][0]["type"]) == (12, [420, 420], "VAE")
+    assert len(written["outputs"][0]["links"]) == 2
+    links_of(ui)
+    assert ui_to_api(ui, registry) == (api, [])
+
+
 def write_png(path: Path, chunks: dict[str, str]) -> Path:
     info = PngImagePlugin.PngInfo()
     for key, value in chunks.items():

@@ -761,6 +761,124 @@ def test_a_comfyui_canvas_file_and_png_open_run_and_save_back(
     }
 
 
+def reroute_canvas() -> dict[str, Any]:
+    """A ComfyUI canvas with Reroute nodes: tests/data/ui/reroute_chain.json (a PrimitiveInt
+    through Reroutes 4 then 5, and 5 fanning out to both inputs of an IntMath), plus Reroute 7
+    on the IntMath -> ShowValue link."""
+    path = Path(__file__).resolve().parent / "data" / "ui" / "reroute_chain.json"
+    canvas = json.loads(path.read_text())
+    show = next(n for n in canvas["nodes"] if n["id"] == 6)
+    show["pos"], show["inputs"][0]["link"] = [1060, 120], 6
+    canvas["nodes"].append(
+        {"id": 7, "type": "Reroute", "pos": [900, 300], "size": [75, 26], "flags": {},
+         "order": 5, "mode": 0, "inputs": [{"name": "", "type": "*", "link": 5}],
+         "outputs": [{"name": "", "type": "INT", "links": [6], "slot_index": 0}],
+         "properties": {"showOutputText": False, "horizontal": False}}
+    )  # fmt: skip
+    canvas["links"][4] = [5, 2, 0, 7, 0, "INT"]
+    canvas["links"].append([6, 7, 0, 6, 0, "INT"])
+    canvas["last_node_id"], canvas["last_link_id"] = 7, 6
+    return canvas
+
+
+def canvas_links(canvas: dict[str, Any]) -> set[tuple[int, int, int, int]]:
+    """A canvas file's links as (origin, slot, target, slot), checked against its nodes' slots."""
+    nodes = {n["id"]: n for n in canvas["nodes"]}
+    out = set()
+    for link_id, origin, o_slot, target, t_slot, _type in canvas["links"]:
+        assert link_id in nodes[origin]["outputs"][o_slot]["links"]
+        assert nodes[target]["inputs"][t_slot]["link"] == link_id
+        out.add((origin, o_slot, target, t_slot))
+    return out
+
+
+def test_a_canvas_files_reroutes_show_move_run_and_save_back(page: Page, tmp_path: Path) -> None:
+    """An opened canvas file's Reroute nodes show where the file has them (a chain of two, one
+    fanning out to two inputs, one on a later link) as links source -> reroute -> target; one
+    can be moved; the queued prompt is the file's (links from the real outputs); "Save UI"
+    writes them back as ComfyUI Reroute nodes, which convert to the same prompt again."""
+    from nodegraph.registry import default_registry
+    from nodegraph.ui_format import ui_to_api
+
+    p = page
+    canvas = reroute_canvas()
+    expected, _ = ui_to_api(canvas, default_registry())
+    drop_bytes(p, json.dumps(canvas).encode(), "reroutes.json", "application/json")
+    wait_until(p, "() => document.querySelectorAll('[data-testid=reroute]').length === 3")
+    wait_until(p, "() => document.querySelectorAll('.react-flow__edge').length === 6")
+    loaded = workflow(p)
+    assert {k: (n["class_type"], n["inputs"]) for k, n in loaded.items()} == {
+        k: (n["class_type"], n["inputs"]) for k, n in expected.items()
+    }
+    chain = [{"id": "4", "pos": [360, 150]}, {"id": "5", "pos": [480, 150]}]
+    assert loaded["2"]["_meta"]["reroutes"] == {"a": chain, "b": chain}
+    assert loaded["6"]["_meta"]["reroutes"] == {"value": [{"id": "7", "pos": [900, 300]}]}
+    for rid, (x, y) in {"4": (360, 150), "5": (480, 150), "7": (900, 300)}.items():
+        wrapper = p.page.locator(f'.react-flow__node[data-id="{rid}"]')
+        assert wrapper.evaluate("(e) => e.style.transform") == f"translate({x}px, {y}px)"
+    drawn = p.page.evaluate(
+        "() => [...document.querySelectorAll('.react-flow__edge')].map((e) => e.dataset.id)"
+    )
+    assert sorted(drawn) == sorted([
+        "1:out:0->4:in:input", "4:out:0->5:in:input", "5:out:0->2:in:a", "5:out:0->2:in:b",
+        "2:out:0->7:in:input", "7:out:0->6:in:value",
+    ])  # fmt: skip
+    p.shot("reroutes-opened")
+
+    # Drag Reroute 5 by its body: both links through it keep it, at its new place.
+    box = p.page.locator('[data-testid=reroute][data-id="5"]').bounding_box()
+    p.page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    p.page.mouse.down()
+    p.page.mouse.move(box["x"] + box["width"] / 2 + 30, box["y"] + box["height"] / 2 + 90, steps=8)
+    p.page.mouse.up()
+    moved = workflow(p)["2"]["_meta"]["reroutes"]
+    x5, y5 = moved["a"][1]["pos"]
+    assert moved["a"] == moved["b"] and moved["a"][0] == chain[0]
+    assert x5 > 480 and y5 > 150 + 50
+
+    with p.page.expect_request(lambda r: r.url.endswith("/prompt") and r.method == "POST") as req:
+        queue_and_wait(p)
+    queued = req.value.post_data_json["prompt"]
+    assert {k: (n["class_type"], n["inputs"]) for k, n in queued.items()} == {
+        k: (n["class_type"], n["inputs"]) for k, n in expected.items()
+    }
+    assert node(p, "6").locator("[data-testid=node-text]").inner_text() == "10"
+    p.shot("reroutes-run")
+
+    with p.page.expect_download() as dl:
+        p.page.click("[data-testid=save-ui-button]")
+    path = tmp_path / "reroutes.ui.json"
+    dl.value.save_as(path)
+    saved = json.loads(path.read_text())
+    reroutes = {n["id"]: n for n in saved["nodes"] if n["type"] == "Reroute"}
+    assert {i: n["pos"] for i, n in reroutes.items()} == {4: [360, 150], 5: [x5, y5], 7: [900, 300]}
+    for n in reroutes.values():  # ComfyUI's Reroute node, typed by what flows through it
+        assert n["size"] == [75, 26] and n["properties"] == {"showOutputText": False,
+                                                              "horizontal": False}  # fmt: skip
+        assert [(i["name"], i["type"]) for i in n["inputs"]] == [("", "*")]
+        assert [(o["name"], o["type"]) for o in n["outputs"]] == [("", "INT")]
+    assert canvas_links(saved) == {(1, 0, 4, 0), (4, 0, 5, 0), (5, 0, 2, 0), (5, 0, 2, 1),
+                                   (2, 0, 7, 0), (7, 0, 6, 0)}  # fmt: skip
+    assert {t for _, _, _, _, _, t in saved["links"]} == {"INT"}
+    assert saved["last_node_id"] == 7 and saved["last_link_id"] == len(saved["links"])
+    back, warnings = ui_to_api(saved, default_registry())
+    assert warnings == [] and {k: (n["class_type"], n["inputs"]) for k, n in back.items()} == {
+        k: (n["class_type"], n["inputs"]) for k, n in expected.items()
+    }
+
+    # The saved file opens with the same reroutes, and they outlive a reload of the page.
+    p.page.click("[data-testid=clear-button]")
+    drop_bytes(p, path.read_bytes(), path.name, "application/json")
+    wait_until(p, "() => document.querySelectorAll('[data-testid=reroute]').length === 3")
+    assert workflow(p)["2"]["_meta"]["reroutes"] == moved
+    wait_until(p, "() => (localStorage.getItem('nodegraph.workflow') || '').includes('reroutes')")
+    p.page.reload()
+    p.page.wait_for_selector("[data-testid=reroute]")
+    assert p.page.locator("[data-testid=reroute]").count() == 3
+    assert workflow(p)["2"]["_meta"]["reroutes"] == moved
+    p.shot("reroutes-saved")
+
+
 def wait_for_pictures(p: Page, node_id: str, testid: str, count: int) -> None:
     """Until the node shows `count` loaded pictures marked `testid` (a sweep's results)."""
     wait_until(

@@ -14,6 +14,8 @@ real output; Note, MarkdownNote, PrimitiveNode and Reroute never reach the API; 
 consumers take what feeds its input of the same type; legacy group nodes (`extra.groupNodes`) and
 subgraphs (`definitions.subgraphs`) are flattened into ids "<outer id>:<inner id>"; `_meta.title`
 is the node's title. Schema 0.4 (links as arrays) and schema 1 (links as objects) are read.
+The other way, a node's `_meta.pos` places it, and `_meta.reroutes` (where nodegraph's canvas
+keeps the Reroute nodes on an input's link) gives back those Reroute nodes (reroutes.py).
 
 The engine core knows no node classes: the registry passed in gives each class's inputs and
 outputs (`Node.spec`), which is all the conversion needs.

@@ -55,6 +55,11 @@ def title_of(cls: Any, type_name: str) -> str:
     return (getattr(cls, "display_name", None) or type_name) if cls is not None else type_name
 
 
+def ui_id(key: str) -> int | str:
+    """A canvas node id for an API key: a number where the key is one, else the key."""
+    return int(key) if key.isdigit() and str(int(key)) == key else key
+
+
 def is_link(value: Any) -> bool:
     return (
         type(value) is list

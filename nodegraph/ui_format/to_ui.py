@@ -1,4 +1,5 @@
-"""API -> canvas (UI): a canvas file ComfyUI opens, laid out by depth or `_meta.pos`."""
+"""API -> canvas (UI): a canvas file ComfyUI opens, laid out by depth or `_meta.pos`, with the
+Reroute nodes `_meta.reroutes` lists (see reroutes.py)."""
 
 from __future__ import annotations
 
@@ -7,13 +8,10 @@ from typing import Any
 
 from ..node import InputSpec
 from ..registry import Registry
-from .slots import CONTROL, UPLOAD, is_link, ordered_inputs, title_of, widget_slots
+from .reroutes import RerouteNodes, reroute_stops
+from .slots import CONTROL, UPLOAD, is_link, ordered_inputs, title_of, ui_id, widget_slots
 
 COLUMN_WIDTH, ROW_GAP, LEFT, TOP = 380, 40, 50, 50
-
-
-def _ui_id(key: str) -> int | str:
-    return int(key) if key.isdigit() and str(int(key)) == key else key
 
 
 def _inputs_of(node: Mapping[str, Any]) -> dict[str, Any]:
@@ -156,7 +154,7 @@ def api_to_ui(api: Mapping[str, Any], registry: Registry) -> dict[str, Any]:
                 and all(isinstance(v, int | float) for v in placed)):  # fmt: skip
             placed = [LEFT + col * COLUMN_WIDTH, y]
         ui_node: dict[str, Any] = {
-            "id": _ui_id(key),
+            "id": ui_id(key),
             "type": class_type,
             "pos": list(placed),
             "size": [width, height],
@@ -174,12 +172,22 @@ def api_to_ui(api: Mapping[str, Any], registry: Registry) -> dict[str, Any]:
         nodes.append(ui_node)
     by_key = {str(n["id"]): n for n in nodes}
     wanted = {id(entry): (source, slot) for entry, source, slot in pending}
+    reroutes = RerouteNodes({n["id"] for n in nodes})
+
+    def connect(
+        origin: dict[str, Any], slot: int, target: dict[str, Any], target_slot: int, kind: str
+    ) -> None:
+        link_id = len(links) + 1
+        out = origin["outputs"][slot]
+        out["links"] = [*(out["links"] or []), link_id]
+        target["inputs"][target_slot]["link"] = link_id
+        links.append([link_id, origin["id"], slot, target["id"], target_slot, kind])
+
     for ui_node in nodes:
         for target_slot, entry in enumerate(ui_node["inputs"]):
             if id(entry) not in wanted:
                 continue
             source, slot = wanted[id(entry)]
-            link_id = len(links) + 1
             source_node = by_key[source]
             while len(source_node["outputs"]) <= slot:  # an output the class does not declare
                 source_node["outputs"].append(
@@ -190,11 +198,18 @@ def api_to_ui(api: Mapping[str, Any], registry: Registry) -> dict[str, Any]:
                         "slot_index": len(source_node["outputs"]),
                     }
                 )
-            out = source_node["outputs"][slot]
             link_type = out_types.get((source, slot)) or entry["type"]
-            out["links"] = [*(out["links"] or []), link_id]
-            entry["link"] = link_id
-            links.append([link_id, source_node["id"], slot, ui_node["id"], target_slot, link_type])
+            stops = reroute_stops(api[str(ui_node["id"])].get("_meta"), entry["name"])
+            origin, origin_slot = source_node, slot
+            for reroute in reroutes.chain(stops, source_node["id"], slot):
+                if reroute["inputs"][0]["link"] is None:  # not yet fed by another link
+                    connect(origin, origin_slot, reroute, 0, link_type)
+                    reroute["outputs"][0]["type"] = link_type
+                origin, origin_slot = reroute, 0
+            connect(origin, origin_slot, ui_node, target_slot, link_type)
+    for order, reroute in enumerate(reroutes.nodes, start=len(nodes)):
+        reroute["order"] = order
+    nodes += reroutes.nodes
     numeric = [n["id"] for n in nodes if isinstance(n["id"], int)]
     return {
         "last_node_id": max(numeric, default=len(nodes)),

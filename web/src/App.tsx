@@ -17,6 +17,8 @@ import {
 import { parseCatalogue, compatible, typeColour, type Catalogue, type NodeDef } from './catalogue';
 import { EditorContext, type EditorApi } from './editor-context';
 import { GraphNode } from './GraphNode';
+import { RerouteNode } from './RerouteNode';
+import { downstream, isReroute, rerouteType } from './reroutes';
 import { HistoryPanel } from './History';
 import { Palette } from './Palette';
 import { runStore, type NodeRun } from './runstate';
@@ -46,7 +48,7 @@ import shippedWorkflow from '../../workflows/txt2img_img2img.json';
 
 export const DEFAULT_WORKFLOW = shippedWorkflow as unknown as ApiWorkflow;
 
-const nodeTypes = { graph: GraphNode };
+const nodeTypes = { graph: GraphNode, reroute: RerouteNode };
 const DELETE_KEYS = ['Backspace', 'Delete'];
 const DEFAULT_EDGE_OPTIONS = { type: 'default' };
 const PRO_OPTIONS = { hideAttribution: true };
@@ -188,7 +190,7 @@ export function App() {
       if (opts.record !== false) remember();
       runStore.update(() => ({}));
       setGraph(g);
-      const unknown = [...new Set(g.nodes.filter((n) => !cat[n.data.classType]).map((n) => n.data.classType))];
+      const unknown = [...new Set(g.nodes.filter((n) => !isReroute(n) && !cat[n.data.classType]).map((n) => n.data.classType))];
       if (unknown.length) setBanner({ kind: 'error', text: `Unknown node types: ${unknown.join(', ')}` });
       if (opts.fit !== false && g.nodes.length) setTimeout(() => rf.fitView({ padding: 0.1, maxZoom: 1 }), 50);
       else if (!g.nodes.length) void rf.setViewport({ x: 0, y: 0, zoom: 1 });
@@ -614,13 +616,20 @@ export function App() {
     });
   }, []);
 
+  /** The types a link would join. A reroute passes on the type that feeds it, and takes any
+   * type its downstream inputs all take (else `inp` is the first one that refuses it). */
   const socketTypes = useCallback((c: { source: string; sourceHandle?: string | null; target: string; targetHandle?: string | null }) => {
     const cat = catRef.current;
-    const src = nodesRef.current.find((n) => n.id === c.source);
-    const tgt = nodesRef.current.find((n) => n.id === c.target);
-    const out = src && cat[src.data.classType]?.outputs[handleOutput(c.sourceHandle)];
-    const inp = tgt && cat[tgt.data.classType]?.inputs.find((i) => i.name === handleInput(c.targetHandle));
-    return { out: out?.type, inp: inp?.type };
+    const byId = new Map(nodesRef.current.map((n) => [n.id, n]));
+    const outputType = (n: GNode, h: string | null | undefined) => cat[n.data.classType]?.outputs[handleOutput(h)]?.type;
+    const inputType = (n: GNode | undefined, h: string | null | undefined) =>
+      n && cat[n.data.classType]?.inputs.find((i) => i.name === handleInput(h))?.type;
+    const src = byId.get(c.source);
+    const tgt = byId.get(c.target);
+    const out = src && (isReroute(src) ? rerouteType(src.id, byId, edgesRef.current, outputType) : outputType(src, c.sourceHandle));
+    if (!tgt || !isReroute(tgt)) return { out, inp: inputType(tgt, c.targetHandle) };
+    const fed = downstream(tgt.id, byId, edgesRef.current).map((e) => inputType(byId.get(e.target), e.targetHandle) ?? '*');
+    return { out, inp: (out && fed.find((t) => !compatible(out, t))) ?? '*' };
   }, []);
 
   const createsCycle = useCallback((source: string, target: string) => {
@@ -789,7 +798,7 @@ export function App() {
       }
       const newNodes: GNode[] = g.nodes.map((n) => ({
         id: map.get(n.id)!,
-        type: 'graph',
+        type: n.type,
         position: { x: n.position.x + offset, y: n.position.y + offset },
         data: structuredClone(n.data),
         selected: true,

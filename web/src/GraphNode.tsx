@@ -29,7 +29,7 @@ function pickUpLink(edgeId: string, e: React.MouseEvent) {
 
 /** Props of an input's socket: a linked one picks its link up instead of starting a new one
  * (in the capture phase, so the socket never sees the press). */
-function inputSocket(edgeId: string | undefined) {
+export function inputSocket(edgeId: string | undefined) {
   return edgeId === undefined ? {} : { onMouseDownCapture: (e: React.MouseEvent) => pickUpLink(edgeId, e) };
 }
 

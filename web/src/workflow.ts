@@ -1,7 +1,9 @@
 // Conversion between the canvas graph and ComfyUI's API format. Layout lives in `_meta.pos`
-// (and the seed mode in `_meta.control`), which the engine ignores.
+// (the seed mode in `_meta.control`, the reroutes on an input's link in `_meta.reroutes`, see
+// reroutes.ts), which the engine ignores.
 import type { Edge, Node } from '@xyflow/react';
 import { defaultValue, type Catalogue, type NodeDef } from './catalogue';
+import { ReroutePlacer, isReroute, keepCanvasReroutes, linksIntoReroutes, readStops, upstream, type RerouteStop } from './reroutes';
 
 export interface GraphNodeData extends Record<string, unknown> {
   classType: string;
@@ -23,7 +25,8 @@ export interface CanvasGroup {
   color?: string;
   font_size?: number;
 }
-export type GNode = Node<GraphNodeData, 'graph'>;
+/** A node of the graph, or a reroute ('reroute': a pass-through dot, see reroutes.ts). */
+export type GNode = Node<GraphNodeData, 'graph' | 'reroute'>;
 export type GEdge = Edge<{ type: string }>;
 export interface Graph {
   nodes: GNode[];
@@ -95,12 +98,20 @@ function isLink(v: unknown): v is [string, number] {
   return Array.isArray(v) && v.length === 2 && (typeof v[0] === 'string' || typeof v[0] === 'number') && Number.isInteger(v[1]);
 }
 
-/** The graph as an API-format workflow, positions in `_meta.pos`. */
+/** The graph as an API-format workflow, positions in `_meta.pos`; a link through reroutes
+ * comes from the output feeding them (the reroutes in `_meta.reroutes`). */
 export function toApi(graph: Graph, catalogue: Catalogue): ApiWorkflow {
   const out: ApiWorkflow = {};
-  const byTarget = new Map<string, GEdge>();
-  for (const e of graph.edges) byTarget.set(`${e.target}|${handleInput(e.targetHandle)}`, e);
+  const byId = new Map(graph.nodes.map((n) => [n.id, n]));
+  const into = linksIntoReroutes(graph.nodes, graph.edges);
+  const byTarget = new Map<string, { source: string; sourceHandle: string | null | undefined; stops: RerouteStop[] }>();
+  for (const e of graph.edges) {
+    const up = isReroute(byId.get(e.target)) ? null : upstream(e, byId, into);
+    if (up) byTarget.set(`${e.target}|${handleInput(e.targetHandle)}`, up);
+  }
   for (const node of graph.nodes) {
+    if (isReroute(node)) continue;
+    const reroutes: Record<string, RerouteStop[]> = {};
     const def = catalogue[node.data.classType];
     const inputs: Record<string, unknown> = {};
     const names = def ? def.inputs.map((i) => i.name) : [];
@@ -113,6 +124,7 @@ export function toApi(graph: Graph, catalogue: Catalogue): ApiWorkflow {
       const edge = byTarget.get(`${node.id}|${name}`);
       if (edge) {
         inputs[name] = [edge.source, handleOutput(edge.sourceHandle)];
+        if (edge.stops.length) reroutes[name] = edge.stops;
         continue;
       }
       const input = def?.inputs.find((i) => i.name === name);
@@ -126,6 +138,7 @@ export function toApi(graph: Graph, catalogue: Catalogue): ApiWorkflow {
       pos: [Math.round(node.position.x), Math.round(node.position.y)],
     };
     if (node.data.control && Object.keys(node.data.control).length) meta.control = node.data.control;
+    if (Object.keys(reroutes).length) meta.reroutes = reroutes;
     for (const key of ['color', 'bgcolor'] as const) if (node.data[key]) meta[key] = node.data[key];
     out[node.id] = { class_type: node.data.classType, inputs, _meta: meta };
   }
@@ -203,6 +216,7 @@ export function fromApi(api: ApiWorkflow, catalogue: Catalogue, colour: (t: stri
   const layout = Object.values(api).some((n) => !readPos(n._meta)) ? autoLayout(api, catalogue) : null;
   const nodes: GNode[] = [];
   const edges: GEdge[] = [];
+  const reroutes = new ReroutePlacer(new Set(Object.keys(api)));
   for (const [id, n] of Object.entries(api)) {
     const def = catalogue[n.class_type];
     const values: Record<string, unknown> = {};
@@ -215,7 +229,9 @@ export function fromApi(api: ApiWorkflow, catalogue: Catalogue, colour: (t: stri
         const src = api[String(v[0])];
         const srcDef = catalogue[src.class_type];
         const type = srcDef?.outputs[v[1]]?.type ?? input?.type ?? '*';
-        edges.push(makeEdge(String(v[0]), v[1], id, name, type, colour(type)));
+        for (const hop of reroutes.route(String(v[0]), v[1], id, name, readStops(n._meta, name))) {
+          edges.push(makeEdge(hop.source, hop.slot, hop.target, hop.input, type, colour(type)));
+        }
         if (input?.literal) values[name] = defaultValue(input);
       } else if (v && typeof v === 'object' && '__value__' in (v as any)) {
         values[name] = (v as any).__value__;
@@ -241,7 +257,7 @@ export function fromApi(api: ApiWorkflow, catalogue: Catalogue, colour: (t: stri
       data: { classType: n.class_type, values, ...(title ? { title } : {}), ...(control ? { control } : {}), ...colours },
     });
   }
-  return { nodes, edges };
+  return { nodes: [...nodes, ...reroutes.nodes], edges };
 }
 
 /** Text chunks of a PNG (tEXt, iTXt and zTXt). */
@@ -305,7 +321,7 @@ export function isCanvasFile(json: any): boolean {
 export type Convert = (workflow: unknown, to: 'api' | 'ui') => Promise<{ workflow: any; warnings: string[] }>;
 
 /** The API workflow of loaded JSON: a ComfyUI canvas file converted by the server (its nodes'
- * positions kept), else the API workflow inside it. */
+ * positions, colours and reroutes kept), else the API workflow inside it. */
 export async function resolveWorkflow(
   json: any,
   convert: Convert,
@@ -321,6 +337,7 @@ export async function resolveWorkflow(
     if (entry && typeof x === 'number' && typeof y === 'number') entry._meta = { ...(entry._meta ?? {}), pos: [x, y] };
     for (const key of ['color', 'bgcolor']) if (entry && typeof n?.[key] === 'string') entry._meta = { ...(entry._meta ?? {}), [key]: n[key] };
   }
+  keepCanvasReroutes(json, api);
   return { api, warnings, groups: canvasGroups(json) };
 }
 
