@@ -124,6 +124,23 @@ def test_half_precision_files_load(options):
     assert torch.equal(bf16.unet.state_dict()[key], ref.unet.state_dict()[key].bfloat16().float())
 
 
+@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+def test_clip_position_ids_in_a_file_are_ignored(family, tmp_path):
+    """Most real SD 1.x / SDXL files keep CLIP-L's position ids (0..76) beside its weights."""
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(ff.single_file(family))
+    root = next(p for p in ("cond_stage_model.transformer.", "conditioner.embedders.0.transformer.")
+                if any(k.startswith(p) for k in state))  # fmt: skip
+    state[root + "text_model.embeddings.position_ids"] = torch.arange(77)[None].float()
+    save_file(state, str(tmp_path / "with_ids.safetensors"))
+    _, clip, _ = C.load_checkpoint("with_ids.safetensors", {"models": [str(tmp_path)]})
+    _, plain, _ = C.load_checkpoint(ff.single_file(family).name,
+                                    {"models": [str(ff.single_file(family).parent)]})  # fmt: skip
+    for ours, theirs in zip(clip.towers, plain.towers, strict=True):
+        assert ours.encoder.state_dict().keys() == theirs.encoder.state_dict().keys()
+
+
 def test_loaded_models_are_kept_and_reloaded_when_the_file_changes(tmp_path):
     target = tmp_path / "checkpoints" / "copy.safetensors"
     target.parent.mkdir()

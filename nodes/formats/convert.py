@@ -16,6 +16,7 @@ from .detect import UNET_PREFIX, tower_prefix, vae_prefix
 from .families import TowerSpec, Variant
 from .tensors import CheckpointError, Tensors
 
+POSITION_IDS = "embeddings.position_ids"
 _OPEN_CLIP_PREFIX = "open_clip."  # any prefix but SD 2's: its converter drops layer 23 there
 
 
@@ -110,7 +111,11 @@ def build_tower(tensors: Tensors, spec: TowerSpec) -> Any | None:
     raw = tensors.read(tensors.with_prefix(prefix))
     if spec.layout == "hf":
         root = _hf_root(tensors, prefix)
-        state = {k[len(root) :]: v for k, v in raw.items() if k.startswith(root)}
+        state = {  # most files keep CLIP's position ids (0..76): not a weight, dropped
+            k[len(root) :]: v
+            for k, v in raw.items()
+            if k.startswith(root) and not k.endswith(POSITION_IDS)
+        }
         if spec.projection and prefix + "text_projection.weight" in raw:
             state["text_projection.weight"] = raw[prefix + "text_projection.weight"]
     else:
