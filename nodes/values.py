@@ -260,6 +260,20 @@ class ClipVision:
 
 
 @dataclass(eq=False)
+class Gligen:
+    """GLIGEN: a GLIGEN model's weights (nodes.formats.gligen.GligenWeights): its position net,
+    and the gated self-attention layers it fuses into the UNet's attention blocks."""
+
+    weights: Any
+    position_net: Any
+    """diffusers' GLIGENTextBoundingboxProjection, float32 on the CPU."""
+    name: str
+
+    def cache_nbytes(self) -> int:
+        return 0  # the weights belong to the model store, not to the run cache
+
+
+@dataclass(eq=False)
 class ClipVisionOutput:
     """CLIP_VISION_OUTPUT: a CLIPVisionEncode's result, by ComfyUI's names: the last layer's
     tokens (batch, 1 + patches, width; before the final norm), the penultimate layer's, and the
@@ -286,3 +300,4 @@ IMAGE = socket("IMAGE", torch.Tensor)
 MASK = socket("MASK", torch.Tensor)
 CLIP_VISION = socket("CLIP_VISION", ClipVision)
 CLIP_VISION_OUTPUT = socket("CLIP_VISION_OUTPUT", ClipVisionOutput)
+GLIGEN = socket("GLIGEN", Gligen)

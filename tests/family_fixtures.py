@@ -72,6 +72,8 @@ class Family:
     pipeline_kwargs: dict[str, Any] = field(default_factory=dict)
     prediction_type: str = "epsilon"
     image_size: int = 64
+    clip_vision_prefix: str | None = None
+    """Where the file holds a CLIP image encoder (tests.clip_vision_fixtures' tiny one)."""
 
     @property
     def in_channels(self) -> int:
@@ -123,6 +125,12 @@ _SD2_UNET = dict(
     attention_head_dim=(1, 1),  # heads per block = max(1, channels // 64), legacy naming
     use_linear_projection=True,
     cross_attention_dim=OPEN_CLIP_H["width"],
+)
+UNCLIP_EMBED = 24  # the tiny CLIP vision encoder's projection (tests.clip_vision_fixtures)
+_UNCLIP_UNET = dict(
+    **_SD2_UNET,
+    class_embed_type="projection",  # the image embedding and its noise level's, as SD 2.1 unCLIP
+    projection_class_embeddings_input_dim=2 * UNCLIP_EMBED,
 )
 TIME_DIM = 8  # SDXL's addition_time_embed_dim (real: 256)
 _SDXL_UNET = dict(
@@ -181,6 +189,10 @@ FAMILIES: dict[str, Family] = {
         Family("sd2_v", "StableDiffusionPipeline", _SD2_UNET, _SD2_TOWERS, "DDIMScheduler",
                {**_SD_SCHEDULER, "prediction_type": "v_prediction"}, SD_SCALING,
                prediction_type="v_prediction"),
+        Family("sd2_unclip", "StableDiffusionPipeline", _UNCLIP_UNET, _SD2_TOWERS,
+               "DDIMScheduler", {**_SD_SCHEDULER, "prediction_type": "v_prediction"},
+               SD_SCALING, prediction_type="v_prediction",
+               clip_vision_prefix="embedder.model.visual."),
         Family("sdxl", "StableDiffusionXLPipeline", _SDXL_UNET, _SDXL_TOWERS,
                "EulerDiscreteScheduler", _SDXL_SCHEDULER, SDXL_SCALING, _SDXL_KWARGS),
         Family("sdxl_refiner", "StableDiffusionXLImg2ImgPipeline", _REFINER_UNET,
@@ -376,6 +388,8 @@ _UNET_DIRECT = {
     "time_embedding.linear_2": "time_embed.2",
     "add_embedding.linear_1": "label_emb.0.0",
     "add_embedding.linear_2": "label_emb.0.2",
+    "class_embedding.linear_1": "label_emb.0.0",
+    "class_embedding.linear_2": "label_emb.0.2",
     "conv_in": "input_blocks.0.0",
     "conv_norm_out": "out.0",
     "conv_out": "out.2",
@@ -554,4 +568,8 @@ def original_state_dict(pipe: Any, family: str, seed: int = 0) -> dict[str, torc
         else:
             text = open_clip_to_original(state, generator, tower.extra_layers)
         out.update({tower.prefix + k: v for k, v in text.items()})
+    if fam.clip_vision_prefix is not None:
+        from tests.clip_vision_fixtures import tiny_state, to_openclip
+
+        out.update(to_openclip(tiny_state(seed), fam.clip_vision_prefix))
     return {k: v.detach().clone() for k, v in out.items()}

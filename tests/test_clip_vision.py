@@ -191,5 +191,3 @@ def test_unclip_entries_append_to_every_cond_in_order() -> None:
                for e in entries]  # fmt: skip
         assert got == [(1.0, 1.0, 0.0), (2.0, -0.5, 0.25)]
     assert both.conds[1].extras["x"] == 1
-    assert "unCLIPConditioning" not in diffusion_registry()  # not registered: unCLIP can't load
-    assert "unCLIPCheckpointLoader" not in diffusion_registry()

@@ -101,7 +101,9 @@ def test_original_layout_names(family: str):
         assert f"{unet}output_blocks.{2 * level + 1}.{pos}.conv.weight" in sd
     for level in range(n - 1):
         assert f"{unet}input_blocks.{2 * level + 2}.0.op.weight" in sd
-    assert (unet + "label_emb.0.0.weight" in sd) == family.startswith("sdxl")
+    # SDXL's pooled text and size embedding, or an unCLIP model's image embedding
+    has_label = family.startswith("sdxl") or "class_embed_type" in fam.unet
+    assert (unet + "label_emb.0.0.weight" in sd) == has_label
     if family.startswith("sdxl"):
         ids = 5 if family == "sdxl_refiner" else 6
         pooled = ff.OPEN_CLIP_G["width"]

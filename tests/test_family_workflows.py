@@ -1,6 +1,6 @@
 """The family workflows in workflows/ (SDXL base then refiner, a LoRA on SD 1.x, an
-InstructPix2Pix edit) run through the CLI on tiny checkpoints named as the real files, in a
-ComfyUI-style models folder."""
+InstructPix2Pix edit, an unCLIP variation, GLIGEN boxes) run through the CLI on tiny
+checkpoints named as the real files, in a ComfyUI-style models folder."""
 
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from nodegraph.registry import default_registry
+from nodes.loading.checkpoints import load_checkpoint
 from tests import family_fixtures as ff
+from tests.gligen_cases import gligen_state
 from tests.lora_fixtures import make_lora
 from tests.test_workflows import WORKFLOWS, load, run_cli
 
@@ -22,8 +24,12 @@ CHECKPOINTS = {
     "sd_xl_refiner_1.0.safetensors": "sdxl_refiner",
     "v1-5-pruned-emaonly.safetensors": "sd1",
     "instruct-pix2pix-00-22000.safetensors": "sd1_ip2p",
+    "sd21-unclip-h.safetensors": "sd2_unclip",
 }
-NAMES = ["sdxl_base_refiner", "comfy_sdxl_base_refiner", "comfy_lora_sd1", "comfy_instruct_pix2pix"]
+GLIGEN = "gligen_sd14_textbox_pruned.safetensors"
+NAMES = ["sdxl_base_refiner", "comfy_sdxl_base_refiner", "comfy_lora_sd1", "comfy_instruct_pix2pix",
+         "comfy_unclip", "comfy_gligen"]  # fmt: skip
+CHECKPOINT_OF = {family: name for name, family in CHECKPOINTS.items()}
 SIZED = ("EmptyLatentImage", "ImageScale")
 """Nodes whose width and height give the picture's size: set to the tiny models' 64 px."""
 
@@ -40,6 +46,9 @@ def models(tmp_path_factory) -> Path:
         ff.build_pipeline("sd1"), original_names=False, text_prefixes={"text_encoder": "lora_te"}
     )
     save_file(tensors, str(root / "loras" / "ink_style.safetensors"))
+    (root / "gligen").mkdir()
+    sd1 = load_checkpoint(CHECKPOINT_OF["sd1"], {"models": [str(root)]})[0]
+    save_file(gligen_state(sd1.unet), str(root / "gligen" / GLIGEN))
     return root
 
 

@@ -26,6 +26,7 @@ FILE_LISTS = {
     "control_net_name",
     "model_name",
     "hypernetwork_name",
+    "gligen_name",
 }
 """Inputs whose choices are the files found (they differ from machine to machine)."""
 KNOWN = {

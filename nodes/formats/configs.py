@@ -77,7 +77,10 @@ def unet_config(tensors: Tensors, variant: Variant) -> dict[str, Any]:
         "norm_num_groups": GROUPS,
         "upcast_attention": family.key == "sd2",
     }
-    if family.time_ids:
+    if variant.unclip:
+        adm = tensors.shape(u + "label_emb.0.0.weight")[1]
+        config.update(class_embed_type="projection", projection_class_embeddings_input_dim=adm)
+    elif family.time_ids:
         adm = tensors.shape(u + "label_emb.0.0.weight")[1]
         pooled = _pooled_width(tensors, family)
         time_dim, rest = divmod(adm - pooled, family.time_ids)

@@ -2,16 +2,26 @@
 
 The UNet's structure decides: a 4-D convolution `proj_in` is SD 1.x, a linear one SD 2.x or
 SDXL; a `label_emb` (the pooled-text and size embedding) is SDXL, the base when it has two
-text towers, the refiner when it has bigG only. Input channels give inpainting (9) and
-InstructPix2Pix (8, SD 1.x as ComfyUI's SD15_instructpix2pix); SD 2.x's
-v-prediction is told by ComfyUI's weight heuristic; SDXL's by its `v_pred` / `ztsnr` markers.
+text towers, the refiner when it has bigG only, unless the towers are SD 2.x's: then it is the
+image embedding of an SD 2.x unCLIP model (ComfyUI's SD21UnclipL / H, told by the width there).
+Input channels give inpainting (9) and InstructPix2Pix (8, SD 1.x as ComfyUI's
+SD15_instructpix2pix); SD 2.x's v-prediction is told by ComfyUI's weight heuristic; SDXL's by
+its `v_pred` / `ztsnr` markers.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .families import FAMILIES, V_MARKER_STD, Family, TowerSpec, Variant
+from .families import (
+    FAMILIES,
+    UNCLIP_IMAGE_PREFIX,
+    UNCLIP_TOWER_PREFIX,
+    V_MARKER_STD,
+    Family,
+    TowerSpec,
+    Variant,
+)
 from .tensors import CheckpointError, Tensors
 
 UNET_PREFIX = "model.diffusion_model."
@@ -97,8 +107,16 @@ def detect(tensors: Tensors) -> Variant:
     return variant
 
 
+def _unclip(tensors: Tensors) -> bool:
+    """An SD 2.x unCLIP file: a class-label embedding with SD 2.x's text or image towers."""
+    return any(tensors.count(p) > 0 for p in (UNCLIP_TOWER_PREFIX, UNCLIP_IMAGE_PREFIX))
+
+
 def _variant(tensors: Tensors, in_channels: int, proj_in: str) -> Variant:
-    if UNET_PREFIX + "label_emb.0.0.weight" in tensors:
+    has_label_emb = UNET_PREFIX + "label_emb.0.0.weight" in tensors
+    if has_label_emb and len(tensors.shape(proj_in)) == 2 and _unclip(tensors):
+        return Variant(FAMILIES["sd2"], _sd2_prediction(tensors), in_channels, unclip=True)
+    if has_label_emb:
         family = _sdxl_family(tensors)
         prediction = "v_prediction" if "v_pred" in tensors else "epsilon"
         return Variant(family, prediction, in_channels, zero_snr="ztsnr" in tensors)

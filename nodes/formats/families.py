@@ -159,6 +159,10 @@ INPAINT_CHANNELS = 9
 """4 noise + 1 mask + 4 masked-image latent channels."""
 IP2P_CHANNELS = 8
 """InstructPix2Pix: 4 noise + 4 channels of the (unscaled) latent of the picture to edit."""
+UNCLIP_TOWER_PREFIX = "cond_stage_model."
+"""SD 2.x unCLIP files keep their text tower where SD 2.x does (SDXL's are under `conditioner.`)."""
+UNCLIP_IMAGE_PREFIX = "embedder."
+"""...and their CLIP image encoder under `embedder.model.visual.`."""
 IP2P_FAMILIES = ("sd1",)
 """The families whose 8-channel UNets load as InstructPix2Pix (ComfyUI's SD15_instructpix2pix;
 its SDXL one is not supported yet)."""
@@ -172,6 +176,8 @@ class Variant:
     prediction: str = "epsilon"
     in_channels: int = 4
     zero_snr: bool = False
+    unclip: bool = False
+    """An SD 2.x unCLIP UNet: a CLIP image embedding (and its noise level) is its class label."""
 
     @property
     def inpaint(self) -> bool:
@@ -191,6 +197,8 @@ class Variant:
             name += "-inpaint"
         if self.ip2p:
             name += "-ip2p"
+        if self.unclip:
+            name += "-unclip"
         return name
 
     def unsupported(self) -> str | None:

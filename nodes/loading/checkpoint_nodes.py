@@ -36,13 +36,14 @@ def model_fingerprint(kind: str, name: str, run: Any) -> Any:
     return load_key(found, resolve_device(options), options)
 
 
-def _checkpoint(name: str, ctx: NodeContext) -> Checkpoint:
+def checkpoint_outputs(name: str, ctx: NodeContext) -> Checkpoint:
     model, clip, vae = load_checkpoint(name, ctx.settings.options)
     if clip is None:
         ctx.warn(f"{name} has no text encoder: its CLIP output is empty")
     if vae is None:
         ctx.warn(f"{name} has no VAE: load one with VAELoader")
-    return Checkpoint(model=model, clip=clip, vae=vae)
+    # an empty output is None, as ComfyUI's (validation would refuse it)
+    return Checkpoint.model_construct(model=model, clip=clip, vae=vae)
 
 
 class CheckpointLoader(Node):
@@ -59,7 +60,7 @@ class CheckpointLoader(Node):
         return model_fingerprint("checkpoints", literals["name"], run)
 
     def invoke(self, ctx: NodeContext) -> Checkpoint:
-        return _checkpoint(self.name, ctx)
+        return checkpoint_outputs(self.name, ctx)
 
 
 class CheckpointLoaderSimple(Node):
@@ -76,7 +77,7 @@ class CheckpointLoaderSimple(Node):
         return model_fingerprint("checkpoints", literals["ckpt_name"], run)
 
     def invoke(self, ctx: NodeContext) -> Checkpoint:
-        return _checkpoint(self.ckpt_name, ctx)
+        return checkpoint_outputs(self.ckpt_name, ctx)
 
 
 def load_vae(name: str, options: Mapping[str, Any]) -> Vae:

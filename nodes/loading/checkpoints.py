@@ -127,7 +127,8 @@ def folder_variant(path: Path) -> Variant:
         text = _read_json(path / "text_encoder" / "config.json")
         family = FAMILIES["sd2" if text.get("hidden_act") == "gelu" else "sd1"]
     zero_snr = bool(scheduler.get("rescale_betas_zero_snr"))
-    variant = Variant(family, prediction, in_channels, zero_snr)
+    unclip = unet.get("class_embed_type") == "projection" and family.key == "sd2"
+    variant = Variant(family, prediction, in_channels, zero_snr, unclip)
     reason = variant.unsupported()
     if reason is not None:
         raise CheckpointError(f"{path.name} is {reason}, which nodegraph does not support yet")

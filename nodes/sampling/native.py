@@ -265,7 +265,7 @@ def denoise(
     guided = negative is not None and cfg != 1.0
     cond = positive.only("Denoise", "positive")
     uncond = negative.only("Denoise", "negative") if guided and negative is not None else None
-    inputs = UnetInputs.build(model, latents, cond, uncond)
+    inputs = UnetInputs.build(model, latents, cond, uncond, noisy.seed)
     kwargs: dict[str, Any] = {}
     params = inspect.signature(scheduler.step).parameters
     if "eta" in params:

@@ -1,20 +1,24 @@
-"""What the UNet takes besides the latent: text, SDXL's pooled text and size conditions, and the
-inpainting or InstructPix2Pix channels, batched for classifier-free guidance (negative first, as
-diffusers does)."""
+"""What the UNet takes besides the latent: text, SDXL's pooled text and size conditions, an unCLIP
+model's image class label, and the inpainting or InstructPix2Pix channels, batched for
+classifier-free guidance (negative first, as diffusers does)."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from ..conditioning.gligen import GLIGEN_KEY, GligenBoxes
+from ..conditioning.unclip import MERGE_AUGMENTATION, MERGE_KEY, UNCLIP_KEY, class_label
 from ..control.residuals import ADAPTER_FEATURES, adapter_added
 from ..formats.families import FAMILIES, IP2P_CHANNELS
 from ..latents.scaling import common_upscale
 from ..values import Cond, Model
 from .comfy.inpaint import concat_mask, resize_to_batch_size
+from .gligen import fused, position_inputs
 
 DEFAULT_AESTHETIC = {"positive": 6.0, "negative": 2.5}
 """The SDXL refiner's aesthetic scores when the conditioning names none (ComfyUI, diffusers)."""
@@ -101,6 +105,31 @@ def _ip2p_concat(latents: torch.Tensor, cond: Cond) -> torch.Tensor:
     return resize_to_batch_size(image, latents.shape[0]).to(latents.dtype)
 
 
+def _class_labels(
+    model: Model, conds: list[tuple[str, Cond]], n: int, seed: int | None
+) -> torch.Tensor | None:
+    """An unCLIP UNet's class labels (ComfyUI's adm `y`): each prompt's image entries."""
+    config = model.unet.config
+    if getattr(config, "class_embed_type", None) != "projection":
+        return None
+    width = int(config.projection_class_embeddings_input_dim)
+    labels = []
+    for _, c in conds:
+        merge = c.extras.get(MERGE_KEY, MERGE_AUGMENTATION)
+        label = class_label(c.extras.get(UNCLIP_KEY, ()), width, seed or 0, merge)
+        labels.append(_batch(label, n, model, "unCLIP image conditioning"))
+    return torch.cat(labels)
+
+
+def _gligen(conds: list[tuple[str, Cond]]) -> GligenBoxes | None:
+    """The GLIGEN boxes prompts batched together share (ComfyUI runs a prompt with boxes in a
+    batch of its own; a negative without boxes has the positive's by then)."""
+    found = {id(b): b for _, c in conds if (b := c.extras.get(GLIGEN_KEY)) is not None}
+    if len(found) > 1:
+        raise ValueError("prompts with different GLIGEN boxes cannot share a UNet batch")
+    return next(iter(found.values()), None)
+
+
 @dataclass
 class UnetInputs:
     """The UNet's keyword inputs for one sampling run, already batched."""
@@ -108,6 +137,8 @@ class UnetInputs:
     text: torch.Tensor
     added: dict[str, torch.Tensor] | None
     concat: torch.Tensor | None
+    class_labels: torch.Tensor | None = None
+    gligen: GligenBoxes | None = None
 
     @classmethod
     def build(
@@ -116,12 +147,13 @@ class UnetInputs:
         latents: torch.Tensor,
         positive: Cond,
         negative: Cond | None,
+        seed: int | None = None,
     ) -> UnetInputs:
         """Inputs for the positive prompt, batched after the negative one when there is one."""
         conds = [("positive", positive)]
         if negative is not None:
             conds.insert(0, ("negative", negative))
-        return cls.batched(model, latents, conds)
+        return cls.batched(model, latents, conds, seed=seed)
 
     @classmethod
     def batched(
@@ -130,9 +162,11 @@ class UnetInputs:
         latents: torch.Tensor,
         conds: list[tuple[str, Cond]],
         masked: tuple[torch.Tensor, torch.Tensor] | None = None,
+        seed: int | None = None,
     ) -> UnetInputs:
         """Inputs for several prompts batched in the given order; each prompt's role
-        ("positive" / "negative") picks the SDXL refiner's default aesthetic score."""
+        ("positive" / "negative") picks the SDXL refiner's default aesthetic score; `seed` is
+        the sampling seed (an unCLIP model's image noise)."""
         n = latents.shape[0]
         text = torch.cat(
             _same_length([_batch(c.embeds, n, model, "conditioning") for _, c in conds])
@@ -151,7 +185,8 @@ class UnetInputs:
             added = {"text_embeds": torch.cat(pooled), "time_ids": torch.cat(ids)}
         concats = [_concat(model, latents, c, masked) for _, c in conds]
         concat = None if concats[0] is None else torch.cat(concats)
-        return cls(text, added, concat)
+        labels = _class_labels(model, conds, n, seed)
+        return cls(text, added, concat, labels, _gligen(conds))
 
     def crop(self, area: tuple[int, int, int, int] | None) -> UnetInputs:
         """The inputs for the part of the latent in an area (h, w, y, x): the inpainting
@@ -159,7 +194,8 @@ class UnetInputs:
         if area is None or self.concat is None:
             return self
         h, w, y, x = area
-        return UnetInputs(self.text, self.added, self.concat[:, :, y : y + h, x : x + w])
+        concat = self.concat[:, :, y : y + h, x : x + w]
+        return UnetInputs(self.text, self.added, concat, self.class_labels, self.gligen)
 
     @classmethod
     def joined(cls, parts: list[UnetInputs]) -> UnetInputs:
@@ -171,7 +207,12 @@ class UnetInputs:
         concat = None
         if parts[0].concat is not None:
             concat = torch.cat([p.concat for p in parts])
-        return cls(text, added, concat)
+        labels = None
+        if parts[0].class_labels is not None:
+            labels = torch.cat([p.class_labels for p in parts])
+        if any(p.gligen is not None for p in parts) and len(parts) > 1:
+            raise ValueError("a prompt with GLIGEN boxes runs in a UNet batch of its own")
+        return cls(text, added, concat, labels, parts[0].gligen)
 
     def run(
         self, model: Model, model_in: torch.Tensor, t: Any, residuals: dict[str, Any] | None = None
@@ -181,11 +222,17 @@ class UnetInputs:
         if self.concat is not None:
             model_in = torch.cat([model_in, self.concat], dim=1)
         kwargs = dict(residuals or {})
-        with adapter_added(model.unet, kwargs.pop(ADAPTER_FEATURES, None)):
+        with contextlib.ExitStack() as stack:
+            if self.gligen is not None:
+                stack.enter_context(fused(model.unet, self.gligen.model, model.dtype))
+                boxes = position_inputs(self.gligen, model_in.shape, model_in.device)
+                kwargs["cross_attention_kwargs"] = {"gligen": boxes}
+            stack.enter_context(adapter_added(model.unet, kwargs.pop(ADAPTER_FEATURES, None)))
             return model.unet(
                 model_in,
                 t,
                 encoder_hidden_states=self.text,
+                class_labels=self.class_labels,
                 added_cond_kwargs=self.added,
                 return_dict=False,
                 **kwargs,

@@ -1,15 +1,18 @@
 """ComfyUI's preparation of the conditionings before a sampling run (process_conds) and each
 Cond's weight at a step (get_area_and_mult): areas in latent units, masks at the latent's size,
-schedule windows as sigmas, an opposite Cond for every area, ControlNets shared with the
-negative prompt."""
+schedule windows as sigmas, an opposite Cond for every area, ControlNets and GLIGEN boxes
+shared with the negative prompt."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 
+from ...conditioning.gligen import GLIGEN_KEY
 from ...latents.scaling import common_upscale
 from ...values import Cond, Conditioning
 from .model_sampling import ModelSampling
@@ -117,25 +120,48 @@ def _opposite(entries: list[Entry], c: Entry) -> None:
     entries.append(replace(c, cond=smallest.cond))
 
 
+def _share(
+    given: list[Any],
+    other: list[Entry],
+    has: Callable[[Entry], bool],
+    give: Callable[[Entry, Any], Entry],
+) -> None:
+    """The positive prompt's values (ControlNets, GLIGEN boxes) also go to the other prompt when
+    none of its arealess Conds has one (ComfyUI's apply_empty_x_to_equal_area): its arealess
+    Conds in turn, each given value replacing the one given before at that place."""
+    if any(e.area is None and has(e) for e in other):
+        return
+    free = [i for i, e in enumerate(other) if e.area is None]
+    if not free:
+        return
+    originals = {i: other[i] for i in free}
+    for n, value in enumerate(given):
+        i = free[n % len(free)]
+        other[i] = give(originals[i], value)
+
+
 def _share_controls(positive: list[Entry], other: list[Entry]) -> None:
-    """ControlNetApply's controls also guide the other prompt's Conds that have none (ComfyUI's
-    apply_empty_x_to_equal_area): arealess ones only, in turn."""
+    """ControlNetApply's controls (those applied to the negative prompt too)."""
     given = [
         e.controls
         for e in positive
         if e.area is None and e.controls and e.cond.extras.get("control_apply_to_uncond")
     ]
-    if any(e.area is None and e.controls for e in other):
-        return
-    free = [i for i, e in enumerate(other) if e.area is None]
-    if not free:
-        return
-    for n, controls in enumerate(given):
-        i = free[n % len(free)]
-        if other[i].controls:
-            other.append(replace(other[i], controls=controls))
-        else:
-            other[i] = replace(other[i], controls=controls)
+    _share(given, other, lambda e: bool(e.controls), lambda e, v: replace(e, controls=v))
+
+
+def _gligen_boxes(e: Entry) -> Any:
+    return e.cond.extras.get(GLIGEN_KEY)
+
+
+def _share_gligen(positive: list[Entry], other: list[Entry]) -> None:
+    """GLIGEN boxes: a negative prompt without its own samples with the positive one's."""
+    given = [b for e in positive if e.area is None and (b := _gligen_boxes(e)) is not None]
+
+    def give(e: Entry, boxes: Any) -> Entry:
+        return replace(e, cond=e.cond.with_options(**{GLIGEN_KEY: boxes}))
+
+    _share(given, other, lambda e: _gligen_boxes(e) is not None, give)
 
 
 def prepare(
@@ -153,6 +179,7 @@ def prepare(
         for k, others in slots.items():
             if k != "positive":
                 _share_controls(slots["positive"], others)
+                _share_gligen(slots["positive"], others)
     return slots
 
 

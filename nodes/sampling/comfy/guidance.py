@@ -14,6 +14,7 @@ from typing import Literal
 
 import torch
 
+from ...conditioning.gligen import GLIGEN_KEY
 from ...control.residuals import residuals
 from ...values import Conditioning, Model
 from ..unet_inputs import UnetInputs
@@ -44,6 +45,8 @@ def _joinable(a: _Piece, b: _Piece) -> bool:
         return False
     if any(c is not d for c, d in zip(a.entry.controls, b.entry.controls, strict=True)):
         return False
+    if GLIGEN_KEY in a.entry.cond.extras or GLIGEN_KEY in b.entry.cond.extras:
+        return a is b  # ComfyUI's GLIGEN patch is made anew for each piece: never shared
     ta, tb = a.entry.cond.embeds.shape[1], b.entry.cond.embeds.shape[1]
     return math.lcm(ta, tb) // min(ta, tb) <= 4
 
@@ -60,8 +63,9 @@ class ModelCall:
         x: torch.Tensor,
         conds: dict[str, Conditioning],
         inpainting: Inpainting | None = None,
+        seed: int | None = None,
     ) -> None:
-        self.model, self.sampling = model, sampling
+        self.model, self.sampling, self.seed = model, sampling, seed
         self.like = x.to(model.dtype)
         self.entries = prepare(conds, x, sampling)
         self._masked = None if inpainting is None else (inpainting.mask, inpainting.latent)
@@ -95,7 +99,9 @@ class ModelCall:
         key = (id(piece.entry.cond), slot)
         if key not in self._inputs:
             cond = [(ROLE[slot], piece.entry.cond)]
-            self._inputs[key] = UnetInputs.batched(self.model, self.like, cond, self._masked)
+            self._inputs[key] = UnetInputs.batched(
+                self.model, self.like, cond, self._masked, self.seed
+            )
         return self._inputs[key].crop(piece.area)
 
     def _run(
@@ -132,11 +138,12 @@ class Guider:
         return self.sampling or ModelSampling.for_model(self.model)
 
     def denoisers(
-        self, x: torch.Tensor, inpainting: Inpainting | None = None
+        self, x: torch.Tensor, inpainting: Inpainting | None = None, seed: int | None = None
     ) -> tuple[Denoiser, PairDenoiser | None]:
-        """The guided estimate for a sampling run on latents like `x`, and (for cfg_pp
-        samplers) the one that also returns the negative prompt's own estimate."""
-        call = ModelCall(self.model, self.model_sampling(), x, self.conds, inpainting)
+        """The guided estimate for a sampling run on latents like `x` (`seed`: the run's, for
+        what the prompts draw), and (for cfg_pp samplers) the one that also returns the
+        negative prompt's own estimate."""
+        call = ModelCall(self.model, self.model_sampling(), x, self.conds, inpainting, seed)
         if self.rule == "basic":
             return (lambda x, s: call(x, s, ("positive",))[0]), None
         if self.rule == "cfg":

@@ -109,7 +109,7 @@ def sample(
             kept_noise = torch.randn(noise.shape, generator=generator).to(device)
         inpainting = Inpainting(mask, image, kept_noise, ms)
     with RESIDENCY.use([model.unet], device), patched(model.unet, model.patches):
-        denoiser, pair = guider.denoisers(x, inpainting)
+        denoiser, pair = guider.denoisers(x, inpainting, seed)
         if inpainting is not None:
             denoiser, pair = inpainting.wrap(denoiser), inpainting.wrap_pair(pair)
         run = SamplerRun(denoiser, ms, seed, on_step, pair)

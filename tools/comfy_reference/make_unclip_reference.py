@@ -1,0 +1,103 @@
+"""Reference numbers from ComfyUI itself for tests/test_unclip.py.
+
+Run by hand with ComfyUI importable (run_with_comfyui.sh, as make_reference.py); never by the
+tests. ComfyUI's own unCLIPConditioning node and KSampler run on ComfyUI's SD21UNCLIP model
+class (v-prediction, its CLIPEmbeddingNoiseAugmentation sized to the tiny image embedding)
+whose diffusion model is the tests' tiny unCLIP UNet: the same diffusers module nodegraph loads
+from tests.family_fixtures' "sd2_unclip" file, given ComfyUI's adm `y` as its class labels.
+The image embeddings are the cases' own tensors (ComfyUI's node only reads `image_embeds`).
+
+Writes tests/data/comfy_reference/{unclip.json, unclip.safetensors}.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+ROOT = Path(__file__).resolve().parents[2]
+OUT = ROOT / "tests" / "data" / "comfy_reference"
+sys.path.insert(0, str(ROOT))
+
+from tests import unclip_cases as U  # noqa: E402
+from tools.comfy_reference.make_reference import DiffusersUNet  # noqa: E402
+
+
+class UnclipUNet(DiffusersUNet):
+    """A diffusers unCLIP UNet answering ComfyUI's diffusion-model call (`y`: class labels)."""
+
+    def forward(self, x, timesteps, context=None, y=None, control=None, **kw):
+        return self.unet(
+            x, timesteps, encoder_hidden_states=context, class_labels=y, return_dict=False
+        )[0]
+
+
+def comfy_unclip_model(unet: torch.nn.Module) -> Any:
+    """ComfyUI's SD 2.1 unCLIP model around the tiny UNet, in a ModelPatcher."""
+    import comfy.model_base as mb
+    import comfy.model_patcher as mp
+    import comfy.supported_models as sm
+
+    config = sm.SD21UnclipH({"disable_unet_model_creation": True})
+    config.unet_config["adm_in_channels"] = 2 * U.EMBED
+    noise_aug = {**config.noise_aug_config, "timestep_dim": U.EMBED}
+    model = mb.SD21UNCLIP(config, noise_aug, model_type=mb.ModelType.V_PREDICTION,
+                          device=torch.device("cpu"))  # fmt: skip
+    model.diffusion_model = UnclipUNet(unet)
+    cpu = torch.device("cpu")
+    return mp.ModelPatcher(model, load_device=cpu, offload_device=cpu), model
+
+
+def conditioning(node: Any, embeds: torch.Tensor, entries: list[list[Any]], inputs: dict) -> list:
+    cond = [[embeds, {}]]
+    for name, strength, augmentation in entries:
+        output = SimpleNamespace(image_embeds=inputs[name])
+        cond = node.apply_adm(cond, output, strength, augmentation)[0]
+    return cond
+
+
+def main() -> None:
+    torch.set_num_threads(1)  # the tests compare on one thread
+    from tests import comfy_cases as C
+
+    model_, _, _ = C.tiny_checkpoint(U.FAMILY)  # nodegraph's modules, before ComfyUI loads
+    inputs = U.inputs()
+    from tools.comfy_reference.make_mask_reference import comfy_node_classes
+    from tools.comfy_reference.make_reference import comfy_commit
+
+    comfy_node_classes()  # ComfyUI's nodes.py as `nodes`, its server stubbed, --cpu
+    comfy_nodes = sys.modules["nodes"]
+    patcher, base = comfy_unclip_model(model_.unet)
+    node = comfy_nodes.unCLIPConditioning()
+    tensors = dict(inputs)
+    for case in U.CASES:
+        positive = conditioning(node, inputs["cond"], case["positive"], inputs)
+        negative = conditioning(node, inputs["uncond"], case.get("negative", []), inputs)
+        for role, cond in (("positive", positive), ("negative", negative)):
+            adm = base.encode_adm(
+                device=torch.device("cpu"), seed=case["inputs"]["seed"], **cond[0][1]
+            )
+            tensors[f"{case['name']}.{role}_adm"] = adm
+        shape = case.get("latent", [1, 4, 8, 8])
+        source = inputs["image"] if shape == "image" else torch.zeros(shape)
+        out = comfy_nodes.KSampler().sample(
+            model=patcher, positive=positive, negative=negative,
+            latent_image={"samples": source}, **case["inputs"],
+        )  # fmt: skip
+        tensors[case["name"]] = out[0]["samples"]
+        print(case["name"], float(out[0]["samples"].abs().max()))
+    OUT.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.float().contiguous() for k, v in tensors.items()}, OUT / "unclip.safetensors")
+    manifest = {"comfyui_commit": comfy_commit(), "cases": U.CASES}
+    (OUT / "unclip.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    print(f"{len(U.CASES)} cases written to {OUT}")
+
+
+if __name__ == "__main__":
+    main()
