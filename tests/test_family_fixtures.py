@@ -118,6 +118,9 @@ def test_original_layout_names(family: str):
     assert "first_stage_model.encoder.down.1.block.0.nin_shortcut.weight" in sd
     # text towers
     prefixes = {"model.diffusion_model.", "first_stage_model."}
+    if fam.clip_vision_prefix is not None:  # an unCLIP file's image encoder (OpenCLIP names)
+        prefixes.add(fam.clip_vision_prefix)
+        assert fam.clip_vision_prefix + "proj" in sd
     for tower in fam.towers:
         prefixes.add(tower.prefix)
         state = getattr(pipe, tower.component).state_dict()

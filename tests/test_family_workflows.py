@@ -27,8 +27,11 @@ CHECKPOINTS = {
     "sd21-unclip-h.safetensors": "sd2_unclip",
 }
 GLIGEN = "gligen_sd14_textbox_pruned.safetensors"
+FAMILY_UI = sorted((WORKFLOWS / "comfy" / "families").glob("*.json"))
 NAMES = ["sdxl_base_refiner", "comfy_sdxl_base_refiner", "comfy_lora_sd1", "comfy_instruct_pix2pix",
-         "comfy_unclip", "comfy_gligen"]  # fmt: skip
+         "comfy_unclip", "comfy_gligen",
+         *(f"comfy/families/{p.stem}" for p in FAMILY_UI)]  # fmt: skip
+"""API workflows, and the same as ComfyUI canvas (UI) files in workflows/comfy/families/."""
 CHECKPOINT_OF = {family: name for name, family in CHECKPOINTS.items()}
 SIZED = ("EmptyLatentImage", "ImageScale")
 """Nodes whose width and height give the picture's size: set to the tiny models' 64 px."""
