@@ -169,11 +169,20 @@ def sigma_cases() -> list[dict[str, Any]]:
     return cases
 
 
+TXT2IMG_OVERRIDES: dict[str, dict[str, Any]] = {
+    # dpm_adaptive stops once within 1e-5 of its end time: with seed 42 the walk lands at that
+    # edge, and whether one more tiny step is taken flips with the CPU's float rounding
+    # (ComfyUI itself gives latents 0.11 apart on two machines). Seed 3 ends far from it: the
+    # error estimates moved by 1e-4 change its latents by < 1e-3.
+    "dpm_adaptive": {"seed": 3},
+}
+
+
 # fmt: off
 def sampling_cases() -> list[dict[str, Any]]:
     """Every sampler txt2img and at denoise 0.5; every scheduler; v-prediction; cfg 1; a
     batch; KSamplerAdvanced splits; the custom-sampling nodes; ModelSampling patches."""
-    cases = [_ks(f"txt2img.{s}", s) for s in SAMPLER_NAMES]
+    cases = [_ks(f"txt2img.{s}", s, **TXT2IMG_OVERRIDES.get(s, {})) for s in SAMPLER_NAMES]
     cases += [_ks(f"img2img.{s}", s, denoise=0.5, latent="sd1.image") for s in SAMPLER_NAMES]
     cases += [_ks(f"scheduler.{s}.{sampler}", sampler, scheduler=s, steps=7)
               for s in SCHEDULER_NAMES for sampler in ("euler", "dpmpp_2m")]
