@@ -158,6 +158,7 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
         "vram_budget": getattr(args, "vram_budget", None),
         "lowvram": getattr(args, "lowvram", False),
         "threads": getattr(args, "threads", 0),
+        "output_dir": str(args.out) if getattr(args, "out", None) else None,
     }
 
 

@@ -159,6 +159,7 @@ class Server:
             "lowvram": config.lowvram,
             "allow_pickle": False,
             "threads": config.threads or 0,
+            "output_dir": str(config.output_dir),  # its checkpoints/, loras/... hold models too
             # sizes only known at run time (a resize keeping the aspect ratio) are held to it too
             "max_image_pixels": config.limits.max_image_pixels,
         }

@@ -291,3 +291,30 @@ def test_sampling_markers_are_comfyuis(ckpt, node, inputs, markers, executor, se
     if markers and ckpt == "sdxl":
         assert written["edm_vpred.sigma_max"].item() == pytest.approx(120.0, rel=1e-5)
         assert written["edm_vpred.sigma_min"].item() == pytest.approx(0.002, rel=1e-5)
+
+
+def test_a_saved_checkpoint_loads_back_by_name_from_the_output_folder(tmp_path):
+    """As ComfyUI's: the output folder's checkpoints/ is searched, so the next run names it."""
+    from nodegraph.cli import main
+
+    models = tmp_path / "models" / "checkpoints"
+    models.mkdir(parents=True)
+    (models / "sd1.safetensors").symlink_to(ff.single_file("sd1"))
+    out = tmp_path / "out"
+
+    def run(ckpt: str) -> None:
+        workflow = {
+            "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
+            "2": {"class_type": "CheckpointSave", "inputs": {
+                "model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2],
+                "filename_prefix": "checkpoints/again"}},
+        }  # fmt: skip
+        path = tmp_path / "wf.json"
+        path.write_text(json.dumps(workflow))
+        args = ["run", str(path), "--out", str(out), "--models", str(tmp_path / "models")]
+        assert main([*args, "--device", "cpu", "--quiet"]) == 0
+
+    run("sd1.safetensors")
+    run("again_00001_.safetensors")  # found in the output folder's checkpoints/
+    first, second = (load_file(out / "checkpoints" / f"again_0000{n}_.safetensors") for n in (1, 2))
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)

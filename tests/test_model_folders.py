@@ -13,6 +13,7 @@ from nodes.loading import folders as F
 @pytest.fixture(autouse=True)
 def no_configured_roots(monkeypatch):
     monkeypatch.setattr(F, "_configured", [])
+    monkeypatch.setattr(F, "_output", [])
     monkeypatch.delenv(F.ENV_VAR, raising=False)
 
 
@@ -121,6 +122,27 @@ def test_roots_come_from_arguments_configuration_and_the_environment(tmp_path, m
     assert F.model_roots()[-1] == c and F.kind_dirs("checkpoints", [str(a)])[0] == a / "checkpoints"
     with pytest.raises(FileNotFoundError, match="no loras model named 'nope'"):
         F.find_model("loras", "nope")
+
+
+def test_the_output_folders_model_subfolders_are_searched_last(tmp_path):
+    """As ComfyUI: what CheckpointSave (or a LoRA trainer) writes to the output folder loads."""
+    models, out = tmp_path / "models", tmp_path / "output"
+    touch(models / "checkpoints" / "base.safetensors")
+    touch(models / "checkpoints" / "merged_00001_.safetensors")
+    touch(out / "checkpoints" / "merged_00001_.safetensors")  # a models root's wins
+    touch(out / "checkpoints" / "merged_00002_.safetensors")
+    touch(out / "loras" / "mine.safetensors")
+    touch(out / "clip" / "te.safetensors")
+    touch(out / "picture_00001_.safetensors")  # the output folder itself is no checkpoints folder
+    F.configure({"models": [str(models)], "output_dir": str(out)})
+    by_name = {m.name: m.path for m in F.list_models("checkpoints") if m.name != F.SHIPPED_NAME}
+    assert list(by_name) == ["base.safetensors", "merged_00001_.safetensors",
+                             "merged_00002_.safetensors"]  # fmt: skip
+    first = by_name["merged_00001_.safetensors"]
+    assert first == models / "checkpoints" / "merged_00001_.safetensors"
+    assert [m.name for m in F.list_models("loras")] == ["mine.safetensors"]
+    assert [m.name for m in F.list_models("text_encoders")] == ["te.safetensors"]
+    assert F.kind_dirs("loras") == [out / "loras"]
 
 
 def test_the_cli_refuses_a_missing_folder_or_a_broken_yaml_in_one_line(tmp_path, capsys):

@@ -4,8 +4,9 @@ A models root is either a folder laid out as ComfyUI's `models/` (a sub-folder p
 `checkpoints/`, `loras/`, `vae/`, ...), a flat folder (today's layout: every model in it is a
 checkpoint), or a ComfyUI `extra_model_paths.yaml` naming folders per kind. Roots come from
 `--models` (the run's `options["models"]`, or `use_model_dirs`), then the `NODEGRAPH_MODELS`
-environment variable (roots separated by os.pathsep); the shipped model is always a checkpoint,
-and its scribble ControlNet (when exported) always a controlnet.
+environment variable (roots separated by os.pathsep), then the output folder's `checkpoints/`,
+`loras/`, `vae/`, `clip/` and `diffusion_models/` (as ComfyUI); the shipped model is always a
+checkpoint, and its scribble ControlNet (when exported) always a controlnet.
 
 A model is named as ComfyUI names it: its path relative to its kind's folder, with `/`; a
 diffusers folder by its path relative to that folder too. The first root holding a name wins.
@@ -50,7 +51,18 @@ KINDS: dict[str, tuple[str, ...]] = {
 }
 FOLDER_KIND = {folder: kind for kind, folders in KINDS.items() for folder in folders}
 
+OUTPUT_KINDS: dict[str, str] = {
+    "checkpoints": "checkpoints",
+    "text_encoders": "clip",
+    "vae": "vae",
+    "diffusion_models": "diffusion_models",
+    "loras": "loras",
+}
+"""The output folder's sub-folders searched for models after the roots (ComfyUI's main.py adds
+them, so what CheckpointSave and the like write there loads back by name)."""
+
 _configured: list[str] = []
+_output: list[tuple[str, Path]] = []
 _lock = threading.Lock()
 
 
@@ -79,6 +91,15 @@ def use_model_dirs(dirs: Iterable[str | os.PathLike[str]]) -> None:
                 _configured.append(str(d))
 
 
+def use_output_dir(folder: str | os.PathLike[str]) -> None:
+    """Search the output folder's model sub-folders (OUTPUT_KINDS) too, after the roots."""
+    base = Path(folder).expanduser()
+    with _lock:
+        for kind, name in OUTPUT_KINDS.items():
+            if (kind, base / name) not in _output:
+                _output.append((kind, base / name))
+
+
 def check_root(root: str | os.PathLike[str]) -> None:
     """A ModelsConfigError for a models root that is not there or an unreadable yaml."""
     path = Path(root).expanduser()
@@ -95,6 +116,8 @@ def configure(options: Mapping[str, Any]) -> None:
     for root in options.get("models", ()):
         check_root(root)
     use_model_dirs(options.get("models", ()))
+    if options.get("output_dir"):
+        use_output_dir(options["output_dir"])
     threads = int(options.get("threads") or 0)
     if threads > 0:
         torch.set_num_threads(threads)
@@ -177,6 +200,13 @@ def kind_folders(root: Path) -> list[tuple[str, Path, bool]]:
     return [*folders, ("checkpoints", root, False)]
 
 
+def search_folders(extra: Iterable[str | os.PathLike[str]] = ()) -> list[tuple[str, Path, bool]]:
+    """(kind, folder, walk_kind_folders) of every root in order, then the output folder's."""
+    folders = [entry for root in model_roots(extra) for entry in kind_folders(root)]
+    with _lock:
+        return folders + [(kind, folder, True) for kind, folder in _output]
+
+
 def _entries(folder: Path) -> list[Path]:
     try:
         return sorted(folder.iterdir())
@@ -221,28 +251,26 @@ def list_models(kind: str | None = None, extra: Iterable[str] = ()) -> list[Mode
         found[("controlnet", SHIPPED_CONTROLNET_NAME)] = ModelFile(
             "controlnet", SHIPPED_CONTROLNET_NAME, SHIPPED_CONTROLNET_DIR, "component"
         )
-    for root in model_roots(extra):
-        for folder_kind, folder, whole in kind_folders(root):
-            if (
-                kind is not None
-                and folder_kind != kind
-                and not (kind == "checkpoints" and folder_kind == "diffusers")
-            ):
-                continue
-            for name, path, fmt in _walk(folder, skip_kind_folders=not whole):
-                listed_as = "checkpoints" if folder_kind == "diffusers" else folder_kind
-                if _wanted(listed_as, fmt):
-                    found.setdefault((listed_as, name), ModelFile(listed_as, name, path, fmt))
+    for folder_kind, folder, whole in search_folders(extra):
+        if (
+            kind is not None
+            and folder_kind != kind
+            and not (kind == "checkpoints" and folder_kind == "diffusers")
+        ):
+            continue
+        for name, path, fmt in _walk(folder, skip_kind_folders=not whole):
+            listed_as = "checkpoints" if folder_kind == "diffusers" else folder_kind
+            if _wanted(listed_as, fmt):
+                found.setdefault((listed_as, name), ModelFile(listed_as, name, path, fmt))
     return list(found.values())
 
 
 def kind_dirs(kind: str, extra: Iterable[str] = ()) -> list[Path]:
     """The folders holding models of one kind, in search order (e.g. every embeddings folder)."""
     found: dict[Path, None] = {}
-    for root in model_roots(extra):
-        for folder_kind, folder, _ in kind_folders(root):
-            if folder_kind == kind and folder.is_dir():
-                found.setdefault(folder, None)
+    for folder_kind, folder, _ in search_folders(extra):
+        if folder_kind == kind and folder.is_dir():
+            found.setdefault(folder, None)
     return list(found)
 
 
