@@ -17,12 +17,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from nodes.conditioning.unclip import UNCLIP_KEY, UnclipConditioning, class_label
+from nodes.conditioning.clip_nodes import CLIPTextEncode
+from nodes.conditioning.unclip import UNCLIP_KEY, UnclipConditioning, class_label, sdxl_pooled
 from nodes.formats.detect import detect
 from nodes.formats.tensors import open_safetensors
 from nodes.loading.checkpoints import folder_variant
 from nodes.loading.unclip_nodes import UnclipCheckpointLoader
 from nodes.sampling.ksampler import KSampler
+from nodes.sampling.unet_inputs import UnetInputs
 from nodes.values import ClipVisionOutput, Conditioning, Latent
 from tests import comfy_cases as C
 from tests import family_fixtures as ff
@@ -149,5 +151,38 @@ def test_the_picture_steers_the_sample_and_a_wrong_width_is_refused():
     wide = UnclipConditioning(
         conditioning=wide, clip_vision_output=output(torch.ones(1, U.EMBED + 8)), strength=1.0
     ).invoke(NodeCtx())
-    with pytest.raises(ValueError, match="32 wide; this unCLIP model takes 24"):
+    with pytest.raises(ValueError, match="32 wide; this model takes 24"):
         sample(wide)
+
+
+@pytest.mark.parametrize("case", MANIFEST["sdxl_cases"], ids=lambda c: c["name"])
+def test_sdxl_pooled_text_from_pictures_equals_comfyuis(case: dict[str, Any]) -> None:
+    cond = conditioning("cond", case["entries"]).conds[0]
+    ours = sdxl_pooled(cond.extras[UNCLIP_KEY], U.SDXL_WIDTH, case["seed"])
+    theirs = reference()[case["name"]]
+    assert ours.shape == theirs.shape == (1, U.SDXL_WIDTH)
+    assert float((ours - theirs).abs().max()) <= 1e-6
+
+
+def test_an_sdxl_revision_prompt_samples_with_the_pictures_as_pooled_text():
+    model, clip, _ = C.tiny_checkpoint("sdxl")
+    text = CLIPTextEncode(text="a cat", clip=clip).invoke(NodeCtx())
+    revision = text
+    for name, strength, augmentation in MANIFEST["sdxl_cases"][2]["entries"]:
+        revision = UnclipConditioning(
+            conditioning=revision, clip_vision_output=output(reference()[name]),
+            strength=strength, noise_augmentation=augmentation,
+        ).invoke(NodeCtx())  # fmt: skip
+    latent = torch.zeros(1, 4, 8, 8)
+    inputs = UnetInputs.build(model, latent, revision.conds[0], text.conds[0], seed=9)
+    pooled = inputs.added["text_embeds"]
+    assert torch.equal(pooled[0], text.conds[0].pooled[0])  # the negative keeps its text
+    assert float((pooled[1] - reference()["sdxl.merged"][0]).abs().max()) <= 1e-6
+
+    def sample(positive: Conditioning) -> torch.Tensor:
+        return KSampler(
+            model=model, positive=positive, negative=text, latent_image=Latent(latent),
+            **{**U.KSAMPLER, "steps": 2, "seed": 9},
+        ).invoke(NodeCtx()).samples  # fmt: skip
+
+    assert float((sample(revision) - sample(text)).abs().max()) > 1e-3

@@ -37,6 +37,16 @@ CASES: list[dict[str, Any]] = [
 ]  # fmt: skip
 
 
+SDXL_WIDTH = 64
+"""The tiny SDXL's pooled text width (its bigG stand-in; real: 1280, clip_vision_g's embedding)."""
+SDXL_CASES: list[dict[str, Any]] = [
+    # SDXL "revision": the pictures' embeddings replace the pooled text (ComfyUI's sdxl_pooled)
+    {"name": "sdxl.one", "entries": [["g_one", 1.0, 0.0]], "seed": 42},
+    {"name": "sdxl.noised", "entries": [["g_one", 0.8, 0.4]], "seed": 4},
+    {"name": "sdxl.merged", "entries": [["g_one", 1.0, 0.3], ["g_pair", 0.5, 0.1]], "seed": 9},
+]  # fmt: skip
+
+
 def inputs() -> dict[str, torch.Tensor]:
     """Seeded prompts, image embeddings (as CLIPVisionEncode gives them) and a latent."""
     g = torch.Generator().manual_seed(4242)
@@ -47,4 +57,6 @@ def inputs() -> dict[str, torch.Tensor]:
         "other": torch.randn((1, EMBED), generator=g),
         "pair": torch.randn((2, EMBED), generator=g),
         "image": torch.randn((1, 4, 8, 8), generator=g) * 4.0,
+        "g_one": torch.randn((1, SDXL_WIDTH), generator=g),
+        "g_pair": torch.randn((2, SDXL_WIDTH), generator=g),
     }

@@ -7,8 +7,10 @@ conditioning unchanged). An unCLIP UNet then reads the list as its class-label (
 each image embedding noise-augmented at level round((max_noise_level - 1) * noise_augmentation),
 concatenated with that level's embedding and times its strength; several are summed and
 augmented once more at unclip_noise_augment_merge (0.05). A prompt without entries gives
-zeros. The noise is ComfyUI's: a CPU draw from a generator seeded with the sampling seed - 10,
-reseeded for each embedding; the merge draws the next numbers of the same stream (ComfyUI's
+zeros. On SDXL (base and refiner) the entries replace the pooled text instead: the noised
+embedding without its level, merged at augmentation 0 (ComfyUI's sdxl_pooled). The noise is
+ComfyUI's: a CPU draw from a generator seeded with the sampling seed - 10, reseeded for each
+embedding; the merge draws the next numbers of the same stream (ComfyUI's
 randn_like on the global generator its last reseed left there).
 
 ComfyUI's CLIPEmbeddingNoiseAugmentation normalises with a mean of 0 and a std of 1 (its stats
@@ -134,7 +136,7 @@ def class_label(
         if embeds.shape[-1] * 2 != width:
             raise ValueError(
                 f"the CLIP vision output's image embeddings are {embeds.shape[-1]} wide; this "
-                f"unCLIP model takes {width // 2} (use the CLIP vision model it was made with)"
+                f"model takes {width // 2} (use the CLIP vision model it was made with)"
             )
         for embed in embeds.reshape(-1, embeds.shape[-1]):
             generator.manual_seed(seed + SEED_OFFSET)
@@ -144,3 +146,9 @@ def class_label(
         return labels[0]
     summed = torch.stack(labels).sum(0)
     return _augmented(summed[:, : width // 2], merge, generator)
+
+
+def sdxl_pooled(entries: Sequence[UnclipEntry], width: int, seed: int) -> torch.Tensor:
+    """SDXL's pooled text replaced by the pictures' embeddings (ComfyUI's sdxl_pooled, the
+    "revision" workflows): the class label's noised-embedding half, merged at augmentation 0."""
+    return class_label(entries, 2 * width, seed, merge=0.0)[:, :width]

@@ -12,7 +12,13 @@ from typing import Any
 import torch
 
 from ..conditioning.gligen import GLIGEN_KEY, GligenBoxes
-from ..conditioning.unclip import MERGE_AUGMENTATION, MERGE_KEY, UNCLIP_KEY, class_label
+from ..conditioning.unclip import (
+    MERGE_AUGMENTATION,
+    MERGE_KEY,
+    UNCLIP_KEY,
+    class_label,
+    sdxl_pooled,
+)
 from ..control.residuals import ADAPTER_FEATURES, adapter_added
 from ..formats.families import FAMILIES, IP2P_CHANNELS
 from ..latents.scaling import common_upscale
@@ -121,6 +127,16 @@ def _class_labels(
     return torch.cat(labels)
 
 
+def _pooled(cond: Cond, seed: int | None) -> torch.Tensor:
+    """SDXL's pooled text, or the pictures' embeddings unCLIPConditioning gave the prompt."""
+    if cond.pooled is None:
+        raise ValueError("an SDXL model needs pooled text: encode the prompt with an SDXL CLIP")
+    entries = cond.extras.get(UNCLIP_KEY)
+    if not entries:
+        return cond.pooled
+    return sdxl_pooled(entries, int(cond.pooled.shape[-1]), seed or 0)
+
+
 def _gligen(conds: list[tuple[str, Cond]]) -> GligenBoxes | None:
     """The GLIGEN boxes prompts batched together share (ComfyUI runs a prompt with boxes in a
     batch of its own; a negative without boxes has the positive's by then)."""
@@ -175,11 +191,7 @@ class UnetInputs:
         if FAMILIES[model.family].time_ids:
             pooled, ids = [], []
             for role, c in conds:
-                if c.pooled is None:
-                    raise ValueError(
-                        "an SDXL model needs pooled text: encode the prompt with an SDXL CLIP"
-                    )
-                pooled.append(_batch(c.pooled, n, model, "pooled conditioning"))
+                pooled.append(_batch(_pooled(c, seed), n, model, "pooled conditioning"))
                 row = torch.tensor([time_ids(model, c, latents, role)], dtype=model.dtype)
                 ids.append(row.to(model.device).expand(n, -1))
             added = {"text_embeds": torch.cat(pooled), "time_ids": torch.cat(ids)}

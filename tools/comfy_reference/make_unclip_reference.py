@@ -6,6 +6,8 @@ class (v-prediction, its CLIPEmbeddingNoiseAugmentation sized to the tiny image 
 whose diffusion model is the tests' tiny unCLIP UNet: the same diffusers module nodegraph loads
 from tests.family_fixtures' "sd2_unclip" file, given ComfyUI's adm `y` as its class labels.
 The image embeddings are the cases' own tensors (ComfyUI's node only reads `image_embeds`).
+SDXL's pooled text from pictures is ComfyUI's sdxl_pooled: unclip_adm(...)[:, :1280] with its
+SDXL noise augmentor, 1280 being bigG's pooled width; here the tiny SDXL's (64) in its place.
 
 Writes tests/data/comfy_reference/{unclip.json, unclip.safetensors}.
 """
@@ -92,9 +94,21 @@ def main() -> None:
         )  # fmt: skip
         tensors[case["name"]] = out[0]["samples"]
         print(case["name"], float(out[0]["samples"].abs().max()))
+    import comfy.model_base as mb
+    from comfy.ldm.modules.encoders.noise_aug_modules import CLIPEmbeddingNoiseAugmentation
+
+    augmentor = CLIPEmbeddingNoiseAugmentation(
+        noise_schedule_config={"timesteps": 1000, "beta_schedule": "squaredcos_cap_v2"},
+        timestep_dim=U.SDXL_WIDTH,
+    )
+    for case in U.SDXL_CASES:
+        cond = conditioning(node, inputs["cond"], case["entries"], inputs)[0][1]
+        adm = mb.unclip_adm(cond["unclip_conditioning"], torch.device("cpu"), augmentor,
+                            seed=case["seed"] - 10)  # fmt: skip
+        tensors[case["name"]] = adm[:, : U.SDXL_WIDTH]
     OUT.mkdir(parents=True, exist_ok=True)
     save_file({k: v.float().contiguous() for k, v in tensors.items()}, OUT / "unclip.safetensors")
-    manifest = {"comfyui_commit": comfy_commit(), "cases": U.CASES}
+    manifest = {"comfyui_commit": comfy_commit(), "cases": U.CASES, "sdxl_cases": U.SDXL_CASES}
     (OUT / "unclip.json").write_text(json.dumps(manifest, indent=1) + "\n")
     print(f"{len(U.CASES)} cases written to {OUT}")
 
