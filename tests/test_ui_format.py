@@ -235,6 +235,18 @@ def test_reroutes_that_do_not_fit_leave_the_link_straight(registry):
         assert ui_to_api(ui, registry) == (oracle, [])
 
 
+def test_native_reroute_points_the_canvas_keeps_become_numbered_reroute_nodes(registry):
+    """The canvas lists a file's native reroute points as `native-<id>`: written back as
+    Reroute nodes with fresh numeric ids (ComfyUI's canvas needs numbers), in the listed order."""
+    oracle = load(DATA / "reroute_chain.api.json")
+    native = [{"id": "native-1", "pos": [800, 200]}, {"id": "native-2", "pos": [880, 240]}]
+    ui = api_to_ui(with_reroutes(oracle, **{"6": {"value": native}}), registry)
+    reroutes = {n["id"]: n["pos"] for n in ui["nodes"] if n["type"] == "Reroute"}
+    assert reroutes == {7: [800, 200], 8: [880, 240]}
+    assert (2, 0, 7, 0, "INT") in links_of(ui) and (8, 0, 6, 0, "INT") in links_of(ui)
+    assert ui_to_api(ui, registry) == (oracle, [])
+
+
 def test_workflows_with_reroutes_round_trip_through_the_canvas_format(registry):
     """The comfy img2img canvas's Reroute (the VAE, to two nodes) kept as the canvas keeps it:
     API -> UI -> API gives the same prompt, and the Reroute where the file has it."""

@@ -879,6 +879,52 @@ def test_a_canvas_files_reroutes_show_move_run_and_save_back(page: Page, tmp_pat
     p.shot("reroutes-saved")
 
 
+def test_native_reroute_points_show_and_save_back_as_reroute_nodes(
+    page: Page, tmp_path: Path
+) -> None:
+    """A file's native reroute points (0.4's extra.reroutes / linkExtensions; schema 1 the same
+    on its links) show as reroute dots on their link and Save UI writes them as Reroute nodes:
+    tests/data/ui/groups_and_native_reroutes.json bends its IntMath -> ShowValue link once."""
+    from nodegraph.registry import default_registry
+    from nodegraph.ui_format import ui_to_api
+
+    p = page
+    path = Path(__file__).resolve().parent / "data" / "ui" / "groups_and_native_reroutes.json"
+    expected, _ = ui_to_api(json.loads(path.read_text()), default_registry())
+    drop_bytes(p, path.read_bytes(), path.name, "application/json")
+    wait_until(p, "() => document.querySelectorAll('[data-testid=reroute]').length === 1")
+    loaded = workflow(p)
+    assert loaded["3"]["_meta"]["reroutes"] == {"value": [{"id": "native-1", "pos": [700, 240]}]}
+    wrapper = p.page.locator('.react-flow__node[data-id="native-1"]')
+    assert wrapper.evaluate("(e) => e.style.transform") == "translate(700px, 240px)"
+    with p.page.expect_request(lambda r: r.url.endswith("/prompt") and r.method == "POST") as req:
+        queue_and_wait(p)
+    queued = req.value.post_data_json["prompt"]
+    assert {k: (n["class_type"], n["inputs"]) for k, n in queued.items()} == {
+        k: (n["class_type"], n["inputs"]) for k, n in expected.items()
+    }
+    p.shot("native-reroutes")
+    with p.page.expect_download() as dl:
+        p.page.click("[data-testid=save-ui-button]")
+    saved_path = tmp_path / "native.ui.json"
+    dl.value.save_as(saved_path)
+    saved = json.loads(saved_path.read_text())
+    reroutes = {n["id"]: n["pos"] for n in saved["nodes"] if n["type"] == "Reroute"}
+    assert reroutes == {4: [700, 240]}
+    assert canvas_links(saved) == {(1, 0, 2, 0), (2, 0, 4, 0), (4, 0, 3, 0)}
+    back, warnings = ui_to_api(saved, default_registry())
+    assert warnings == [] and {k: (n["class_type"], n["inputs"]) for k, n in back.items()} == {
+        k: (n["class_type"], n["inputs"]) for k, n in expected.items()
+    }
+    # schema 1: the point is named by the link's parentId
+    p.page.click("[data-testid=clear-button]")
+    schema1 = path.parent / "subgraph_schema1.json"
+    drop_bytes(p, schema1.read_bytes(), schema1.name, "application/json")
+    wait_until(p, "() => document.querySelectorAll('[data-testid=reroute]').length === 1")
+    wrapper = p.page.locator('.react-flow__node[data-id="native-1"]')
+    assert wrapper.evaluate("(e) => e.style.transform") == "translate(740px, 320px)"
+
+
 def wait_for_pictures(p: Page, node_id: str, testid: str, count: int) -> None:
     """Until the node shows `count` loaded pictures marked `testid` (a sweep's results)."""
     wait_until(

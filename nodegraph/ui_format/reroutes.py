@@ -6,6 +6,8 @@ the link's source to the consumer. Each becomes a "Reroute" node (frontend-only:
 type "*", one output of the type flowing through, 75 x 26) chained on that link; a reroute that
 several links list (one feeding many inputs) is one node with one output link per consumer.
 The API workflow is unchanged by them: the canvas's Reroute nodes resolve to the same links.
+The canvas lists a file's native reroute points (bend points on a link) the same way, with ids
+of their own (`native-<id>`), so they come back as Reroute nodes with fresh numeric ids.
 """
 
 from __future__ import annotations
@@ -76,7 +78,8 @@ class RerouteNodes:
 
     def _make(self, rid: str, pos: list[float]) -> dict[str, Any]:
         node_id = ui_id(rid)
-        if node_id in self.taken:  # the id of another node: take a fresh one
+        if not isinstance(node_id, int) or node_id in self.taken:
+            # another node's id, or not a number (a native reroute point's): a fresh one
             node_id = 1 + max((i for i in self.taken if isinstance(i, int)), default=0)
         self.taken.add(node_id)
         node = {

@@ -117,8 +117,40 @@ export class ReroutePlacer {
   }
 }
 
-/** Copies a ComfyUI canvas file's Reroute nodes into the API workflow converted from it: onto
- * each node that the file links through reroutes, the reroutes of each such input. */
+/** A canvas file's native reroute points (schema 1's `reroutes` and links' `parentId`; 0.4's
+ * `extra.reroutes` and `extra.linkExtensions`): per link id, its points from source to target,
+ * as stops with ids of their own (`native-<id>`, apart from the nodes'). */
+export function nativeReroutes(ui: any): Map<string, RerouteStop[]> {
+  const list = Array.isArray(ui?.reroutes) ? ui.reroutes : Array.isArray(ui?.extra?.reroutes) ? ui.extra.reroutes : [];
+  const points = new Map<string, any>(list.filter((r: any) => r && !r.floating).map((r: any) => [String(r.id), r]));
+  const last = new Map<string, string>(); // link id -> the point nearest its target
+  for (const l of Array.isArray(ui?.links) ? ui.links : []) {
+    if (l && !Array.isArray(l) && typeof l === 'object' && l.parentId != null) last.set(String(l.id), String(l.parentId));
+  }
+  for (const e of Array.isArray(ui?.extra?.linkExtensions) ? ui.extra.linkExtensions : []) {
+    if (e?.parentId != null) last.set(String(e.id), String(e.parentId));
+  }
+  const out = new Map<string, RerouteStop[]>();
+  for (const [link, first] of last) {
+    const stops: RerouteStop[] = [];
+    for (let id: string | undefined = first; id !== undefined; ) {
+      const r = points.get(id);
+      const pos = r?.pos;
+      if (!r || !Array.isArray(pos) || !pos.every(Number.isFinite) || stops.some((s) => s.id === `native-${id}`)) {
+        stops.length = 0; // a point missing or looping: the link is drawn straight
+        break;
+      }
+      stops.unshift({ id: `native-${id}`, pos: [pos[0], pos[1]] });
+      id = r.parentId == null ? undefined : String(r.parentId);
+    }
+    if (stops.length) out.set(link, stops);
+  }
+  return out;
+}
+
+/** Copies a ComfyUI canvas file's reroutes into the API workflow converted from it: onto each
+ * node that the file links through reroutes (Reroute nodes, or native reroute points on the
+ * links), the reroutes of each such input, source first. */
 export function keepCanvasReroutes(ui: any, api: Record<string, { inputs: Record<string, unknown>; _meta?: any }>): void {
   const nodes = new Map<string, any>((Array.isArray(ui?.nodes) ? ui.nodes : []).map((n: any) => [String(n?.id), n]));
   const links = new Map<string, string>(); // link id -> origin node id
@@ -126,13 +158,15 @@ export function keepCanvasReroutes(ui: any, api: Record<string, { inputs: Record
     if (Array.isArray(l)) links.set(String(l[0]), String(l[1]));
     else if (l && typeof l === 'object') links.set(String(l.id), String(l.origin_id));
   }
+  const native = nativeReroutes(ui);
   const origin = (link: unknown) => (link === null || link === undefined ? undefined : nodes.get(links.get(String(link)) ?? ''));
+  const pointsOn = (link: unknown) => (link === null || link === undefined ? [] : native.get(String(link)) ?? []);
   for (const [id, n] of nodes) {
     const entry = api[id];
     if (!entry || n?.type === REROUTE) continue;
     const kept: Record<string, RerouteStop[]> = {};
     for (const input of Array.isArray(n.inputs) ? n.inputs : []) {
-      const stops: RerouteStop[] = [];
+      const stops: RerouteStop[] = [...pointsOn(input?.link)];
       for (let r = origin(input?.link); r?.type === REROUTE && !stops.some((s) => s.id === String(r.id)); r = origin(r.inputs?.[0]?.link)) {
         const x = Array.isArray(r.pos) ? r.pos[0] : r.pos?.['0'];
         const y = Array.isArray(r.pos) ? r.pos[1] : r.pos?.['1'];
@@ -140,7 +174,7 @@ export function keepCanvasReroutes(ui: any, api: Record<string, { inputs: Record
           stops.length = 0; // a reroute without a position: the link is drawn straight
           break;
         }
-        stops.unshift({ id: String(r.id), pos: [x, y] });
+        stops.unshift(...pointsOn(r.inputs?.[0]?.link), { id: String(r.id), pos: [x, y] });
       }
       const value = entry.inputs?.[input?.name];
       if (stops.length && Array.isArray(value) && value.length === 2) kept[input.name] = stops;
