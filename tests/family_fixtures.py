@@ -199,6 +199,9 @@ FAMILIES: dict[str, Family] = {
                _REFINER_TOWERS, "EulerDiscreteScheduler", _SDXL_SCHEDULER, SDXL_SCALING,
                dict(requires_aesthetics_score=True, force_zeros_for_empty_prompt=False,
                     add_watermarker=False)),
+        Family("sdxl_ip2p", "StableDiffusionXLInstructPix2PixPipeline",
+               {**_SDXL_UNET, "in_channels": 8}, _SDXL_TOWERS, "EulerDiscreteScheduler",
+               _SDXL_SCHEDULER, SDXL_SCALING, _SDXL_KWARGS),
         Family("sdxl_inpaint", "StableDiffusionXLInpaintPipeline",
                {**_SDXL_UNET, "in_channels": 9}, _SDXL_TOWERS, "EulerDiscreteScheduler",
                _SDXL_SCHEDULER, SDXL_SCALING,
@@ -302,7 +305,9 @@ def _build(name: str, seed: int) -> Any:
             parts[tower.tokenizer] = _tokenizer(pad)
     scheduler = getattr(diffusers, fam.scheduler).from_config(fam.scheduler_config)
     cls = getattr(diffusers, fam.pipeline)
-    if fam.pipeline.startswith("StableDiffusionXL"):
+    if fam.pipeline == "StableDiffusionXLInstructPix2PixPipeline":
+        extra = {}
+    elif fam.pipeline.startswith("StableDiffusionXL"):
         extra = {"image_encoder": None, "feature_extractor": None}
     else:
         extra = {

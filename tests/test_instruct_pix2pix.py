@@ -214,22 +214,96 @@ def _with_conv_in(family: str, path: Path, channels: int) -> Path:
     return path
 
 
-def test_8_channel_files_and_folders_load_as_ip2p_only_for_sd1(tmp_path: Path):
+def test_8_channel_files_and_folders_load_as_ip2p_for_sd1_and_sdxl(tmp_path: Path):
     variant = detect(open_safetensors(ff.single_file(P.FAMILY)))
     assert (variant.name, variant.family.key, variant.in_channels) == ("sd1-ip2p", "sd1", 8)
     assert folder_variant(ff.diffusers_folder(P.FAMILY)).name == "sd1-ip2p"
-    for family, label in (("sdxl", "SDXL"), ("sd2", "SD 2.x")):
+    variant = detect(open_safetensors(ff.single_file("sdxl_ip2p")))
+    assert (variant.name, variant.family.key, variant.in_channels) == ("sdxl-ip2p", "sdxl", 8)
+    assert folder_variant(ff.diffusers_folder("sdxl_ip2p")).name == "sdxl-ip2p"
+    for family, label in (("sdxl_refiner", "SDXL refiner"), ("sd2", "SD 2.x")):
         path = _with_conv_in(family, tmp_path / f"{family}-8.safetensors", 8)
         with pytest.raises(CheckpointError, match=f"is a {label} InstructPix2Pix model"):
             detect(open_safetensors(path))
     seven = _with_conv_in("sd1", tmp_path / "sd1-7.safetensors", 7)
     with pytest.raises(CheckpointError, match="is a 7-channel model"):
         detect(open_safetensors(seven))
-    folder = tmp_path / "sdxl-8"
+    folder = tmp_path / "refiner-8"
     for part in ("model_index.json", "unet/config.json", "scheduler/scheduler_config.json"):
         (folder / part).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(ff.diffusers_folder("sdxl") / part, folder / part)
+        shutil.copy(ff.diffusers_folder("sdxl_refiner") / part, folder / part)
     config = json.loads((folder / "unet/config.json").read_text())
     (folder / "unet/config.json").write_text(json.dumps({**config, "in_channels": 8}))
-    with pytest.raises(CheckpointError, match="SDXL InstructPix2Pix"):
+    with pytest.raises(CheckpointError, match="SDXL refiner InstructPix2Pix"):
         folder_variant(folder)
+
+
+@cache
+def sdxl_pipeline() -> Any:
+    from diffusers import StableDiffusionXLInstructPix2PixPipeline
+
+    pipe = ff.build_pipeline("sdxl_ip2p")  # seed 0: the weights of the tiny file
+    assert isinstance(pipe, StableDiffusionXLInstructPix2PixPipeline)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def sdxl_prompts() -> tuple[Conditioning, Conditioning]:
+    """Seeded SDXL prompts: CLIP-L and bigG states side by side (96 wide), bigG's pooled (64)."""
+    g = torch.Generator().manual_seed(99)
+    width = ff.family("sdxl_ip2p").unet["cross_attention_dim"]
+    pooled = ff.OPEN_CLIP_G["width"]
+    made = [(torch.randn((1, 77, width), generator=g), torch.randn((1, pooled), generator=g))
+            for _ in range(2)]  # fmt: skip
+    return Conditioning.of(*made[0]), Conditioning.of(*made[1])
+
+
+def test_sdxl_ip2p_native_denoise_equals_diffusers_pipeline_at_image_guidance_1():
+    """SDXL InstructPix2Pix (ComfyUI's SDXL_instructpix2pix, diffusers-trained: the picture's
+    latent unscaled, as SD 1.x's): at image_guidance_scale 1 diffusers' pipeline is CFG with the
+    picture on both prompts; the native nodes walk its latents to 1e-4, the UNet seeing the
+    picture's latent in channels 4..8."""
+    import diffusers
+
+    pipe, pixels = sdxl_pipeline(), _picture()
+    pipe.scheduler = diffusers.EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    cond, uncond = sdxl_prompts()
+    (c,), (u,) = cond.conds, uncond.conds
+    theirs = pipe(
+        prompt_embeds=c.embeds, negative_prompt_embeds=u.embeds,
+        pooled_prompt_embeds=c.pooled, negative_pooled_prompt_embeds=u.pooled,
+        image=pixels.movedim(-1, 1), num_inference_steps=4, guidance_scale=5.0,
+        image_guidance_scale=1.0, generator=torch.Generator().manual_seed(7),
+        output_type="latent",
+    ).images  # fmt: skip
+    model = C.tiny_model("sdxl_ip2p")
+    vae = Vae(pipe.vae, torch.device("cpu"), torch.float32, "pipe")
+    out = InstructPixToPixConditioning(
+        positive=cond, negative=uncond, vae=vae, pixels=pixels
+    ).invoke(Ctx())
+    noisy = AddNoise(model=model, latent=out.latent, strength=1.0, seed=7, steps=4,
+                     sampler="euler", scheduler="normal").invoke(Ctx())  # fmt: skip
+    node = Denoise(model=model, noisy=noisy, positive=out.positive, negative=out.negative,
+                   cfg=5.0)  # fmt: skip
+    calls = _unet_calls(model.unet, lambda: node.invoke(Ctx()))
+    ours = model.latent_in(node.invoke(Ctx()).samples)
+    assert close(ours, theirs, LATENT_TOL) <= 1.0
+    picture = vae_encode(vae, pixels)[0]  # unscaled, as diffusers' pipeline and ComfyUI give it
+    assert all(torch.allclose(x[:, 4:], picture.expand(2, -1, -1, -1), atol=1e-6) for x, _ in calls)
+    plain = Denoise(model=model, noisy=noisy, positive=cond, negative=uncond, cfg=5.0)
+    assert float((model.latent_in(plain.invoke(Ctx()).samples) - theirs).abs().max()) > 0.1
+
+
+def test_sdxl_ip2p_samples_with_ksampler():
+    model, _, vae = C.tiny_checkpoint("sdxl_ip2p")
+    cond, uncond = sdxl_prompts()
+    out = InstructPixToPixConditioning(
+        positive=cond, negative=uncond, vae=vae, pixels=_picture()
+    ).invoke(Ctx())
+    node = KSampler(model=model, seed=3, steps=2, cfg=4.0, sampler_name="euler",
+                    scheduler="normal", positive=out.positive, negative=out.negative,
+                    latent_image=out.latent, denoise=1.0)  # fmt: skip
+    calls = _unet_calls(model.unet, lambda: node.invoke(Ctx()))
+    concat = out.positive.conds[0].extras["concat_latent_image"]
+    assert len(calls) == 2
+    assert all(torch.equal(x[:, 4:], concat.expand(2, -1, -1, -1)) for x, _ in calls)

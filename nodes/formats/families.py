@@ -163,9 +163,10 @@ UNCLIP_TOWER_PREFIX = "cond_stage_model."
 """SD 2.x unCLIP files keep their text tower where SD 2.x does (SDXL's are under `conditioner.`)."""
 UNCLIP_IMAGE_PREFIX = "embedder."
 """...and their CLIP image encoder under `embedder.model.visual.`."""
-IP2P_FAMILIES = ("sd1",)
-"""The families whose 8-channel UNets load as InstructPix2Pix (ComfyUI's SD15_instructpix2pix;
-its SDXL one is not supported yet)."""
+IP2P_FAMILIES = ("sd1", "sdxl")
+"""The families whose 8-channel UNets load as InstructPix2Pix (ComfyUI's SD15_instructpix2pix
+and SDXL_instructpix2pix: diffusers-trained, the picture's latent unscaled; CosXL Edit's EDM
+files stay refused with the other EDM checkpoints)."""
 
 
 @dataclass(frozen=True)
