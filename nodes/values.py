@@ -40,6 +40,9 @@ class Model:
     latent_scale: float = 1.0
     latent_shift: float = 0.0
     """LATENTs are the VAE's own (as ComfyUI's); the UNet works on (latent - shift) * scale."""
+    edm: bool = False
+    """Trained on EDM's continuous sigmas (CosXL): `sampling` is its own, the native (diffusers)
+    nodes refuse it, and an InstructPix2Pix one takes the picture's latent in the UNet's space."""
 
     def latent_in(self, latent: torch.Tensor) -> torch.Tensor:
         """A LATENT in the UNet's space (ComfyUI's process_latent_in)."""

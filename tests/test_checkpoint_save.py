@@ -291,6 +291,9 @@ def test_sampling_markers_are_comfyuis(ckpt, node, inputs, markers, executor, se
     if markers and ckpt == "sdxl":
         assert written["edm_vpred.sigma_max"].item() == pytest.approx(120.0, rel=1e-5)
         assert written["edm_vpred.sigma_min"].item() == pytest.approx(0.002, rel=1e-5)
+        saved = settings.output_dir / "checkpoints" / "ComfyUI_00001_.safetensors"
+        model = C.load_checkpoint(saved.name, {"models": [str(saved.parent)]})[0]
+        assert model.edm and model.sampling.axis == "continuous_edm"  # loads back as CosXL
 
 
 def test_a_saved_checkpoint_loads_back_by_name_from_the_output_folder(tmp_path):

@@ -11,9 +11,13 @@ its `v_pred` / `ztsnr` markers.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from .families import (
+    EDM_FAMILIES,
+    EDM_SIGMA_MIN,
     FAMILIES,
     UNCLIP_IMAGE_PREFIX,
     UNCLIP_TOWER_PREFIX,
@@ -30,8 +34,8 @@ _MIN_UNET_KEYS = 5
 
 UNSUPPORTED_MARKERS = {
     "edm_mean": "a Playground 2.5 (EDM) checkpoint",
-    "edm_vpred.sigma_max": "an EDM v-prediction checkpoint",
 }
+EDM_MAX, EDM_MIN = "edm_vpred.sigma_max", "edm_vpred.sigma_min"
 
 
 def tower_prefix(tensors: Tensors, spec: TowerSpec) -> str | None:
@@ -100,11 +104,24 @@ def detect(tensors: Tensors) -> Variant:
     proj_in = _first(tensors, "proj_in.weight")
     if proj_in is None:
         raise CheckpointError(f"{name}: the UNet has no attention blocks (no proj_in weights)")
-    variant = _variant(tensors, in_channels, proj_in)
+    variant = _edm(tensors, _variant(tensors, in_channels, proj_in))
     reason = variant.unsupported()
     if reason is not None:
         raise CheckpointError(f"{name} is {reason}, which nodegraph does not support yet")
     return variant
+
+
+def _edm(tensors: Tensors, variant: Variant) -> Variant:
+    """The variant with its EDM v-prediction sigmas when the file marks them (CosXL)."""
+    if EDM_MAX not in tensors:
+        return variant
+    if variant.family.key not in EDM_FAMILIES:
+        raise CheckpointError(
+            f"{tensors.path.name} is an EDM v-prediction {variant.family.label} checkpoint, "
+            "which nodegraph does not support yet (only SDXL ones)"
+        )
+    sigma_min = float(tensors[EDM_MIN]) if EDM_MIN in tensors else EDM_SIGMA_MIN
+    return replace(variant, prediction="v_prediction", edm=(sigma_min, float(tensors[EDM_MAX])))
 
 
 def _unclip(tensors: Tensors) -> bool:

@@ -163,6 +163,11 @@ UNCLIP_TOWER_PREFIX = "cond_stage_model."
 """SD 2.x unCLIP files keep their text tower where SD 2.x does (SDXL's are under `conditioner.`)."""
 UNCLIP_IMAGE_PREFIX = "embedder."
 """...and their CLIP image encoder under `embedder.model.visual.`."""
+EDM_FAMILIES = ("sdxl",)
+"""The families whose `edm_vpred.*` markers ComfyUI reads (SDXL.model_type)."""
+EDM_SIGMA_MIN = 0.002
+"""ComfyUI's sigma_min of an EDM v-prediction file without `edm_vpred.sigma_min`."""
+EDM_SIGMA_DATA = 1.0
 IP2P_FAMILIES = ("sd1", "sdxl")
 """The families whose 8-channel UNets load as InstructPix2Pix (ComfyUI's SD15_instructpix2pix
 and SDXL_instructpix2pix: diffusers-trained, the picture's latent unscaled; CosXL Edit's EDM
@@ -179,6 +184,9 @@ class Variant:
     zero_snr: bool = False
     unclip: bool = False
     """An SD 2.x unCLIP UNet: a CLIP image embedding (and its noise level) is its class label."""
+    edm: tuple[float, float] | None = None
+    """(sigma_min, sigma_max) of an SDXL model trained on EDM's continuous sigmas with
+    v-prediction (CosXL, CosXL Edit: the file's `edm_vpred.*` markers)."""
 
     @property
     def inpaint(self) -> bool:
@@ -200,6 +208,8 @@ class Variant:
             name += "-ip2p"
         if self.unclip:
             name += "-unclip"
+        if self.edm:
+            name += "-edm"
         return name
 
     def unsupported(self) -> str | None:

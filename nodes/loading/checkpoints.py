@@ -22,9 +22,10 @@ import torch
 from ..devices import compute_dtype, resolve_device
 from ..formats import convert
 from ..formats.detect import detect
-from ..formats.families import FAMILIES, Family, TowerSpec, Variant
+from ..formats.families import EDM_SIGMA_DATA, FAMILIES, Family, TowerSpec, Variant
 from ..formats.tensors import CheckpointError, Tensors, open_pickle, open_safetensors
 from ..formats.tokenizer import clip_tokenizer
+from ..sampling.comfy.model_sampling import ModelSampling
 from ..sampling.preview import fit_latent_rgb
 from ..values import Clip, Model, TextTower, Vae
 from .folders import SHIPPED_DIR, ModelFile, find_model, modified
@@ -207,8 +208,18 @@ def bundle(name: str, parts: Parts, device: torch.device) -> tuple[Model, Clip |
         family=family.key,
         latent_scale=scale,
         latent_shift=shift,
+        sampling=_own_sampling(parts.variant),
+        edm=parts.variant.edm is not None,
     )
     return model, clip, vae
+
+
+def _own_sampling(variant: Variant) -> ModelSampling | None:
+    """The sampling an EDM-trained file declares (ComfyUI's V_PREDICTION_EDM); None: its
+    scheduler's."""
+    if variant.edm is None:
+        return None
+    return ModelSampling.continuous_edm("v_prediction", *variant.edm, EDM_SIGMA_DATA)
 
 
 def load_parts(found: ModelFile, options: Mapping[str, Any]) -> Parts:

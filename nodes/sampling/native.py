@@ -82,6 +82,11 @@ def make_scheduler(model: Model, sampler: str, schedule: str) -> tuple[Any, list
     """
     import diffusers
 
+    if model.edm:
+        raise ValueError(
+            f"{model.name} samples on EDM's continuous sigmas (CosXL): the native nodes follow "
+            "diffusers' discrete schedulers; sample it with KSampler or SamplerCustom"
+        )
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler '{sampler}'; one of {', '.join(SAMPLERS)}")
     if schedule not in SCHEDULE_FLAGS:

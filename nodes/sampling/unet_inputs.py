@@ -77,7 +77,8 @@ def _concat(
     if extra <= 0:
         return None
     if in_channels == IP2P_CHANNELS:
-        return _ip2p_concat(latents, cond)
+        concat = _ip2p_concat(latents, cond)
+        return model.latent_in(concat) if model.edm else concat  # CosXL Edit: scaled
     n, _, h, w = latents.shape
     mask = cond.extras.get("concat_mask", None if masked is None else masked[0])
     if mask is None:
@@ -99,8 +100,9 @@ def _concat(
 
 def _ip2p_concat(latents: torch.Tensor, cond: Cond) -> torch.Tensor:
     """An InstructPix2Pix UNet's extra channels (ComfyUI's IP2P concat_cond): the picture's
-    latent as the VAE gave it (not scaled into the model's space: SD 1.x's process_ip2p_image_in
-    is the identity), bilinear to the latent's size, fitted to its batch; zeros without one."""
+    latent as the VAE gave it (not scaled into the model's space: SD 1.x's and diffusers-trained
+    SDXL's process_ip2p_image_in is the identity; CosXL Edit's scales it, see `_concat`),
+    bilinear to the latent's size, fitted to its batch; zeros without one."""
     image = cond.extras.get("concat_latent_image")
     if image is None:
         return torch.zeros_like(latents)
