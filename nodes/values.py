@@ -20,6 +20,11 @@ import torch
 from nodegraph.types import socket
 
 
+def _like(value: float | torch.Tensor, like: torch.Tensor) -> float | torch.Tensor:
+    """A per-channel tensor on `like`'s device and dtype (a number as it is)."""
+    return value.to(like.device, like.dtype) if isinstance(value, torch.Tensor) else value
+
+
 @dataclass(eq=False)
 class Model:
     """MODEL: the denoising network with the scheduler configuration it was trained with."""
@@ -38,19 +43,23 @@ class Model:
     sampling: Any = None
     """ComfyUI's model sampling set by a ModelSampling node (None: the scheduler config's)."""
     latent_scale: float = 1.0
-    latent_shift: float = 0.0
-    """LATENTs are the VAE's own (as ComfyUI's); the UNet works on (latent - shift) * scale."""
+    latent_shift: float | torch.Tensor = 0.0
+    latent_std: float | torch.Tensor = 1.0
+    """LATENTs are the VAE's own (as ComfyUI's); the UNet works on (latent - shift) * scale /
+    std (shift and std per channel, (1, C, 1, 1), in Playground 2.5's latent format)."""
     edm: bool = False
     """Trained on EDM's continuous sigmas (CosXL): `sampling` is its own, the native (diffusers)
     nodes refuse it, and an InstructPix2Pix one takes the picture's latent in the UNet's space."""
 
     def latent_in(self, latent: torch.Tensor) -> torch.Tensor:
         """A LATENT in the UNet's space (ComfyUI's process_latent_in)."""
-        return (latent - self.latent_shift) * self.latent_scale
+        shift, std = _like(self.latent_shift, latent), _like(self.latent_std, latent)
+        return (latent - shift) * self.latent_scale / std
 
     def latent_out(self, latent: torch.Tensor) -> torch.Tensor:
         """The UNet's latent back as a LATENT (ComfyUI's process_latent_out)."""
-        return latent / self.latent_scale + self.latent_shift
+        shift, std = _like(self.latent_shift, latent), _like(self.latent_std, latent)
+        return latent * std / self.latent_scale + shift
 
     def cache_nbytes(self) -> int:
         return 0  # the weights belong to the model store, not to the run cache

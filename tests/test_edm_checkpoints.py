@@ -4,6 +4,7 @@ V_PREDICTION_EDM (ModelSamplingContinuousEDM, sigma_data 1), on the tiny SDXL mo
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -48,7 +49,8 @@ def sample(model, clip, latent: Latent, positive=None, negative=None) -> torch.T
 def test_a_cosxl_file_samples_as_comfyuis_edm_v_prediction(tmp_path):
     path = marked("sdxl", tmp_path)
     variant = detect(open_safetensors(path))
-    assert variant.name == "sdxl-v-edm" and variant.edm == pytest.approx((0.002, 120.0))
+    assert variant.name == "sdxl-v-edm" and variant.edm.prediction == "v_prediction"
+    assert (variant.edm.sigma_min, variant.edm.sigma_max) == pytest.approx((0.002, 120.0))
     model, clip, _ = load_checkpoint(path.name, {"models": [str(tmp_path)]})
     plain, _, _ = load_checkpoint(ff.single_file("sdxl").name,
                                   {"models": [str(ff.single_file("sdxl").parent)]})  # fmt: skip
@@ -65,9 +67,10 @@ def test_a_cosxl_file_samples_as_comfyuis_edm_v_prediction(tmp_path):
 
 def test_sigma_min_defaults_to_comfyuis_and_other_families_are_refused(tmp_path):
     path = marked("sdxl", tmp_path, {"edm_vpred.sigma_max": 80.0})
-    assert detect(open_safetensors(path)).edm == pytest.approx((0.002, 80.0))
+    edm = detect(open_safetensors(path)).edm
+    assert (edm.sigma_min, edm.sigma_max, edm.sigma_data) == pytest.approx((0.002, 80.0, 1.0))
     sd1 = marked("sd1", tmp_path)
-    with pytest.raises(CheckpointError, match="EDM v-prediction SD 1.x checkpoint"):
+    with pytest.raises(CheckpointError, match="an EDM SD 1.x checkpoint"):
         detect(open_safetensors(sd1))
 
 
@@ -91,3 +94,33 @@ def test_cosxl_edit_takes_the_pictures_latent_in_the_unets_space(tmp_path):
         handle.remove()
     picture = vae_encode(vae, pixels)[0]
     assert seen and all(torch.allclose(x[:, 4:], picture * 0.13025, atol=1e-6) for x in seen)
+
+
+PLAYGROUND = {
+    "edm_mean": [-1.6574, 1.886, -1.383, 2.5155],
+    "edm_std": [8.4927, 5.9022, 6.5498, 5.2299],
+}
+"""ComfyUI's SDXL_Playground_2_5 latent format (latents_mean, latents_std; scale 0.5)."""
+
+
+def test_a_playground_2_5_file_has_its_latent_format_and_edm_sampling(tmp_path):
+    state = load_file(ff.single_file("sdxl"))
+    state.update({k: torch.tensor(v) for k, v in PLAYGROUND.items()})
+    save_file(state, str(tmp_path / "playground.safetensors"))
+    assert detect(open_safetensors(tmp_path / "playground.safetensors")).name == (
+        "sdxl-edm-playground"
+    )
+    model, clip, _ = load_checkpoint("playground.safetensors", {"models": [str(tmp_path)]})
+    latent = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1)) * 5
+    mean, std = (torch.tensor(PLAYGROUND[k]).view(1, 4, 1, 1) for k in ("edm_mean", "edm_std"))
+    assert torch.equal(model.latent_in(latent), (latent - mean) * 0.5 / std)  # process_in
+    assert torch.allclose(model.latent_out(model.latent_in(latent)), latent, atol=1e-5)
+    plain, _, _ = load_checkpoint(ff.single_file("sdxl").name,
+                                  {"models": [str(ff.single_file("sdxl").parent)]})  # fmt: skip
+    patched = ModelSamplingContinuousEDM(
+        model=plain, sampling="edm", sigma_max=80.0, sigma_min=0.002
+    ).invoke(NodeCtx())  # EDM prediction, sigma_data 0.5
+    patched = dataclasses.replace(patched, latent_scale=0.5, latent_shift=mean, latent_std=std)
+    start = Latent(torch.zeros(1, 4, 8, 8))
+    assert torch.equal(sample(model, clip, start), sample(patched, clip, start))
+    assert float((sample(model, clip, start) - sample(plain, clip, start)).abs().max()) > 1e-2

@@ -19,7 +19,7 @@ def test_preview_factors_map_encoded_colours_back():
     if not (SHIPPED_DIR / "model_index.json").exists():
         pytest.skip("the shipped model is not in this checkout")
     model, _, vae = load_checkpoint(SHIPPED_NAME, CPU)  # a trained VAE: a random one is not linear
-    factors = fit_latent_rgb(vae, model.latent_scale, model.latent_shift)
+    factors = fit_latent_rgb(vae, model.latent_in)
     assert torch.allclose(
         factors, model.preview_factors, rtol=1e-2, atol=1e-2
     ) and factors.shape == (15, 3)

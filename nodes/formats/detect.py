@@ -17,11 +17,15 @@ import torch
 
 from .families import (
     EDM_FAMILIES,
+    EDM_SIGMA_DATA,
     EDM_SIGMA_MIN,
     FAMILIES,
+    PLAYGROUND_2_5,
+    PLAYGROUND_SAMPLING,
     UNCLIP_IMAGE_PREFIX,
     UNCLIP_TOWER_PREFIX,
     V_MARKER_STD,
+    EdmSampling,
     Family,
     TowerSpec,
     Variant,
@@ -32,10 +36,10 @@ UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIXES = ("first_stage_model.", "vae.")
 _MIN_UNET_KEYS = 5
 
-UNSUPPORTED_MARKERS = {
-    "edm_mean": "a Playground 2.5 (EDM) checkpoint",
-}
+UNSUPPORTED_MARKERS: dict[str, str] = {}
+"""Marker tensors of checkpoints nodegraph refuses, and what they are."""
 EDM_MAX, EDM_MIN = "edm_vpred.sigma_max", "edm_vpred.sigma_min"
+PLAYGROUND_MARKERS = ("edm_mean", "edm_std")
 
 
 def tower_prefix(tensors: Tensors, spec: TowerSpec) -> str | None:
@@ -112,16 +116,23 @@ def detect(tensors: Tensors) -> Variant:
 
 
 def _edm(tensors: Tensors, variant: Variant) -> Variant:
-    """The variant with its EDM v-prediction sigmas when the file marks them (CosXL)."""
-    if EDM_MAX not in tensors:
+    """The variant with its EDM sampling when the file marks one, as ComfyUI's SDXL.model_type:
+    Playground 2.5 (`edm_mean` and `edm_std`: EDM, its own latent format) before CosXL
+    (`edm_vpred.sigma_max`, optional `sigma_min`: v-prediction, sigma_data 1)."""
+    playground = all(m in tensors for m in PLAYGROUND_MARKERS)
+    if not playground and EDM_MAX not in tensors:
         return variant
     if variant.family.key not in EDM_FAMILIES:
         raise CheckpointError(
-            f"{tensors.path.name} is an EDM v-prediction {variant.family.label} checkpoint, "
-            "which nodegraph does not support yet (only SDXL ones)"
+            f"{tensors.path.name} is an EDM {variant.family.label} checkpoint, which nodegraph "
+            "does not support yet (only SDXL ones)"
         )
+    if playground:
+        return replace(variant, prediction="edm", edm=PLAYGROUND_SAMPLING,
+                       latent_format=PLAYGROUND_2_5)  # fmt: skip
     sigma_min = float(tensors[EDM_MIN]) if EDM_MIN in tensors else EDM_SIGMA_MIN
-    return replace(variant, prediction="v_prediction", edm=(sigma_min, float(tensors[EDM_MAX])))
+    edm = EdmSampling("v_prediction", sigma_min, float(tensors[EDM_MAX]), EDM_SIGMA_DATA)
+    return replace(variant, prediction="v_prediction", edm=edm)
 
 
 def _unclip(tensors: Tensors) -> bool:

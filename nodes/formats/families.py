@@ -163,6 +163,35 @@ UNCLIP_TOWER_PREFIX = "cond_stage_model."
 """SD 2.x unCLIP files keep their text tower where SD 2.x does (SDXL's are under `conditioner.`)."""
 UNCLIP_IMAGE_PREFIX = "embedder."
 """...and their CLIP image encoder under `embedder.model.visual.`."""
+@dataclass(frozen=True)
+class EdmSampling:
+    """ComfyUI's ModelSamplingContinuousEDM settings a file implies."""
+
+    prediction: str
+    """"v_prediction" (CosXL's `edm_vpred.*` markers) or "edm" (Playground 2.5)."""
+    sigma_min: float
+    sigma_max: float
+    sigma_data: float
+
+
+@dataclass(frozen=True)
+class LatentFormat:
+    """ComfyUI's per-channel latent format: the UNet's latent is (latent - mean) * scale / std."""
+
+    name: str
+    scale: float
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+PLAYGROUND_2_5 = LatentFormat(
+    "playground_2_5",
+    0.5,
+    (-1.6574, 1.886, -1.383, 2.5155),
+    (8.4927, 5.9022, 6.5498, 5.2299),
+)  # ComfyUI's SDXL_Playground_2_5 latent format (diffusers' latents_mean / latents_std)
+PLAYGROUND_SAMPLING = EdmSampling("edm", 0.002, 80.0, 0.5)
+"""Playground 2.5's EDM sampling (ComfyUI's SDXL.model_type for `edm_mean` / `edm_std`)."""
 EDM_FAMILIES = ("sdxl",)
 """The families whose `edm_vpred.*` markers ComfyUI reads (SDXL.model_type)."""
 EDM_SIGMA_MIN = 0.002
@@ -184,9 +213,10 @@ class Variant:
     zero_snr: bool = False
     unclip: bool = False
     """An SD 2.x unCLIP UNet: a CLIP image embedding (and its noise level) is its class label."""
-    edm: tuple[float, float] | None = None
-    """(sigma_min, sigma_max) of an SDXL model trained on EDM's continuous sigmas with
-    v-prediction (CosXL, CosXL Edit: the file's `edm_vpred.*` markers)."""
+    edm: EdmSampling | None = None
+    """An SDXL model trained on EDM's continuous sigmas (CosXL, Playground 2.5)."""
+    latent_format: LatentFormat | None = None
+    """A latent space of its own (Playground 2.5's per-channel one); None: the VAE's scale."""
 
     @property
     def inpaint(self) -> bool:
@@ -210,6 +240,8 @@ class Variant:
             name += "-unclip"
         if self.edm:
             name += "-edm"
+        if self.latent_format is PLAYGROUND_2_5:
+            name += "-playground"
         return name
 
     def unsupported(self) -> str | None:

@@ -22,7 +22,7 @@ import torch
 from ..devices import compute_dtype, resolve_device
 from ..formats import convert
 from ..formats.detect import detect
-from ..formats.families import EDM_SIGMA_DATA, FAMILIES, Family, TowerSpec, Variant
+from ..formats.families import FAMILIES, Family, TowerSpec, Variant
 from ..formats.tensors import CheckpointError, Tensors, open_pickle, open_safetensors
 from ..formats.tokenizer import clip_tokenizer
 from ..sampling.comfy.model_sampling import ModelSampling
@@ -198,28 +198,36 @@ def bundle(name: str, parts: Parts, device: torch.device) -> tuple[Model, Clip |
     clip = Clip(towers, device, dtype, name, family.key) if towers else None
     scale = float(parts.vae.config.scaling_factor) if parts.vae is not None else family.latent_scale
     shift = float(getattr(parts.vae.config, "shift_factor", None) or 0.0) if parts.vae else 0.0
+    space: dict[str, Any] = {"latent_scale": scale, "latent_shift": shift}
+    own = parts.variant.latent_format
+    if own is not None:  # a per-channel latent space (Playground 2.5), whatever the VAE says
+        channels = (1, len(own.mean), 1, 1)
+        space = {"latent_scale": own.scale, "latent_shift": torch.tensor(own.mean).view(channels),
+                 "latent_std": torch.tensor(own.std).view(channels)}  # fmt: skip
     model = Model(
         _place(parts.unet, device, dtype),
         parts.scheduler,
         device,
         dtype,
         name,
-        None if vae is None else fit_latent_rgb(vae, scale, shift),
         family=family.key,
-        latent_scale=scale,
-        latent_shift=shift,
         sampling=_own_sampling(parts.variant),
         edm=parts.variant.edm is not None,
+        **space,
     )
+    if vae is not None:
+        model.preview_factors = fit_latent_rgb(vae, model.latent_in)
     return model, clip, vae
 
 
 def _own_sampling(variant: Variant) -> ModelSampling | None:
-    """The sampling an EDM-trained file declares (ComfyUI's V_PREDICTION_EDM); None: its
+    """The sampling an EDM-trained file declares (ComfyUI's V_PREDICTION_EDM / EDM); None: its
     scheduler's."""
-    if variant.edm is None:
+    edm = variant.edm
+    if edm is None:
         return None
-    return ModelSampling.continuous_edm("v_prediction", *variant.edm, EDM_SIGMA_DATA)
+    line = (edm.prediction, edm.sigma_min, edm.sigma_max, edm.sigma_data)
+    return ModelSampling.continuous_edm(*line)
 
 
 def load_parts(found: ModelFile, options: Mapping[str, Any]) -> Parts:

@@ -9,6 +9,7 @@ colour (a ridge fit). A preview costs a few hundred multiply-adds per latent pix
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 
 import torch
 from PIL import Image
@@ -27,10 +28,13 @@ def _features(z: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def fit_latent_rgb(vae: Vae, scale: float = 1.0, shift: float = 0.0) -> torch.Tensor:
+def fit_latent_rgb(
+    vae: Vae, to_unet: Callable[[torch.Tensor], torch.Tensor] = lambda z: z
+) -> torch.Tensor:
     """A (features, 3) float32 CPU matrix: _features(latent) @ matrix ~ RGB in 0..1.
 
-    Fitted on the UNet's latents, (VAE latent - shift) * scale, which is what sampling shows.
+    Fitted on the UNet's latents (`to_unet` of the VAE's: a model's latent_in), which is what
+    sampling shows.
     """
     from ..latents.codec import vae_encode
 
@@ -38,7 +42,7 @@ def fit_latent_rgb(vae: Vae, scale: float = 1.0, shift: float = 0.0) -> torch.Te
     side = 4 * vae.downscale
     pixels = colours[:, None, None, :].expand(len(colours), side, side, 3)
     latents, _ = vae_encode(vae, pixels)
-    latents = (latents - shift) * scale
+    latents = to_unet(latents)
     features = _features(latents.float().mean(dim=(2, 3)).cpu())
     # ridge regression (a little weight decay keeps the quadratic fit well conditioned)
     n = features.shape[1]
