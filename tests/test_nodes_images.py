@@ -137,6 +137,23 @@ def test_prefix_cannot_leave_the_output_folder(executor, settings, tmp_path):
     assert not (tmp_path / "escape_00001_.png").exists()
 
 
+def test_prefix_variables_are_comfyuis(executor, settings, tmp_path, monkeypatch):
+    """%width% / %height% (the first picture's) and the local time's %year% .. %second%, as
+    ComfyUI's get_save_image_path fills them in; the result still stays in the output folder."""
+    import time
+
+    frozen = time.struct_time((2026, 3, 7, 9, 5, 2, 5, 66, 0))
+    monkeypatch.setattr(time, "localtime", lambda *a: frozen)
+    Image.new("RGB", (8, 6)).save(tmp_path / "p.png")
+    prefix = "%year%-%month%-%day%/%hour%%minute%%second%_%width%x%height%"
+    result = executor.run(save_workflow("p.png", prefix=prefix), settings)
+    assert result.ok, result.error
+    (shown,) = result.ui["save"]["images"]
+    assert (shown["subfolder"], shown["filename"]) == ("2026-03-07", "090502_8x6_00001_.png")
+    result = executor.run(save_workflow("p.png", prefix="%year%/../../out"), settings)
+    assert result.status == "failed" and "leaves its folder" in result.error.message
+
+
 def test_preview_writes_to_the_temporary_folder(executor, settings, tmp_path):
     Image.new("RGB", (8, 8)).save(tmp_path / "p.png")
     wf = {

@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import threading
+import time
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
@@ -182,10 +183,28 @@ def saved_fingerprint(literals: Mapping[str, Any], settings: RunSettings) -> Any
     return (folder, WRITTEN.generation((folder, literals.get("filename_prefix", ""))))
 
 
+PREFIX_CLOCK = {"%year%": "%Y", "%month%": "%m", "%day%": "%d", "%hour%": "%H",
+                "%minute%": "%M", "%second%": "%S"}  # fmt: skip
+"""The local time variables a file name prefix may hold (ComfyUI's get_save_image_path)."""
+
+
+def expand_prefix(prefix: str, width: int = 0, height: int = 0) -> str:
+    """A save node's filename_prefix with ComfyUI's variables filled in: %width% / %height% (the
+    first picture's; 0 where there is none) and the local time's %year% .. %second%."""
+    if "%" not in prefix:
+        return prefix
+    now = time.localtime()
+    prefix = prefix.replace("%width%", str(width)).replace("%height%", str(height))
+    for variable, spec in PREFIX_CLOCK.items():
+        prefix = prefix.replace(variable, time.strftime(spec, now))
+    return prefix
+
+
 def save_images(
     images: torch.Tensor, folder: Path, prefix: str, text: Mapping[str, str], compress: int
 ) -> list[dict[str, str]]:
     """Write each image as `<prefix>_00001_.png` (numbers not taken yet) under `folder`."""
+    prefix = expand_prefix(prefix, int(images.shape[2]), int(images.shape[1]))
     target = confined(folder, prefix.strip() or "image")
     sub = target.parent.relative_to(folder.resolve())
     written: list[Path] = []

@@ -15,7 +15,14 @@ from nodegraph import InputField, Node, NodeContext, RunSettings
 from nodegraph.files import confined, write_unique
 
 from ..devices import resolve_device
-from ..images.io import WRITTEN, input_check, input_fingerprint, saved_fingerprint, workflow_text
+from ..images.io import (
+    WRITTEN,
+    expand_prefix,
+    input_check,
+    input_fingerprint,
+    saved_fingerprint,
+    workflow_text,
+)
 from ..values import LATENT, Latent
 
 FORMAT_MARK = "latent_format_version_0"
@@ -54,7 +61,7 @@ class SaveLatent(Node):
     def invoke(self, ctx: NodeContext) -> None:
         folder = Path(ctx.settings.output_dir)
         metadata = workflow_text(ctx)
-        target = confined(folder, self.filename_prefix.strip() or "latent")
+        target = confined(folder, expand_prefix(self.filename_prefix).strip() or "latent")
         path = write_unique(target.parent, target.name, ".latent", latent_file(
             self.samples.samples, metadata))  # fmt: skip
         WRITTEN.add((str(folder.resolve()), self.filename_prefix), [path])

@@ -25,7 +25,7 @@ from nodegraph import InputField, Node, NodeContext, RunSettings
 from nodegraph.files import Staged, UnsafePath, confined
 
 from ..formats.original_layout import modelspec, original_checkpoint, sampling_markers
-from ..images.io import WRITTEN, saved_fingerprint, workflow_text
+from ..images.io import WRITTEN, expand_prefix, saved_fingerprint, workflow_text
 from ..sampling.comfy.model_sampling import ZSNR_LAST_ALPHA_BAR
 from ..values import CLIP, MODEL, VAE, Clip, Model, Vae
 from .patching import Patch, module_lock, patched_weight
@@ -43,7 +43,7 @@ def target(folder: Path, prefix: str) -> Path:
     """Where `prefix` puts the files in `folder` (its last part is the stem); a ValueError
     naming the node and input when it would leave the folder."""
     try:
-        return confined(folder, prefix.strip() or "ComfyUI")
+        return confined(folder, expand_prefix(prefix).strip() or "ComfyUI")
     except UnsafePath as exc:
         raise ValueError(
             f"{NODE}: filename_prefix must stay inside the output folder ({folder}): {exc}"
