@@ -12,6 +12,7 @@ their own attention).
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -52,7 +53,10 @@ def _layers(gligen: Gligen, heads: tuple[int, ...], device: torch.device, dtype:
             build_fuser(state, n).to(device=device, dtype=dtype)
             for state, n in zip(gligen.weights.fusers, heads, strict=True)
         ]
-        net = _TokensIn(gligen.position_net.to(device), dtype)
+        position_net = gligen.position_net  # float32 on the CPU: a copy for other devices
+        if torch.device(device).type != "cpu":
+            position_net = copy.deepcopy(position_net).to(device)
+        net = _TokensIn(position_net, dtype)
         placed[key] = (net, fusers)
     return placed[key]
 
