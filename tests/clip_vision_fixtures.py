@@ -20,11 +20,15 @@ TINY = {
 """The tiny encoder's config: what nodes.formats.clip_vision must infer from its shapes."""
 
 
-def tiny_state(seed: int = 0) -> dict[str, torch.Tensor]:
-    """A tiny CLIPVisionModelWithProjection's state dict (transformers' names), seeded."""
+def tiny_state(
+    seed: int = 0, projection_dim: int = TINY["projection_dim"]
+) -> dict[str, torch.Tensor]:
+    """A tiny CLIPVisionModelWithProjection's state dict (transformers' names), seeded; another
+    `projection_dim` fits another model (the tiny SDXL's pooled width for its revision)."""
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    model = CLIPVisionModelWithProjection(CLIPVisionConfig(**TINY))
+    config = CLIPVisionConfig(**{**TINY, "projection_dim": projection_dim})
+    model = CLIPVisionModelWithProjection(config)
     g = torch.Generator().manual_seed(seed)
     state = {}
     for name, value in model.state_dict().items():

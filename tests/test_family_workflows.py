@@ -1,6 +1,6 @@
 """The family workflows in workflows/ (SDXL base then refiner, a LoRA on SD 1.x, an
-InstructPix2Pix edit, an unCLIP variation, GLIGEN boxes) run through the CLI on tiny
-checkpoints named as the real files, in a ComfyUI-style models folder."""
+InstructPix2Pix edit, an unCLIP variation, GLIGEN boxes, an SDXL revision) run through the CLI
+on tiny checkpoints named as the real files, in a ComfyUI-style models folder."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from safetensors.torch import save_file
 from nodegraph.registry import default_registry
 from nodes.loading.checkpoints import load_checkpoint
 from tests import family_fixtures as ff
+from tests.clip_vision_fixtures import tiny_state
 from tests.gligen_cases import gligen_state
 from tests.lora_fixtures import make_lora
 from tests.test_workflows import WORKFLOWS, load, run_cli
@@ -29,7 +30,7 @@ CHECKPOINTS = {
 GLIGEN = "gligen_sd14_textbox_pruned.safetensors"
 FAMILY_UI = sorted((WORKFLOWS / "comfy" / "families").glob("*.json"))
 NAMES = ["sdxl_base_refiner", "comfy_sdxl_base_refiner", "comfy_lora_sd1", "comfy_instruct_pix2pix",
-         "comfy_unclip", "comfy_gligen",
+         "comfy_unclip", "comfy_gligen", "comfy_sdxl_revision",
          *(f"comfy/families/{p.stem}" for p in FAMILY_UI)]  # fmt: skip
 """API workflows, and the same as ComfyUI canvas (UI) files in workflows/comfy/families/."""
 CHECKPOINT_OF = {family: name for name, family in CHECKPOINTS.items()}
@@ -52,6 +53,9 @@ def models(tmp_path_factory) -> Path:
     (root / "gligen").mkdir()
     sd1 = load_checkpoint(CHECKPOINT_OF["sd1"], {"models": [str(root)]})[0]
     save_file(gligen_state(sd1.unet), str(root / "gligen" / GLIGEN))
+    (root / "clip_vision").mkdir()  # bigG's image encoder stand-in: embeddings the pooled width
+    vision = tiny_state(projection_dim=ff.OPEN_CLIP_G["width"])
+    save_file(vision, str(root / "clip_vision" / "clip_vision_g.safetensors"))
     return root
 
 
