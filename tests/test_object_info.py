@@ -27,6 +27,7 @@ FILE_LISTS = {
     "model_name",
     "hypernetwork_name",
     "gligen_name",
+    "clip_name",
 }
 """Inputs whose choices are the files found (they differ from machine to machine)."""
 KNOWN = {
