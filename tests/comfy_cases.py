@@ -116,6 +116,9 @@ def _case(kind: str, name: str, defaults: dict[str, Any], **kw: Any) -> dict[str
 
 KSAMPLER = {"seed": 42, "steps": 6, "cfg": 5.0, "sampler_name": "euler", "scheduler": "normal",
             "denoise": 1.0}  # fmt: skip
+TINY_KSAMPLER = {"seed": 42, "steps": 4, "cfg": 5.0, "sampler_name": "euler",
+                 "scheduler": "normal", "denoise": 1.0}  # fmt: skip
+"""The KSampler of the node-family reference cases (ip2p_cases, unclip_cases, gligen_cases)."""
 ADVANCED = {"add_noise": "enable", "noise_seed": 42, "steps": 6, "cfg": 5.0,
             "sampler_name": "euler", "scheduler": "normal", "start_at_step": 0,
             "end_at_step": 10000, "return_with_leftover_noise": "disable"}  # fmt: skip

@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 import nodes.loading.folders
+from nodegraph import RunSettings
 from nodegraph.executor import Executor
 from nodegraph.registry import Registry
 
@@ -165,4 +166,17 @@ def tiny_sd(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def diffusion_executor(tiny_sd: Path) -> Executor:
+    return Executor(diffusion_registry())
+
+
+@pytest.fixture
+def folder_settings(tmp_path: Path, models: Path) -> RunSettings:
+    """Run settings on the CPU with the requesting module's `models` folder (its own fixture)."""
+    opts = {"models": [str(models)], "device": "cpu"}
+    return RunSettings(output_dir=tmp_path / "out", temp_dir=tmp_path / "tmp", options=opts)
+
+
+@pytest.fixture(scope="module")
+def folder_executor(models: Path) -> Executor:
+    """An executor of the node library, once the module's `models` folder is made."""
     return Executor(diffusion_registry())

@@ -8,11 +8,12 @@ from typing import Any
 
 import torch
 
+from tests.comfy_cases import TINY_KSAMPLER
+
 FAMILY = "sd1"
 KEY_DIM = 32
 """The tiny SD 1.x text width: the phrases' pooled text and the grounding tokens (real: 768)."""
-KSAMPLER = {"seed": 42, "steps": 4, "cfg": 5.0, "sampler_name": "euler", "scheduler": "normal",
-            "denoise": 1.0}  # fmt: skip
+KSAMPLER = TINY_KSAMPLER
 
 CASES: list[dict[str, Any]] = [
     # one box on the positive prompt; the negative has none and shares it (ComfyUI's rule)

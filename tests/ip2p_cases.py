@@ -8,11 +8,12 @@ from typing import Any
 
 import torch
 
+from tests.comfy_cases import TINY_KSAMPLER
+
 FAMILY = "sd1_ip2p"
 WIDTH = 32
 """The tiny SD 1.x text width (tests.family_fixtures' CLIP-L stand-in)."""
-KSAMPLER = {"seed": 42, "steps": 4, "cfg": 5.0, "sampler_name": "euler", "scheduler": "normal",
-            "denoise": 1.0}  # fmt: skip
+KSAMPLER = TINY_KSAMPLER
 
 CASES: list[dict[str, Any]] = [
     # the node's own latent; 70 x 67 pixels: cropped (centred) to 64 x 64 before encoding

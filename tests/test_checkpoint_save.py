@@ -21,8 +21,8 @@ from nodes.formats.original_layout import original_checkpoint
 from nodes.loading import checkpoints as C
 from nodes.loading.folders import use_model_dirs
 from nodes.loading.patching import patched
+from tests import diffusion_fixtures as df
 from tests import family_fixtures as ff
-from tests.diffusion_fixtures import diffusion_registry
 from tests.lora_fixtures import make_lora, merged
 
 FAMILY_KEY = {"sd1_inpaint": "sd1", "sdxl_inpaint": "sdxl", "sd2_v": "sd2"}
@@ -83,15 +83,8 @@ def models(tmp_path_factory) -> Path:
     return root
 
 
-@pytest.fixture
-def settings(tmp_path, models) -> RunSettings:
-    opts = {"models": [str(models)], "device": "cpu"}
-    return RunSettings(output_dir=tmp_path / "out", temp_dir=tmp_path / "tmp", options=opts)
-
-
-@pytest.fixture(scope="module")
-def executor(models) -> Executor:
-    return Executor(diffusion_registry())
+settings = df.folder_settings
+executor = df.folder_executor
 
 
 def save_workflow(ckpt: str, lora: dict | None = None, prefix: str | None = None) -> dict:

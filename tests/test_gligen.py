@@ -8,8 +8,7 @@ Oracle: ComfyUI's own loader, node and KSampler on the same UNet and file
 
 from __future__ import annotations
 
-import json
-from functools import cache
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -24,21 +23,17 @@ from nodes.sampling.gligen import attention_blocks, fused
 from nodes.sampling.ksampler import KSampler
 from nodes.values import Conditioning, Gligen, Latent
 from tests import comfy_cases as C
+from tests import comfy_reference_data as R
 from tests import gligen_cases as G
 from tests.node_ctx import NodeCtx
 
-DATA = Path(__file__).parent / "data" / "comfy_reference"
-MANIFEST = json.loads((DATA / "gligen.json").read_text())
+MANIFEST = R.manifest("gligen")
 LATENT_TOL = 1e-4
 
 pytestmark = pytest.mark.usefixtures("reference_threads")
 
 
-
-
-@cache
-def reference() -> dict[str, torch.Tensor]:
-    return load_file(DATA / "gligen.safetensors")
+reference = functools.partial(R.tensors, "gligen")
 
 
 @pytest.fixture(scope="module")

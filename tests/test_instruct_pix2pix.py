@@ -9,6 +9,7 @@ agree (image_guidance_scale 1: the negative prompt sees the picture too), for th
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 from functools import cache
@@ -29,11 +30,11 @@ from nodes.sampling.ksampler import KSampler
 from nodes.sampling.native import AddNoise, Denoise
 from nodes.values import Cond, Conditioning, Latent, Vae
 from tests import comfy_cases as C
+from tests import comfy_reference_data as R
 from tests import family_fixtures as ff
 from tests import ip2p_cases as P
 
-DATA = Path(__file__).parent / "data" / "comfy_reference"
-MANIFEST = json.loads((DATA / "ip2p.json").read_text())
+MANIFEST = R.manifest("ip2p")
 LATENT_TOL = 1e-4
 
 
@@ -48,9 +49,7 @@ class Ctx:
 pytestmark = pytest.mark.usefixtures("reference_threads")
 
 
-@cache
-def reference() -> dict[str, torch.Tensor]:
-    return load_file(DATA / "ip2p.safetensors")
+reference = functools.partial(R.tensors, "ip2p")
 
 
 def prompts() -> tuple[Conditioning, Conditioning]:

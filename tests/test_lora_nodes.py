@@ -10,13 +10,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from nodegraph import RunSettings
-from nodegraph.executor import Executor
 from nodes.loading import checkpoints as C
 from nodes.loading.folders import use_model_dirs
 from nodes.loading.patching import patched
+from tests import diffusion_fixtures as df
 from tests import family_fixtures as ff
-from tests.diffusion_fixtures import diffusion_registry
 from tests.lora_fixtures import RANK, make_lora, merged
 
 
@@ -48,15 +46,8 @@ def models(tmp_path_factory) -> Path:
     return root
 
 
-@pytest.fixture
-def settings(tmp_path, models) -> RunSettings:
-    opts = {"models": [str(models)], "device": "cpu"}
-    return RunSettings(output_dir=tmp_path / "out", temp_dir=tmp_path / "tmp", options=opts)
-
-
-@pytest.fixture(scope="module")
-def executor(models) -> Executor:
-    return Executor(diffusion_registry())
+settings = df.folder_settings
+executor = df.folder_executor
 
 
 def picture(ckpt: str, lora: dict | None) -> dict:

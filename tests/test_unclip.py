@@ -8,14 +8,11 @@ unclip.*, made by tools/comfy_reference/make_unclip_reference.py).
 
 from __future__ import annotations
 
-import json
-from functools import cache
-from pathlib import Path
+import functools
 from typing import Any
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from nodes.conditioning.clip_nodes import CLIPTextEncode
 from nodes.conditioning.unclip import UNCLIP_KEY, UnclipConditioning, class_label, sdxl_pooled
@@ -27,23 +24,19 @@ from nodes.sampling.ksampler import KSampler
 from nodes.sampling.unet_inputs import UnetInputs
 from nodes.values import ClipVisionOutput, Conditioning, Latent
 from tests import comfy_cases as C
+from tests import comfy_reference_data as R
 from tests import family_fixtures as ff
 from tests import unclip_cases as U
 from tests.diffusion_fixtures import diffusion_registry
 from tests.node_ctx import NodeCtx
 
-DATA = Path(__file__).parent / "data" / "comfy_reference"
-MANIFEST = json.loads((DATA / "unclip.json").read_text())
+MANIFEST = R.manifest("unclip")
 LATENT_TOL = 1e-4
 
 pytestmark = pytest.mark.usefixtures("reference_threads")
 
 
-
-
-@cache
-def reference() -> dict[str, torch.Tensor]:
-    return load_file(DATA / "unclip.safetensors")
+reference = functools.partial(R.tensors, "unclip")
 
 
 def output(embeds: torch.Tensor) -> ClipVisionOutput:

@@ -696,6 +696,19 @@ def test_two_hundred_nodes_stay_responsive(page: Page, tmp_path: Path) -> None:
     print("200-node run:", results["run_200_nodes_s"], "s")
 
 
+def save_ui(p: Page, path: Path) -> dict[str, Any]:
+    """Click "Save UI" and read the canvas file it downloads (kept at `path`)."""
+    with p.page.expect_download() as dl:
+        p.page.click("[data-testid=save-ui-button]")
+    dl.value.save_as(path)
+    return json.loads(path.read_text())
+
+
+def prompt_of(workflow_: dict[str, Any]) -> dict[str, tuple[str, Any]]:
+    """What an API workflow runs: each node's class and inputs (not its `_meta`)."""
+    return {k: (n["class_type"], n["inputs"]) for k, n in workflow_.items()}
+
+
 def test_a_comfyui_canvas_file_and_png_open_run_and_save_back(
     page: Page, server: Server, tmp_path: Path
 ) -> None:
@@ -732,16 +745,9 @@ def test_a_comfyui_canvas_file_and_png_open_run_and_save_back(
     for sid in ids_of(loaded, "SaveImage"):
         assert images_loaded(p, sid) >= 1
     p.shot("comfy-canvas-file")
-    with p.page.expect_download() as dl:
-        p.page.click("[data-testid=save-ui-button]")
-    saved = tmp_path / "saved.ui.json"
-    dl.value.save_as(saved)
-    saved_canvas = json.loads(saved.read_text())
+    saved_canvas = save_ui(p, tmp_path / "saved.ui.json")
     back, warnings = ui_to_api(saved_canvas, default_registry())
-    now = workflow(p)
-    assert warnings == [] and back.keys() == now.keys()
-    for nid, n in now.items():
-        assert back[nid]["class_type"] == n["class_type"] and back[nid]["inputs"] == n["inputs"]
+    assert warnings == [] and prompt_of(back) == prompt_of(workflow(p))
     assert [(g["title"], g["bounding"], g["color"]) for g in saved_canvas["groups"]] == [
         (group["title"], group["bounding"], group["color"])]  # fmt: skip
     saved_nodes = {n["id"]: n for n in saved_canvas["nodes"]}
@@ -807,9 +813,7 @@ def test_a_canvas_files_reroutes_show_move_run_and_save_back(page: Page, tmp_pat
     wait_until(p, "() => document.querySelectorAll('[data-testid=reroute]').length === 3")
     wait_until(p, "() => document.querySelectorAll('.react-flow__edge').length === 6")
     loaded = workflow(p)
-    assert {k: (n["class_type"], n["inputs"]) for k, n in loaded.items()} == {
-        k: (n["class_type"], n["inputs"]) for k, n in expected.items()
-    }
+    assert prompt_of(loaded) == prompt_of(expected)
     chain = [{"id": "4", "pos": [360, 150]}, {"id": "5", "pos": [480, 150]}]
     assert loaded["2"]["_meta"]["reroutes"] == {"a": chain, "b": chain}
     assert loaded["6"]["_meta"]["reroutes"] == {"value": [{"id": "7", "pos": [900, 300]}]}
@@ -839,17 +843,12 @@ def test_a_canvas_files_reroutes_show_move_run_and_save_back(page: Page, tmp_pat
     with p.page.expect_request(lambda r: r.url.endswith("/prompt") and r.method == "POST") as req:
         queue_and_wait(p)
     queued = req.value.post_data_json["prompt"]
-    assert {k: (n["class_type"], n["inputs"]) for k, n in queued.items()} == {
-        k: (n["class_type"], n["inputs"]) for k, n in expected.items()
-    }
+    assert prompt_of(queued) == prompt_of(expected)
     assert node(p, "6").locator("[data-testid=node-text]").inner_text() == "10"
     p.shot("reroutes-run")
 
-    with p.page.expect_download() as dl:
-        p.page.click("[data-testid=save-ui-button]")
     path = tmp_path / "reroutes.ui.json"
-    dl.value.save_as(path)
-    saved = json.loads(path.read_text())
+    saved = save_ui(p, path)
     reroutes = {n["id"]: n for n in saved["nodes"] if n["type"] == "Reroute"}
     assert {i: n["pos"] for i, n in reroutes.items()} == {4: [360, 150], 5: [x5, y5], 7: [900, 300]}
     for n in reroutes.values():  # ComfyUI's Reroute node, typed by what flows through it
@@ -862,9 +861,7 @@ def test_a_canvas_files_reroutes_show_move_run_and_save_back(page: Page, tmp_pat
     assert {t for _, _, _, _, _, t in saved["links"]} == {"INT"}
     assert saved["last_node_id"] == 7 and saved["last_link_id"] == len(saved["links"])
     back, warnings = ui_to_api(saved, default_registry())
-    assert warnings == [] and {k: (n["class_type"], n["inputs"]) for k, n in back.items()} == {
-        k: (n["class_type"], n["inputs"]) for k, n in expected.items()
-    }
+    assert warnings == [] and prompt_of(back) == prompt_of(expected)
 
     # The saved file opens with the same reroutes, and they outlive a reload of the page.
     p.page.click("[data-testid=clear-button]")
@@ -900,22 +897,14 @@ def test_native_reroute_points_show_and_save_back_as_reroute_nodes(
     with p.page.expect_request(lambda r: r.url.endswith("/prompt") and r.method == "POST") as req:
         queue_and_wait(p)
     queued = req.value.post_data_json["prompt"]
-    assert {k: (n["class_type"], n["inputs"]) for k, n in queued.items()} == {
-        k: (n["class_type"], n["inputs"]) for k, n in expected.items()
-    }
+    assert prompt_of(queued) == prompt_of(expected)
     p.shot("native-reroutes")
-    with p.page.expect_download() as dl:
-        p.page.click("[data-testid=save-ui-button]")
-    saved_path = tmp_path / "native.ui.json"
-    dl.value.save_as(saved_path)
-    saved = json.loads(saved_path.read_text())
+    saved = save_ui(p, tmp_path / "native.ui.json")
     reroutes = {n["id"]: n["pos"] for n in saved["nodes"] if n["type"] == "Reroute"}
     assert reroutes == {4: [700, 240]}
     assert canvas_links(saved) == {(1, 0, 2, 0), (2, 0, 4, 0), (4, 0, 3, 0)}
     back, warnings = ui_to_api(saved, default_registry())
-    assert warnings == [] and {k: (n["class_type"], n["inputs"]) for k, n in back.items()} == {
-        k: (n["class_type"], n["inputs"]) for k, n in expected.items()
-    }
+    assert warnings == [] and prompt_of(back) == prompt_of(expected)
     # schema 1: the point is named by the link's parentId
     p.page.click("[data-testid=clear-button]")
     schema1 = path.parent / "subgraph_schema1.json"
@@ -1038,9 +1027,7 @@ def test_the_history_panel_shows_past_results_and_restores_their_graph(
     first.locator("[data-testid=history-load]").click()
     wait_until(p, "(n) => Object.keys(window.nodegraph.getWorkflow()).length === n", len(ran))
     restored = workflow(p)
-    assert {i: (n["class_type"], n["inputs"]) for i, n in restored.items()} == {
-        i: (n["class_type"], n["inputs"]) for i, n in ran.items()
-    }
+    assert prompt_of(restored) == prompt_of(ran)
 
 
 def test_the_mask_painter_saves_the_mask_into_the_pictures_alpha(

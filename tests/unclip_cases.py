@@ -8,13 +8,14 @@ from typing import Any
 
 import torch
 
+from tests.comfy_cases import TINY_KSAMPLER
+
 FAMILY = "sd2_unclip"
 WIDTH = 64
 """The tiny SD 2.x text width (tests.family_fixtures' OpenCLIP-H stand-in)."""
 EMBED = 24
 """The tiny CLIP vision encoder's image embedding width (the UNet's class label is twice it)."""
-KSAMPLER = {"seed": 42, "steps": 4, "cfg": 5.0, "sampler_name": "euler", "scheduler": "normal",
-            "denoise": 1.0}  # fmt: skip
+KSAMPLER = TINY_KSAMPLER
 
 CASES: list[dict[str, Any]] = [
     # one picture, no augmentation

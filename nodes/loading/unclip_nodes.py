@@ -5,15 +5,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from nodegraph import InputField, Node, NodeContext, Outputs
+from nodegraph import NodeContext, Outputs
 
 from ..devices import resolve_device
 from ..formats.clip_vision import has_clip_vision
 from ..values import CLIP, CLIP_VISION, MODEL, VAE, ClipVision
 from . import clip_vision_nodes
-from .checkpoint_nodes import checkpoint_outputs, model_fingerprint
+from .checkpoint_nodes import CheckpointLoaderSimple, checkpoint_outputs
 from .checkpoints import load_key, open_checkpoint
-from .folders import SHIPPED_NAME, find_model, model_names
+from .folders import find_model
 
 IMAGE_ENCODER = "image_encoder"
 """The diffusers folder component of an unCLIP pipeline's CLIP image encoder."""
@@ -50,18 +50,11 @@ def load_image_encoder(name: str, options: Mapping[str, Any]) -> ClipVision | No
     return clip_vision_nodes.STORE.get(key, lambda: _load_image_encoder(found, options, name))
 
 
-class UnclipCheckpointLoader(Node):
+class UnclipCheckpointLoader(CheckpointLoaderSimple):
     """Load an unCLIP checkpoint: model, text encoder, VAE and its CLIP image encoder."""
 
     node_type = "unCLIPCheckpointLoader"
-    category = "loaders"
-    ckpt_name: str = InputField(
-        SHIPPED_NAME, description="The checkpoint, among models/checkpoints.", choices=model_names
-    )
-
-    @classmethod
-    def fingerprint(cls, literals: Mapping[str, Any], run: Any) -> Any:
-        return model_fingerprint("checkpoints", literals["ckpt_name"], run)
+    display_name = None
 
     def invoke(self, ctx: NodeContext) -> UnclipCheckpoint:
         loaded = checkpoint_outputs(self.ckpt_name, ctx)

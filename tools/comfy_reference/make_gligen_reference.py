@@ -17,20 +17,18 @@ Writes tests/data/comfy_reference/{gligen.json, gligen.safetensors}.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 
 ROOT = Path(__file__).resolve().parents[2]
-OUT = ROOT / "tests" / "data" / "comfy_reference"
 sys.path.insert(0, str(ROOT))
 
 from nodes.sampling.gligen import attention_blocks  # noqa: E402  (before ComfyUI's `nodes`)
 from tests import gligen_cases as G  # noqa: E402
+from tools.comfy_reference import family_harness as H  # noqa: E402
 from tools.comfy_reference.make_reference import DiffusersUNet  # noqa: E402
 
 
@@ -122,17 +120,10 @@ def comfy_sd15(unet: torch.nn.Module) -> Any:
 
 
 def main() -> None:
-    torch.set_num_threads(1)  # the tests compare on one thread
-    from tests import comfy_cases as C
-
-    model_ = C.tiny_model(G.FAMILY)  # nodegraph's modules, before ComfyUI loads
+    model_ = H.tiny_checkpoint(G.FAMILY)[0]  # nodegraph's modules, before ComfyUI loads
     inputs = G.inputs()
     state = G.gligen_state(model_.unet)
-    from tools.comfy_reference.make_mask_reference import comfy_node_classes
-    from tools.comfy_reference.make_reference import comfy_commit
-
-    comfy_node_classes()  # ComfyUI's nodes.py as `nodes`, its server stubbed, --cpu
-    comfy_nodes = sys.modules["nodes"]
+    comfy_nodes = H.comfy_nodes()
     gligen, model = comfy_gligen(state), comfy_sd15(model_.unet)
     clip = PooledClip({k: inputs[k] for k in ("cat", "dog")})
     node = comfy_nodes.GLIGENTextBoxApply()
@@ -157,11 +148,7 @@ def main() -> None:
         tensors[case["name"]] = out[0]["samples"]
         print(case["name"], float(out[0]["samples"].abs().max()))
     tensors.update({f"file.{k}": v for k, v in state.items()})
-    OUT.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.float().contiguous() for k, v in tensors.items()}, OUT / "gligen.safetensors")
-    manifest = {"comfyui_commit": comfy_commit(), "cases": G.CASES}
-    (OUT / "gligen.json").write_text(json.dumps(manifest, indent=1) + "\n")
-    print(f"{len(G.CASES)} cases written to {OUT}")
+    H.write("gligen", tensors, cases=G.CASES)
 
 
 if __name__ == "__main__":

@@ -13,19 +13,17 @@ Writes tests/data/comfy_reference/{ip2p.json, ip2p.safetensors}.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 
 ROOT = Path(__file__).resolve().parents[2]
-OUT = ROOT / "tests" / "data" / "comfy_reference"
 sys.path.insert(0, str(ROOT))
 
 from tests import ip2p_cases as P  # noqa: E402
+from tools.comfy_reference import family_harness as H  # noqa: E402
 
 
 class EncodeOnly:
@@ -58,16 +56,9 @@ def comfy_ip2p_model(unet: torch.nn.Module) -> Any:
 
 
 def main() -> None:
-    torch.set_num_threads(1)  # the tests compare on one thread
-    from tests import comfy_cases as C
-
-    model_, _, vae_ = C.tiny_checkpoint(P.FAMILY)  # nodegraph's modules, before ComfyUI loads
+    model_, _, vae_ = H.tiny_checkpoint(P.FAMILY)  # nodegraph's modules, before ComfyUI loads
     inputs = P.inputs()
-    from tools.comfy_reference.make_mask_reference import comfy_node_classes
-    from tools.comfy_reference.make_reference import comfy_commit
-
-    comfy_node_classes()  # ComfyUI's nodes.py as `nodes`, its server stubbed, --cpu
-    comfy_nodes = sys.modules["nodes"]
+    comfy_nodes = H.comfy_nodes()
     from comfy_extras.nodes_ip2p import InstructPixToPixConditioning
 
     model = comfy_ip2p_model(model_.unet)
@@ -96,11 +87,7 @@ def main() -> None:
         tensors[case["name"]] = out[0]["samples"]
         cases.append({**case, "encoded_shape": list(vae.seen[0])})
         print(case["name"], vae.seen, float(out[0]["samples"].abs().max()))
-    OUT.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.float().contiguous() for k, v in tensors.items()}, OUT / "ip2p.safetensors")
-    manifest = {"comfyui_commit": comfy_commit(), "cases": cases}
-    (OUT / "ip2p.json").write_text(json.dumps(manifest, indent=1) + "\n")
-    print(f"{len(cases)} cases written to {OUT}")
+    H.write("ip2p", tensors, cases=cases)
 
 
 if __name__ == "__main__":

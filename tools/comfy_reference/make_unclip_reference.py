@@ -14,20 +14,18 @@ Writes tests/data/comfy_reference/{unclip.json, unclip.safetensors}.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 
 ROOT = Path(__file__).resolve().parents[2]
-OUT = ROOT / "tests" / "data" / "comfy_reference"
 sys.path.insert(0, str(ROOT))
 
 from tests import unclip_cases as U  # noqa: E402
+from tools.comfy_reference import family_harness as H  # noqa: E402
 from tools.comfy_reference.make_reference import DiffusersUNet  # noqa: E402
 
 
@@ -65,16 +63,9 @@ def conditioning(node: Any, embeds: torch.Tensor, entries: list[list[Any]], inpu
 
 
 def main() -> None:
-    torch.set_num_threads(1)  # the tests compare on one thread
-    from tests import comfy_cases as C
-
-    model_, _, _ = C.tiny_checkpoint(U.FAMILY)  # nodegraph's modules, before ComfyUI loads
+    model_, _, _ = H.tiny_checkpoint(U.FAMILY)  # nodegraph's modules, before ComfyUI loads
     inputs = U.inputs()
-    from tools.comfy_reference.make_mask_reference import comfy_node_classes
-    from tools.comfy_reference.make_reference import comfy_commit
-
-    comfy_node_classes()  # ComfyUI's nodes.py as `nodes`, its server stubbed, --cpu
-    comfy_nodes = sys.modules["nodes"]
+    comfy_nodes = H.comfy_nodes()
     patcher, base = comfy_unclip_model(model_.unet)
     node = comfy_nodes.unCLIPConditioning()
     tensors = dict(inputs)
@@ -106,11 +97,7 @@ def main() -> None:
         adm = mb.unclip_adm(cond["unclip_conditioning"], torch.device("cpu"), augmentor,
                             seed=case["seed"] - 10)  # fmt: skip
         tensors[case["name"]] = adm[:, : U.SDXL_WIDTH]
-    OUT.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.float().contiguous() for k, v in tensors.items()}, OUT / "unclip.safetensors")
-    manifest = {"comfyui_commit": comfy_commit(), "cases": U.CASES, "sdxl_cases": U.SDXL_CASES}
-    (OUT / "unclip.json").write_text(json.dumps(manifest, indent=1) + "\n")
-    print(f"{len(U.CASES)} cases written to {OUT}")
+    H.write("unclip", tensors, cases=U.CASES, sdxl_cases=U.SDXL_CASES)
 
 
 if __name__ == "__main__":
