@@ -1,7 +1,9 @@
 """Loading full-size checkpoints: peak resident memory against the weights' size, and load time
-against diffusers' `from_single_file` with a local config folder.
+against diffusers' `from_single_file` with a local config folder; and the memory budget on the
+CPU: two SD 1.5-shaped checkpoints used in turn, with and without `--vram-budget`.
 
     .venv/bin/python bench/memory.py [--families sd1 sdxl sdxl_refiner] [--dir /tmp/ng-memory]
+    .venv/bin/python bench/memory.py --budget 4.5     # only the budget comparison (GiB)
 
 Each family's checkpoint is built once into --dir: the real architecture (SD 1.5, SDXL base,
 SDXL refiner) with random fp16 weights, written as one original-layout .safetensors file by the
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -177,12 +180,90 @@ def measure(path: Path, family: str, who: str) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+IN_TURN = r"""
+import json, resource, sys, time
+from pathlib import Path
+sys.path.insert(0, {root!r})
+import torch
+torch.set_num_threads(2)
+folder, budget = sys.argv[1], float(sys.argv[2])
+from nodegraph import RunSettings
+from nodegraph.executor import Executor
+from nodegraph.registry import default_registry
+from nodes.loading.residency import RESIDENCY
+
+def rss():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+
+options = {{"models": [folder], "device": "cpu", "vram_budget": budget or None}}
+registry = default_registry()
+registry.configure(options)
+executor = Executor(registry)
+settings = RunSettings(output_dir=Path(folder) / "out", temp_dir=Path(folder) / "tmp",
+                       options=options)
+steps = []
+for turn, name in enumerate(["sd1.safetensors", "sd1_b.safetensors"] * 2):
+    n = lambda cls, **inputs: {{"class_type": cls, "inputs": inputs}}
+    wf = {{
+        "ckpt": n("CheckpointLoaderSimple", ckpt_name=name),
+        "pos": n("CLIPTextEncode", text="a lighthouse at dusk", clip=["ckpt", 1]),
+        "neg": n("CLIPTextEncode", text="", clip=["ckpt", 1]),
+        "empty": n("EmptyLatentImage", width=64, height=64, batch_size=1),
+        "ks": n("KSampler", model=["ckpt", 0], seed=turn, steps=1, cfg=2.0,
+                sampler_name="euler", scheduler="normal", positive=["pos", 0],
+                negative=["neg", 0], latent_image=["empty", 0], denoise=1.0),
+        "decode": n("VAEDecode", samples=["ks", 0], vae=["ckpt", 2]),
+        "save": n("SaveImage", images=["decode", 0], filename_prefix="turn"),
+    }}
+    started = time.perf_counter()
+    result = executor.run(wf, settings)
+    assert result.ok, result.error
+    steps.append({{"model": name, "seconds": time.perf_counter() - started, "rss": rss()}})
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(json.dumps({{"steps": steps, "peak": peak, "restores": RESIDENCY.restores}}))
+"""
+
+
+def in_turn(folder: Path, budget: float) -> dict:
+    """Two SD 1.5-shaped checkpoints in turn (A, B, A, B: encode, one step, decode), in a
+    fresh process, within `budget` GiB (0: none)."""
+    code = IN_TURN.format(root=str(ROOT))
+    done = subprocess.run([sys.executable, "-c", code, str(folder), str(budget)],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def budget_report(folder: Path, budget: float) -> None:
+    path = build("sd1", folder)
+    second = folder / "sd1_b.safetensors"
+    if not second.exists():
+        os.link(path, second)  # another file to the store: loaded as a second model
+    gib = 2**30
+    weights = measure(path, "sd1", "nodegraph")["weights"]
+    print(f"two SD 1.5 checkpoints in turn (A, B, A, B), weights {weights / gib:.2f} GiB each "
+          "as float32:")  # fmt: skip
+    for label, limit in (("no budget", 0.0), (f"--vram-budget {budget:g}", budget)):
+        m = in_turn(folder, limit)
+        rows = ", ".join(f"{s['rss'] / gib:.2f}" for s in m["steps"])
+        times = ", ".join(f"{s['seconds']:.1f}" for s in m["steps"])
+        print(f"  {label:<20} peak RSS {m['peak'] / gib:5.2f} GiB = {m['peak'] / weights:.2f} x "
+              f"one model's weights; RSS after each turn {rows} GiB; seconds {times}; "
+              f"{m['restores']} modules read again")  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
     parser.add_argument("--dir", type=Path, default=Path("/tmp/ng-memory"))
+    parser.add_argument("--budget", type=float, default=None, metavar="GB",
+                        help="only compare two checkpoints in turn with and without this budget")
     args = parser.parse_args(argv)
     args.dir.mkdir(parents=True, exist_ok=True)
+    if args.budget is not None:
+        budget_report(args.dir, args.budget)
+        return 0
     gib = 2**30
     for family in args.families:
         path = build(family, args.dir)

@@ -129,7 +129,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=None,
         metavar="GB",
-        help="device memory for models: those not in use move to the CPU past it",
+        help="device memory for models: those not in use move to the CPU past it (on the "
+        "CPU: memory for their weights, read again from their files when needed)",
     )
     parser.add_argument(
         "--lowvram", action="store_true", help="keep each model on the device only while it runs"

@@ -68,13 +68,18 @@ def test_the_family_workflows_name_real_files_and_known_nodes():
                 assert set(node["inputs"].values()) & set(CHECKPOINTS), name
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_family_workflow_runs_on_tiny_checkpoints(name, models, tmp_path):
+def tiny_run_arguments(name: str, models: Path) -> list[str]:
+    """CLI arguments running a family workflow on the tiny checkpoints of `models`, at 64 px."""
     sets = ["--models", str(models)]
     for node_id, node in load(name).items():
         if node["class_type"] in SIZED:
             sets += ["--set", f"{node_id}.width=64", "--set", f"{node_id}.height=64"]
-    report = run_cli(name, tmp_path, *sets)
+    return sets
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_family_workflow_runs_on_tiny_checkpoints(name, models, tmp_path):
+    report = run_cli(name, tmp_path, *tiny_run_arguments(name, models))
     (run,) = report["runs"]
     assert run["status"] == "success" and run["outputs"], run
     for path in run["outputs"]:

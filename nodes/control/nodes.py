@@ -19,6 +19,7 @@ from ..loading.checkpoint_nodes import model_fingerprint
 from ..loading.checkpoints import STORE, load_key, read_component
 from ..loading.folders import find_model, model_names
 from ..loading.patching import patched
+from ..loading.residency import RESIDENCY
 from ..values import CONDITIONING, IMAGE, MODEL, VAE, Cond, Conditioning, Model
 from .values import CONTROL_NET, AppliedControl, ControlNet
 
@@ -29,13 +30,13 @@ PERCENT = dict(ge=0.0, le=1.0, step=0.001)
 def _place(net: Any, name: str, options: Mapping[str, Any]) -> ControlNet:
     device = resolve_device(options)
     dtype = compute_dtype(device, next(net.parameters()).dtype)
-    net = net.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    net = net.to(device=RESIDENCY.load_device(device), dtype=dtype).eval().requires_grad_(False)
     return ControlNet(net, device, dtype, name)
 
 
 def _unet_weights(model: Model) -> dict[str, torch.Tensor]:
     """The model's UNet weights as it samples (its LoRA patches applied), in float32."""
-    with patched(model.unet, model.patches) as unet:
+    with RESIDENCY.present([model.unet]), patched(model.unet, model.patches) as unet:
         return {k: v.detach().float().clone() for k, v in unet.state_dict().items()}
 
 
@@ -58,9 +59,10 @@ def load_controlnet(
     if model is not None:
         key = (key, "difference", id(model.unet), tuple(id(p) for p in model.patches))
 
+    def build(tensors: Any) -> Any:  # a difference ControlNet's base read anew each time
+        return build_controlnet(tensors, base=None if model is None else _unet_weights(model))
+
     def load() -> ControlNet:
-        base = None if model is None else _unet_weights(model)
-        build = partial(build_controlnet, base=base)
         net = read_component(found, options, _folder_class(found), build, "ControlNet")
         return _place(net, name, options)
 

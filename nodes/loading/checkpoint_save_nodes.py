@@ -29,6 +29,7 @@ from ..images.io import WRITTEN, expand_prefix, saved_fingerprint, workflow_text
 from ..sampling.comfy.model_sampling import ZSNR_LAST_ALPHA_BAR
 from ..values import CLIP, MODEL, VAE, Clip, Model, Vae
 from .patching import Patch, module_lock, patched_weight
+from .residency import RESIDENCY
 
 log = logging.getLogger(__name__)
 NODE = "CheckpointSave"
@@ -143,7 +144,8 @@ def save_checkpoint(
     folder, stem = path_target.parent, path_target.name
     prediction, zsnr, edm = prediction_of(model)
     towers = [] if clip is None else [t.encoder for t in clip.towers]
-    with locked([model.unet, *towers]):
+    modules = [model.unet, *towers, *([] if vae is None else [vae.vae])]
+    with RESIDENCY.present(modules), locked([model.unet, *towers]):
         unet = (baked(model.unet, model.patches), model.unet.config)
         text = {} if clip is None else tower_states(model, clip)
         autoencoder = None if vae is None else (baked(vae.vae, ()), vae.vae.config)

@@ -14,6 +14,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from ..sampling.comfy.model_sampling import ModelSampling
 from ..sampling.preview import fit_latent_rgb
 from ..values import Clip, Model, TextTower, Vae
 from .folders import SHIPPED_DIR, ModelFile, find_model, modified
+from .residency import RESIDENCY
 
 STORE_SIZE = 3
 TEXT_ENCODERS = ("CLIPTextModel", "CLIPTextModelWithProjection")
@@ -59,6 +61,15 @@ class Parts:
 # --------------------------------------------------------------------------- single files
 
 
+def tracked(build: Callable[[], Any], path: Path) -> Any:
+    """`build()`'s module, noted as one that `build` makes again from `path` (nodes.loading.
+    residency: on the CPU past the budget it lets its weights go and reads them again)."""
+    module = build()
+    if module is not None:
+        RESIDENCY.track(module, build, path)
+    return module
+
+
 def read_component(
     found: ModelFile,
     options: Mapping[str, Any],
@@ -67,15 +78,15 @@ def read_component(
     what: str,
 ) -> Any:
     """One model part from a models folder: a diffusers folder through `diffusers_class`'s
-    from_pretrained, a single file's tensors through `build`."""
+    from_pretrained, a single file's tensors through `build` (tracked: see `tracked`)."""
     if found.format == "component":
         import diffusers
 
         cls = getattr(diffusers, diffusers_class)
-        return cls.from_pretrained(found.path, local_files_only=True)
+        return tracked(partial(cls.from_pretrained, found.path, local_files_only=True), found.path)
     if found.format not in ("safetensors", "pickle"):
         raise CheckpointError(f"{found.name} is a {found.format} folder, not a {what}")
-    return build(open_checkpoint(found.path, found.format, options))
+    return tracked(lambda: build(open_checkpoint(found.path, found.format, options)), found.path)
 
 
 def open_checkpoint(path: Path, fmt: str, options: Mapping[str, Any]) -> Tensors:
@@ -94,13 +105,22 @@ def open_checkpoint(path: Path, fmt: str, options: Mapping[str, Any]) -> Tensors
 def _single_file(path: Path, fmt: str, options: Mapping[str, Any]) -> Parts:
     tensors = open_checkpoint(path, fmt, options)
     variant = detect(tensors)
+
+    def part(build: Callable[..., Any], *args: Any) -> Any:
+        """A module built from the file's tensors, tracked as one read again from the file."""
+        module = build(tensors, *args)
+        if module is not None:
+            rebuild = lambda: build(open_checkpoint(path, fmt, options), *args)  # noqa: E731
+            RESIDENCY.track(module, rebuild, path)
+        return module
+
     towers = []
     for spec in variant.family.towers:
-        encoder = convert.build_tower(tensors, spec)
+        encoder = part(convert.build_tower, spec)
         if encoder is not None:
             towers.append((spec, encoder, clip_tokenizer(), spec.layer, spec.pad_id))
-    unet = convert.build_unet(tensors, variant)
-    vae = convert.build_vae(tensors, variant)
+    unet = part(convert.build_unet, variant)
+    vae = part(convert.build_vae, variant)
     return Parts(variant, unet, vae, towers, variant.scheduler_config())
 
 
@@ -145,8 +165,10 @@ def _folder(path: Path) -> Parts:
     variant = folder_variant(path)
     index = _read_json(path / "model_index.json")
     common = {"local_files_only": True}
-    unet = diffusers.UNet2DConditionModel.from_pretrained(path, subfolder="unet", **common)
-    vae = diffusers.AutoencoderKL.from_pretrained(path, subfolder="vae", **common)
+    unet = tracked(partial(diffusers.UNet2DConditionModel.from_pretrained, path, subfolder="unet",
+                           **common), path)  # fmt: skip
+    vae = tracked(partial(diffusers.AutoencoderKL.from_pretrained, path, subfolder="vae",
+                          **common), path)  # fmt: skip
     towers = []
     for spec in variant.family.towers:
         entry = index.get(spec.diffusers_component) or [None, None]
@@ -158,7 +180,8 @@ def _folder(path: Path) -> Parts:
                 f"encoder ({', '.join(TEXT_ENCODERS)})"
             )
         cls = getattr(transformers, entry[1])
-        encoder = cls.from_pretrained(path, subfolder=spec.diffusers_component, **common)
+        read = partial(cls.from_pretrained, path, subfolder=spec.diffusers_component, **common)
+        encoder = tracked(read, path)
         tokenizer = transformers.CLIPTokenizer.from_pretrained(
             path / spec.tokenizer_component, **common
         )
@@ -172,7 +195,10 @@ def _folder(path: Path) -> Parts:
 
 
 def _place(module: Any, device: torch.device, dtype: torch.dtype) -> Any:
-    return module.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    """A module in its compute dtype, on `device` (or on the CPU until first used, when its
+    place is managed: nodes.loading.residency)."""
+    place = RESIDENCY.load_device(device)
+    return module.to(device=place, dtype=dtype).eval().requires_grad_(False)
 
 
 def _weights_dtype(module: Any) -> torch.dtype:
@@ -272,6 +298,13 @@ class Store:
 STORE = Store(STORE_SIZE)
 
 
+def stored_bytes(path: Path) -> int:
+    """A model's size on disk (a folder's files together)."""
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size
+
+
 def load_key(found: ModelFile, device: torch.device, options: Mapping[str, Any]) -> tuple:
     """The store key (and cache fingerprint) of a model file loaded on a device."""
     pickle = found.format == "pickle" and bool(options.get("allow_pickle"))
@@ -282,10 +315,12 @@ def load_checkpoint(name: str, options: Mapping[str, Any]) -> tuple[Model, Clip 
     """The model, text encoder(s) and VAE of the named checkpoint, loaded once and kept."""
     found = find_model("checkpoints", name, options.get("models") or ())
     device = resolve_device(options)
-    return STORE.get(
-        load_key(found, device, options),
-        lambda: bundle(name, load_parts(found, options), device),
-    )
+
+    def load() -> tuple[Model, Clip | None, Vae | None]:
+        RESIDENCY.reserve(device, stored_bytes(found.path))
+        return bundle(name, load_parts(found, options), device)
+
+    return STORE.get(load_key(found, device, options), load)
 
 
 def describe(found: ModelFile) -> str:

@@ -9,8 +9,9 @@ float16 once here and kept, and run, as float32.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,8 +23,9 @@ from ..formats.clip_vision import CLIP_MEAN, CLIP_STD, build_clip_vision
 from ..formats.tensors import CheckpointError, Tensors
 from ..values import CLIP_VISION, ClipVision
 from .checkpoint_nodes import model_fingerprint
-from .checkpoints import Store, load_key, open_checkpoint
+from .checkpoints import Store, load_key, open_checkpoint, tracked
 from .folders import find_model, model_names
+from .residency import RESIDENCY
 
 KIND = "clip_vision"
 STORE = Store(2)
@@ -37,21 +39,29 @@ def loaded_models() -> list[str]:
     return STORE.files()
 
 
-def make_clip_vision(model: Any, device: torch.device, name: str) -> ClipVision:
-    """A built encoder placed on `device` in its compute precision."""
+def _held(model: Any) -> Any:
+    """The encoder in float32 with ComfyUI's held precision (float16 values but for FULL)."""
     model = model.to(dtype=torch.float32)
     with torch.no_grad():
         for name, param in model.named_parameters():
             if not name.startswith(FULL):
                 param.copy_(param.to(HELD))
-    model = model.to(device=device).eval().requires_grad_(False)
+    return model
+
+
+def make_clip_vision(build: Callable[[], Any], path: Path, device: torch.device,
+                     name: str) -> ClipVision:  # fmt: skip
+    """The encoder `build()` makes (from the file at `path`), placed for computing on `device`."""
+    model = tracked(lambda: _held(build()), path)
+    model = model.to(device=RESIDENCY.load_device(device)).eval().requires_grad_(False)
     size = int(model.config.image_size)
     return ClipVision(model, device, torch.float32, name, size, CLIP_MEAN, CLIP_STD)
 
 
-def clip_vision_from(tensors: Tensors, device: torch.device, name: str) -> ClipVision:
+def clip_vision_from(tensors: Callable[[], Tensors], path: Path, device: torch.device,
+                     name: str) -> ClipVision:  # fmt: skip
     """The CLIP vision tower of a file's tensors (its own file, or a checkpoint holding one)."""
-    return make_clip_vision(build_clip_vision(tensors, name), device, name)
+    return make_clip_vision(lambda: build_clip_vision(tensors(), name), path, device, name)
 
 
 def load_clip_vision(name: str, options: Mapping[str, Any]) -> ClipVision:
@@ -60,9 +70,10 @@ def load_clip_vision(name: str, options: Mapping[str, Any]) -> ClipVision:
     if found.format not in ("safetensors", "pickle"):
         raise CheckpointError(f"{name} is a {found.format} folder, not a CLIP vision file")
     device = resolve_device(options)
+    tensors = partial(open_checkpoint, found.path, found.format, options)
     return STORE.get(
         load_key(found, device, options),
-        lambda: clip_vision_from(open_checkpoint(found.path, found.format, options), device, name),
+        lambda: clip_vision_from(tensors, found.path, device, name),
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import partial
 from typing import Any
 
 from nodegraph import NodeContext, Outputs
@@ -34,12 +35,13 @@ def _load_image_encoder(found: Any, options: Mapping[str, Any], name: str) -> Cl
             return None
         from transformers import CLIPVisionModelWithProjection
 
-        model = CLIPVisionModelWithProjection.from_pretrained(folder, local_files_only=True)
-        return clip_vision_nodes.make_clip_vision(model, device, name)
-    tensors = open_checkpoint(found.path, found.format, options)
-    if not has_clip_vision(tensors):
+        build = partial(CLIPVisionModelWithProjection.from_pretrained, folder,
+                        local_files_only=True)  # fmt: skip
+        return clip_vision_nodes.make_clip_vision(build, found.path, device, name)
+    tensors = partial(open_checkpoint, found.path, found.format, options)
+    if not has_clip_vision(tensors()):
         return None
-    return clip_vision_nodes.clip_vision_from(tensors, device, name)
+    return clip_vision_nodes.clip_vision_from(tensors, found.path, device, name)
 
 
 def load_image_encoder(name: str, options: Mapping[str, Any]) -> ClipVision | None:

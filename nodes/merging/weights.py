@@ -12,6 +12,7 @@ import torch
 
 from ..formats.lora import Adapter
 from ..loading.patching import Patch, patched_weight
+from ..loading.residency import RESIDENCY
 
 SKIPPED_SUFFIXES = (".position_ids", ".logit_scale")
 """Text-encoder tensors ComfyUI's CLIP merges leave alone."""
@@ -25,10 +26,14 @@ class ModelWeight(Adapter):
     name: str
     tensor: torch.Tensor
     patches: tuple[Patch, ...]
+    module: torch.nn.Module
+    """The other model's module holding `tensor` (read where it is; given back first if its
+    weights were let go to keep within the memory budget)."""
     reshapes: ClassVar[bool] = False
 
     def product(self, dtype: torch.dtype, device: torch.device | str | None) -> torch.Tensor:
-        weight, _ = patched_weight(self.name, self.tensor, self.patches)
+        with RESIDENCY.present([self.module]):
+            weight, _ = patched_weight(self.name, self.tensor, self.patches)
         return weight.to(dtype=dtype, device=device)
 
 
@@ -50,7 +55,8 @@ def merge_patch(
     by_strengths: dict[tuple[float, float], dict[str, Adapter]] = {}
     for name, tensor in other.named_parameters():
         if name in own and not name.endswith(SKIPPED_SUFFIXES):
-            adapter = ModelWeight(name=name, tensor=tensor, patches=tuple(other_patches))
+            patches = tuple(other_patches)
+            adapter = ModelWeight(name=name, tensor=tensor, patches=patches, module=other)
             by_strengths.setdefault(ratios(name), {})[name] = adapter
     return [
         Patch(adapters, strength, (key, strength, model_strength), model_strength)

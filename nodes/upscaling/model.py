@@ -23,6 +23,7 @@ from ..devices import resolve_device
 from ..formats.tensors import CheckpointError, open_safetensors
 from ..loading.checkpoints import Store, load_key
 from ..loading.folders import ModelFile, find_model
+from ..loading.residency import CPU, RESIDENCY
 from .library import spandrel, usable
 
 KIND = "upscale_models"
@@ -110,13 +111,19 @@ def build(state: dict[str, Any], name: str, device: torch.device) -> UpscaleMode
             f"{_where(name)}: spandrel's {arch} architecture needs torchvision, which cannot be "
             "imported with this torch (see pyproject.toml's `upscale` extra)"
         )
-    return UpscaleModel(descriptor.eval().to(device), name, device)
+    return UpscaleModel(descriptor.eval().to(RESIDENCY.load_device(device)), name, device)
 
 
 def _load(found: ModelFile, device: torch.device) -> UpscaleModel:
     if found.format not in ("safetensors", "pickle"):
         raise UpscaleModelError(f"{_where(found.name)}: a {found.format} folder, not a file")
-    return build(read_weights(found.path, found.name), found.name, device)
+    model = build(read_weights(found.path, found.name), found.name, device)
+
+    def rebuild() -> torch.nn.Module:
+        return build(read_weights(found.path, found.name), found.name, CPU).descriptor.model
+
+    RESIDENCY.track(model.descriptor.model, rebuild, found.path)
+    return model
 
 
 def load_upscale_model(name: str, options: Mapping[str, Any]) -> UpscaleModel:

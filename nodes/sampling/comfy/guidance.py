@@ -137,6 +137,16 @@ class Guider:
     def model_sampling(self) -> ModelSampling:
         return self.sampling or ModelSampling.for_model(self.model)
 
+    def modules(self) -> list[torch.nn.Module]:
+        """The networks a run computes with (ComfyUI's models to load): the UNet, then every
+        ControlNet / T2I-Adapter of the prompts, once each."""
+        nets = {id(self.model.unet): self.model.unet}
+        for conditioning in self.conds.values():
+            for cond in conditioning.conds:
+                for control in cond.extras.get("control", ()):
+                    nets.setdefault(id(control.control_net.net), control.control_net.net)
+        return list(nets.values())
+
     def denoisers(
         self, x: torch.Tensor, inpainting: Inpainting | None = None, seed: int | None = None
     ) -> tuple[Denoiser, PairDenoiser | None]:

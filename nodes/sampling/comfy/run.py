@@ -108,7 +108,7 @@ def sample(
             generator = torch.manual_seed((seed if seed is not None else 41) + 1)
             kept_noise = torch.randn(noise.shape, generator=generator).to(device)
         inpainting = Inpainting(mask, image, kept_noise, ms)
-    with RESIDENCY.use([model.unet], device), patched(model.unet, model.patches):
+    with RESIDENCY.use(guider.modules(), device), patched(model.unet, model.patches):
         denoiser, pair = guider.denoisers(x, inpainting, seed)
         if inpainting is not None:
             denoiser, pair = inpainting.wrap(denoiser), inpainting.wrap_pair(pair)
