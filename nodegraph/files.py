@@ -100,8 +100,25 @@ def atomic_write(path: Path, data: bytes) -> None:
         staged.replace(path)
 
 
+def next_counter(folder: Path, stem: str) -> int:
+    """ComfyUI's number for the next saved file: one past the highest `<stem>_<n>...` in
+    `folder` (any extension; a name whose number does not parse counts as 0), 1 for none."""
+    if not folder.is_dir():
+        return 1
+    head = os.path.normcase(stem + "_")
+    numbers = [0]
+    for name in os.listdir(folder):
+        if os.path.normcase(name[: len(head)]) == head:
+            try:
+                numbers.append(int(name[len(head) :].split("_")[0]))
+            except ValueError:
+                numbers.append(0)
+    return max(numbers) + 1
+
+
 def write_unique(folder: Path, stem: str, suffix: str, data: bytes, start: int = 1) -> Path:
-    """Write `data` as `folder/stem_00001_suffix`, the first number not taken (race-free).
+    """Write `data` as `folder/stem_<n>_suffix`, the first number from `start` not taken
+    (race-free).
 
     The file is complete before its name appears: a crash or a full disk never leaves an
     empty or partial file under a numbered name.

@@ -70,6 +70,22 @@ class Registry:
             if callable(hook):
                 hook(options)
 
+    def _call_hooks(self, name: str) -> None:
+        for module in self._modules.values():
+            hook = getattr(module, name, None)
+            if callable(hook):
+                hook()
+
+    def unload_models(self) -> None:
+        """Ask node modules to move the models they hold off the compute device (each that
+        can defines `unload_models()`; ComfyUI's POST /free `unload_models`)."""
+        self._call_hooks("unload_models")
+
+    def free_memory(self) -> None:
+        """Ask node modules to drop the models they hold (each that can defines
+        `free_memory()`; ComfyUI's POST /free `free_memory`)."""
+        self._call_hooks("free_memory")
+
     def loaded_models(self) -> list[str]:
         """Names of the model files node modules hold loaded now (each module that keeps
         models defines `loaded_models()`); a cluster worker reports them to the router."""

@@ -46,6 +46,8 @@ STATUS_DELAY = 0.05
 """Seconds a queue-length broadcast waits, gathering the changes that come meanwhile."""
 MAX_ID = 256
 """Longest prompt_id or client_id."""
+FREE_FLAGS = ("unload_models", "free_memory")
+"""POST /free's switches (ComfyUI's)."""
 WEB_TYPES = {
     ".html": "text/html",
     ".js": "text/javascript",
@@ -445,6 +447,16 @@ class Server:
         self.worker.interrupt(str(prompt_id) if prompt_id is not None else None)
         return web.Response(status=200)
 
+    async def post_free(self, request: web.Request) -> web.Response:
+        """`{unload_models?: bool, free_memory?: bool}`: done between jobs (ComfyUI's /free)."""
+        assert self.worker is not None
+        try:
+            flags = free_flags(await read_json(request))
+        except BadRequest as exc:
+            return web.json_response(exc.body, status=exc.status)
+        self.worker.request_free(**flags)
+        return web.Response(status=200)
+
     async def get_cluster(self, request: web.Request) -> web.Response:
         """The cluster's workers (what each holds and does) and its recent routing."""
         describe_cluster = getattr(self.worker, "describe", None)
@@ -609,6 +621,18 @@ class Server:
             headers["Content-Security-Policy"] = INDEX_CSP
             headers["Cache-Control"] = "no-cache"
         return web.FileResponse(path, headers=headers)
+
+
+def free_flags(body: Any) -> dict[str, bool]:
+    """POST /free's switches (false when left out); BadRequest naming a wrong one."""
+    if not isinstance(body, dict):
+        raise BadRequest(error_body("refused", "The body must be a JSON object."))
+    flags = {key: body.get(key, False) for key in FREE_FLAGS}
+    for key, value in flags.items():
+        if not isinstance(value, bool):
+            text = f"'{key}' must be true or false, not {json.dumps(value)}."
+            raise BadRequest(error_body("refused", text))
+    return flags
 
 
 async def _clear_or_delete(
@@ -785,6 +809,7 @@ def create_app(config: ServerConfig, registry: Registry | None = None) -> web.Ap
         ("GET", "/queue", server.get_queue),
         ("POST", "/queue", server.post_queue),
         ("POST", "/interrupt", server.post_interrupt),
+        ("POST", "/free", server.post_free),
         ("GET", "/history", server.get_history),
         ("GET", "/history/{prompt_id}", server.get_history_item),
         ("POST", "/history", server.post_history),

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from nodegraph import events
 from nodegraph.context import RunSettings
@@ -52,6 +54,8 @@ class Worker:
         self._flush_pending = False
         self._store_failing: str | None = None
         """What the last failed store call was doing (logged once until it works again)."""
+        self._freeing = Freeing()
+        """What POST /free asked for, done between jobs."""
         self._thread = threading.Thread(target=self._main, name="nodegraph-worker", daemon=True)
 
     @property
@@ -84,6 +88,27 @@ class Worker:
                 return False
             flag.set()
             return True
+
+    def request_free(self, unload_models: bool, free_memory: bool) -> None:
+        """Free memory between jobs (ComfyUI's POST /free): `unload_models` moves the models off
+        the device, `free_memory` also drops the cache and the loaded models."""
+        with self._wake:
+            self._freeing = self._freeing.adding(unload_models, free_memory)
+            self._wake.notify()
+
+    def _free_now(self) -> None:
+        """Do what POST /free asked for since the last time (never during a job)."""
+        with self._wake:
+            asked, self._freeing = self._freeing, Freeing()
+        if asked:
+            try:
+                self._release(asked)
+            except Exception:  # a worker that cannot free memory still runs jobs
+                log.exception("could not free memory as asked")
+
+    def _release(self, asked: Freeing) -> None:
+        assert self.executor is not None
+        release_memory(self.executor, asked)
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop taking jobs; the running one is interrupted and goes back to the queue."""
@@ -123,6 +148,7 @@ class Worker:
             with self._wake:
                 if self._stopping:
                     return
+            self._free_now()
             job = self._next_job()
             if job is None:
                 self._pause(1.0)
@@ -234,6 +260,32 @@ class Worker:
         if self._store_failing is not None:
             log.info("the store works again (after failing to %s)", self._store_failing)
         self._store_failing = None
+
+
+@dataclass(frozen=True)
+class Freeing:
+    """What POST /free asked for: `unload_models` (implied by `free_memory`), `free_memory`."""
+
+    unload_models: bool = False
+    free_memory: bool = False
+
+    def adding(self, unload_models: bool, free_memory: bool) -> Freeing:
+        free = self.free_memory or free_memory
+        return Freeing(self.unload_models or unload_models or free, free)
+
+    def __bool__(self) -> bool:
+        return self.unload_models or self.free_memory
+
+
+def release_memory(executor: Executor, asked: Freeing) -> None:
+    """ComfyUI's handling of POST /free after a prompt: the cache emptied (`free_memory`), the
+    node modules asked to move their models off the device and, for `free_memory`, to drop them."""
+    if asked.free_memory:
+        executor.cache.clear()
+        executor.registry.free_memory()
+    if asked.unload_models:
+        executor.registry.unload_models()
+    gc.collect()
 
 
 def _unstorable(job: Job, exc: BaseException) -> events.RunFailed:

@@ -253,6 +253,21 @@ def test_interrupt_reaches_the_worker_within_a_step(cluster: tuple[str, Path]) -
     assert steps_after <= 5 and took < 2.0, (steps_after, took)  # a step is 0.05 s
 
 
+def test_free_memory_empties_every_workers_cache_and_drops_its_models(
+    cluster: tuple[str, Path],
+) -> None:
+    base, _ = cluster
+    finished(base, [queue(base, slow(steps=1, delay=0.0, tag=uuid.uuid4().hex))])
+    assert any(w["cache_entries"] for w in get_json(base, "/cluster")["workers"])
+    assert post_json(base, "/free", {"free_memory": True})[0] == 200
+
+    def emptied() -> bool:
+        workers = get_json(base, "/cluster")["workers"]
+        return all(w["cache_entries"] == 0 and not w["models"] for w in workers)
+
+    wait_until(emptied, 60, 0.2)
+
+
 def test_a_server_killed_with_its_cluster_running_loses_no_job(tmp_path: Path) -> None:
     port = free_port()
     proc = cluster_server(tmp_path, port)

@@ -180,3 +180,29 @@ def test_server_mode_confines_loadimage_to_the_input_folder(executor, tmp_path):
     # checked again when it runs: a plan validated without the host's settings is still refused
     result = executor.run(executor.validate(save_workflow("../secret.png")), settings)
     assert result.status == "failed" and result.error.node_id == "load"
+
+
+def test_saved_files_are_numbered_past_the_highest_as_comfyuis(executor, settings, tmp_path):
+    """ComfyUI's counter: one past the highest number of the prefix (any extension), counting
+    up through the batch; `%batch_num%` is each picture's place in the batch. A number taken
+    meanwhile is skipped, never overwritten (ComfyUI would overwrite)."""
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(tmp_path / "p.png")
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("pic_00001_.png", "pic_00007_.latent", "pic_x_.png", "picture_00042_.png"):
+        (out / name).write_bytes(b"older")
+    wf = save_workflow("p.png")
+    wf["two"] = {"class_type": "ImageBatch",
+                 "inputs": {"image1": ["load", 0], "image2": ["load", 0]}}  # fmt: skip
+    wf["save"]["inputs"]["images"] = ["two", 0]
+    result = executor.run(wf, settings)
+    assert result.ok, result.error
+    names = [i["filename"] for i in result.ui["save"]["images"]]
+    assert names == ["pic_00008_.png", "pic_00009_.png"]
+    wf["save"]["inputs"]["filename_prefix"] = "b_%batch_num%"
+    first = [i["filename"] for i in executor.run(wf, settings).ui["save"]["images"]]
+    again = Executor(diffusion_registry()).run(wf, settings).ui["save"]["images"]  # no cache
+    again = [i["filename"] for i in again]
+    assert first == ["b_0_00001_.png", "b_1_00002_.png"]
+    assert again == ["b_0_00002_.png", "b_1_00003_.png"]  # not written over
+    assert (out / "pic_00001_.png").read_bytes() == b"older"

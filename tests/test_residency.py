@@ -50,13 +50,31 @@ def test_lowvram_keeps_a_module_on_the_device_only_while_it_runs():
 def test_without_a_budget_nothing_moves_nor_does_a_cpu_module_with_no_file():
     a = torch.nn.Linear(8, 8)
     weight = a.weight.detach().clone()
-    for options, device in (({"vram_budget": 1e-9}, torch.device("cpu")), ({}, META)):
-        res = Residency(move=empty_move)
-        res.configure(options)
-        with res.use([a], device):
-            assert where(a) == ["cpu"]
-        assert res.moves == 0
-    assert torch.equal(a.weight, weight)
+    res = Residency(move=empty_move)
+    res.configure({"vram_budget": 1e-9})
+    with res.use([a], torch.device("cpu")):
+        assert where(a) == ["cpu"] and torch.equal(a.weight, weight)
+    res.configure({})
+    empty_move(a, META)  # loaded onto the device
+    with res.use([a], META):
+        assert where(a) == ["meta"]
+    assert res.moves == 0
+
+
+def test_unloading_moves_every_model_not_in_use_off_the_device_and_use_brings_it_back():
+    a, b = torch.nn.Linear(8, 8), torch.nn.Linear(8, 8)
+    res = Residency(move=empty_move)
+    for module in (a, b):
+        empty_move(module, META)
+        with res.use([module], META):
+            pass
+    with res.use([a], META):
+        res.unload_all()
+        assert where(a, b) == ["meta", "cpu"]  # a is in use: it stays
+    res.unload_all()
+    assert where(a, b) == ["cpu", "cpu"]
+    with res.use([b], META):  # no budget: back where it computes
+        assert where(a, b) == ["cpu", "meta"]
 
 
 # --------------------------------------------------------------------------- the CPU budget

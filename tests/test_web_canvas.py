@@ -1167,3 +1167,21 @@ def test_a_pasted_picture_becomes_a_load_image_that_runs(page: Page, tmp_path: P
     )
     load_image_runs(p, "pasted-")
     p.shot("pasted-picture")
+
+
+def test_unload_models_keeps_results_and_free_memory_drops_them(page: Page, server: Server) -> None:
+    p = page
+    pick_model(p, server)
+    queue_and_wait(p)
+    loaders = ids_of(workflow(p), "CheckpointLoader")
+    p.page.click("[data-testid=history-button]")  # the queue panel frees memory, as ComfyUI's
+    asks = {"unload-models": {"unload_models": True, "free_memory": False},
+            "free-memory": {"unload_models": True, "free_memory": True}}  # fmt: skip
+    for button, asked in asks.items():
+        with p.page.expect_response(lambda r: r.url.endswith("/free")) as answer:
+            p.page.click(f"[data-testid={button}]")
+        assert answer.value.status == 200 and answer.value.request.post_data_json == asked
+        queue_and_wait(p)  # done by the server before this prompt
+        statuses = {node(p, nid).get_attribute("data-status") for nid in loaders}
+        # unloading keeps the cached results; freeing memory drops them and the models
+        assert statuses == ({"cached"} if button == "unload-models" else {"done"}), button

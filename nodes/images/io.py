@@ -17,7 +17,7 @@ import torch
 from PIL import Image, ImageOps, PngImagePlugin
 
 from nodegraph import InputField, Node, NodeContext, Outputs, RunSettings
-from nodegraph.files import confined, write_unique
+from nodegraph.files import confined, next_counter, write_unique
 
 from ..devices import resolve_device
 from ..values import IMAGE, MASK
@@ -203,15 +203,20 @@ def expand_prefix(prefix: str, width: int = 0, height: int = 0) -> str:
 def save_images(
     images: torch.Tensor, folder: Path, prefix: str, text: Mapping[str, str], compress: int
 ) -> list[dict[str, str]]:
-    """Write each image as `<prefix>_00001_.png` (numbers not taken yet) under `folder`."""
+    """Write each image as ComfyUI names it, `<prefix>_<n>_.png` with n one past the highest
+    number of the prefix under `folder` and counting up (`%batch_num%` in the prefix: the
+    image's place in the batch); a number taken meanwhile is skipped, never overwritten."""
     prefix = expand_prefix(prefix, int(images.shape[2]), int(images.shape[1]))
     target = confined(folder, prefix.strip() or "image")
     sub = target.parent.relative_to(folder.resolve())
+    n = next_counter(target.parent, target.name)
     written: list[Path] = []
     try:
-        for picture in to_pil(images):  # each file appears whole under its name, or not at all
+        for i, picture in enumerate(to_pil(images)):  # each file whole under its name, or none
             data = png_bytes(picture, text, compress)
-            written.append(write_unique(target.parent, target.name, ".png", data))
+            stem = target.name.replace("%batch_num%", str(i))
+            written.append(write_unique(target.parent, stem, ".png", data, n))
+            n = int(written[-1].name[len(stem) + 1 :].split("_")[0]) + 1
     except BaseException:  # a full disk: none of the batch stays, as the job records none
         for path in written:
             path.unlink(missing_ok=True)

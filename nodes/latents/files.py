@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file, save
 
 from nodegraph import InputField, Node, NodeContext, RunSettings
-from nodegraph.files import confined, write_unique
+from nodegraph.files import confined, next_counter, write_unique
 
 from ..devices import resolve_device
 from ..images.io import (
@@ -62,8 +62,9 @@ class SaveLatent(Node):
         folder = Path(ctx.settings.output_dir)
         metadata = workflow_text(ctx)
         target = confined(folder, expand_prefix(self.filename_prefix).strip() or "latent")
-        path = write_unique(target.parent, target.name, ".latent", latent_file(
-            self.samples.samples, metadata))  # fmt: skip
+        data = latent_file(self.samples.samples, metadata)
+        start = next_counter(target.parent, target.name)  # ComfyUI's: past the highest
+        path = write_unique(target.parent, target.name, ".latent", data, start)
         WRITTEN.add((str(folder.resolve()), self.filename_prefix), [path])
         sub = path.parent.relative_to(folder.resolve()).as_posix()
         ctx.show("latents", [{"filename": path.name, "subfolder": "" if sub == "." else sub,

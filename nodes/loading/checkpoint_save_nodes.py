@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import save_file
 
 from nodegraph import InputField, Node, NodeContext, RunSettings
-from nodegraph.files import Staged, UnsafePath, confined
+from nodegraph.files import Staged, UnsafePath, confined, next_counter
 
 from ..formats.original_layout import modelspec, original_checkpoint, sampling_markers
 from ..images.io import WRITTEN, expand_prefix, saved_fingerprint, workflow_text
@@ -49,22 +49,6 @@ def target(folder: Path, prefix: str) -> Path:
         raise ValueError(
             f"{NODE}: filename_prefix must stay inside the output folder ({folder}): {exc}"
         ) from exc
-
-
-def comfy_counter(folder: Path, stem: str) -> int:
-    """ComfyUI's number for the next file: one past the highest `<stem>_<n>...` in `folder`
-    (any extension; a name whose number does not parse counts as 0)."""
-    if not folder.is_dir():
-        return 1
-    head = os.path.normcase(stem + "_")
-    numbers = [0]
-    for name in os.listdir(folder):
-        if os.path.normcase(name[: len(head)]) == head:
-            try:
-                numbers.append(int(name[len(head) :].split("_")[0]))
-            except ValueError:
-                numbers.append(0)
-    return max(numbers) + 1
 
 
 def baked(module: torch.nn.Module, patches: Iterable[Patch]) -> dict[str, torch.Tensor]:
@@ -157,7 +141,7 @@ def save_checkpoint(
             meta = {**modelspec(model.family, prediction, f"{stem} {n}"), **metadata}
             save_file(tensors, str(path), metadata=meta)
 
-        return write_numbered(folder, stem, comfy_counter(folder, stem), write)
+        return write_numbered(folder, stem, next_counter(folder, stem), write)
 
 
 class CheckpointSave(Node):

@@ -9,14 +9,16 @@ Two storage formats, one result (a MODEL, a CLIP and a VAE):
 
 from __future__ import annotations
 
+import gc
 import json
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -267,11 +269,15 @@ def load_parts(found: ModelFile, options: Mapping[str, Any]) -> Parts:
 class Store:
     """Loaded models by (path, modification time, device, kind), the last few kept."""
 
+    every: ClassVar[weakref.WeakSet[Store]] = weakref.WeakSet()
+    """Each store made (emptied together by `free_memory`)."""
+
     def __init__(self, size: int) -> None:
         self.size = size
         self._items: OrderedDict[tuple, Any] = OrderedDict()
         self._lock = threading.RLock()
         self.loads = 0
+        Store.every.add(self)
 
     def get(self, key: tuple, load: Any) -> Any:
         with self._lock:
@@ -296,6 +302,14 @@ class Store:
 
 
 STORE = Store(STORE_SIZE)
+
+
+def free_memory() -> None:
+    """Registry.free_memory: every store of loaded models emptied (a model then lives on only
+    while a cached result holds it)."""
+    for store in list(Store.every):
+        store.clear()
+    gc.collect()
 
 
 def stored_bytes(path: Path) -> int:

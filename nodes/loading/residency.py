@@ -37,8 +37,11 @@ def nbytes(module: torch.nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def device_of(module: torch.nn.Module) -> torch.device:
-    return next(module.parameters()).device
+def device_of(module: torch.nn.Module) -> torch.device | None:
+    """Where the module's weights are (None: it has none, so it is anywhere)."""
+    for tensor in (*module.parameters(), *module.buffers()):
+        return tensor.device
+    return None
 
 
 class ModelFileChanged(RuntimeError):
@@ -164,7 +167,7 @@ class Residency:
     # ----------------------------------------------------------------- moving
 
     def _place(self, module: torch.nn.Module, device: torch.device) -> None:
-        if device_of(module) != device:
+        if device_of(module) not in (device, None):
             self._move(module, device)
             self.moves += 1
 
@@ -234,41 +237,56 @@ class Residency:
             with self._lock:
                 self._make_room(CPU, size)
 
-    def _any_released(self, modules: Sequence[torch.nn.Module]) -> bool:
-        entries = (self._lru.get(id(m)) for m in modules)
-        return any(e is not None and e.released for e in entries)
-
     @contextmanager
     def _held(
         self, modules: Sequence[torch.nn.Module], device: torch.device | None
     ) -> Iterator[None]:
         """`modules` pinned (never evicted meanwhile) with their weights, on `device` (None:
         where they are)."""
-        if not self.managed and not self._any_released(modules):
-            yield
-            return
         with self._lock:
             entries = [self._entry(m) for m in modules]
             for entry in entries:
                 entry.pins += 1
             try:
-                here = device or CPU
                 moving = [(e, m) for e, m in zip(entries, modules, strict=True)
-                          if e.released or (device is not None and device_of(m) != device)]
+                          if e.released or self._elsewhere(m, device)]
                 if moving or device is not None:  # only reading: room only to give back
-                    self._make_room(here, sum(nbytes(m) for _, m in moving))
+                    self._make_room(device or CPU, sum(nbytes(m) for _, m in moving))
                 for entry, module in moving:
                     if entry.released:
                         self._restore(entry, module)
                     if device is not None:
                         self._place(module, device)
-                yield
-            finally:
-                for entry in entries:
-                    entry.pins -= 1
+            except BaseException:
+                self._unpin(entries)
+                raise
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._unpin(entries)
                 if self.lowvram and device is not None and device.type != "cpu":
                     for module in modules:
                         self._place(module, CPU)
+
+    @staticmethod
+    def _elsewhere(module: torch.nn.Module, device: torch.device | None) -> bool:
+        """Whether the module's weights are to be moved to `device` (None: stay)."""
+        return device is not None and device_of(module) not in (device, None)
+
+    @staticmethod
+    def _unpin(entries: list[_Entry]) -> None:
+        for entry in entries:
+            entry.pins -= 1
+
+    def unload_all(self) -> None:
+        """Every module not in use off its compute device: to the CPU from an accelerator; on
+        the CPU its weights let go, if it can read them again (ComfyUI's unload_all_models)."""
+        with self._lock:
+            for entry, module in self._living():
+                where = device_of(module)
+                if not entry.released and where is not None:
+                    self._evict(entry, module, where)
 
     @contextmanager
     def use(self, modules: Sequence[torch.nn.Module], device: torch.device) -> Iterator[None]:
@@ -289,3 +307,11 @@ RESIDENCY = Residency()
 def configure(options: Mapping[str, Any]) -> None:
     """The host's settings: `vram_budget` (GiB) and `lowvram` (called by Registry.configure)."""
     RESIDENCY.configure(options)
+
+
+def unload_models() -> None:
+    """Registry.unload_models: every model not in use off its device, the device's cache
+    emptied."""
+    RESIDENCY.unload_all()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -28,6 +28,7 @@ from nodegraph.registry import registry_from
 from nodegraph.validate import Limits as EngineLimits
 
 from ..messages import preview_frame
+from ..worker import Freeing, release_memory
 
 SHOWN_FOLDERS = ("output", "temp")
 """`type`s of the files nodes show that travel back to the server."""
@@ -229,6 +230,12 @@ class GraphWorker:
             path.parent.mkdir(parents=True, exist_ok=True)
             if not path.is_file() or path.read_bytes() != data:
                 atomic_write(path, data)
+
+    def free(self, asked: Freeing) -> None:
+        """POST /free on this worker (after its running job, if any)."""
+        with self._lock:
+            release_memory(self.executor, asked)
+            self._forget_evicted()
 
     def _forget_evicted(self) -> None:
         cache = self.executor.cache

@@ -22,7 +22,7 @@ from nodegraph.executor import Executor
 from ..hub import Hub
 from ..messages import RunMessages
 from ..store import ERROR, MAX_ATTEMPTS, Job, Outcome, Store
-from ..worker import Worker
+from ..worker import Freeing, Worker
 from . import ClusterConfig, ClusterError
 from .actor import Ended, GraphWorker, RemoteJob, Report, WorkerSpec
 from .router import Assignment, Needs, Router
@@ -34,6 +34,8 @@ LOOKAHEAD = 64
 RECENT = 200
 """Routing decisions kept for GET /cluster."""
 REPORT_TIMEOUT = 2.0
+FREE_TIMEOUT = 120.0
+"""Seconds a worker may take to free memory (it waits for its running job first)."""
 
 
 class Lane(Worker):
@@ -81,6 +83,13 @@ class Lane(Worker):
 
     def _outcome(self, job: Job, final: str, run: RunMessages) -> Outcome:
         return replace(super()._outcome(job, final, run), worker=self.worker_id)
+
+    def _release(self, asked: Freeing) -> None:
+        """POST /free on the actor, and the router told what it holds now."""
+        import ray
+
+        ray.get(self.actor.free.remote(asked), timeout=FREE_TIMEOUT)
+        self.cluster.reported(ray.get(self.actor.report.remote(), timeout=REPORT_TIMEOUT))
 
     def _run(self, job: Job, interrupt: threading.Event) -> None:
         try:
@@ -217,6 +226,11 @@ class Cluster:
 
     def running_nodes(self) -> list[tuple[Job, str]]:
         return [r for lane in self.lanes.values() for r in lane.running_nodes()]
+
+    def request_free(self, unload_models: bool, free_memory: bool) -> None:
+        """POST /free: each worker frees memory after its running job."""
+        for lane in self.lanes.values():
+            lane.request_free(unload_models, free_memory)
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop dispatching; running jobs are interrupted and go back to the queue, as do

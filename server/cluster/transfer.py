@@ -9,7 +9,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from nodegraph.files import UnsafePath, atomic_write, confined, write_unique
+from nodegraph.files import UnsafePath, atomic_write, confined, next_counter, write_unique
 
 from .actor import ShownFile
 
@@ -86,8 +86,10 @@ class Landing:
         root = self.folders[shown.type]
         folder = confined(root, shown.subfolder) if shown.subfolder else root.resolve()
         numbered = _NUMBERED.match(shown.filename)
-        if numbered:  # the next free number here, as SaveImage on this machine would pick
-            path = write_unique(folder, numbered["stem"], numbered["suffix"], shown.data)
+        if numbered:  # the number SaveImage on this machine would pick
+            stem = numbered["stem"]
+            start = next_counter(folder, stem)
+            path = write_unique(folder, stem, numbered["suffix"], shown.data, start)
         else:
             path = confined(folder, shown.filename)
             atomic_write(path, shown.data)

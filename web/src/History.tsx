@@ -1,8 +1,9 @@
 // The queue and history panel: running and pending prompts (cancel one), past results as
 // thumbnails (full size on click) with "Load" restoring the graph that made them. Read from the
-// server's /queue and /history, so it survives restarts of the page and of the server.
+// server's /queue and /history, so it survives restarts of the page and of the server. As in
+// ComfyUI's queue sidebar, it also frees the server's memory (POST /free, after the running job).
 import { useCallback, useEffect, useState } from 'react';
-import { deleteQueued, getHistory, getQueue, viewUrl } from './api';
+import { deleteQueued, freeMemory, getHistory, getQueue, viewUrl } from './api';
 import type { ApiWorkflow } from './workflow';
 
 interface Entry {
@@ -43,6 +44,14 @@ export function HistoryPanel({ refresh, onLoad }: { refresh: number; onLoad: (wf
   useEffect(reload, [reload, refresh]);
   return (
     <aside className="history" data-testid="history-panel">
+      <div className="memory">
+        <button data-testid="unload-models" onClick={() => void freeMemory(true, false)} title="Move the loaded models off the device">
+          Unload models
+        </button>
+        <button data-testid="free-memory" onClick={() => void freeMemory(true, true)} title="Also drop the cached results and the loaded models">
+          Free memory
+        </button>
+      </div>
       <h3>Queue</h3>
       {queue.running.map((id) => (
         <div className="job" key={id} data-testid="job-running">

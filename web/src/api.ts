@@ -51,6 +51,15 @@ export const convertWorkflow = (workflow: unknown, to: 'api' | 'ui') =>
 
 export const interrupt = () => fetch(apiUrl('interrupt'), { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: '{}' });
 
+/** ComfyUI's POST /free, done by the server between jobs: `unload_models` moves the models off
+ * the device; `free_memory` also drops the cached results and the loaded models. */
+export const freeMemory = (unloadModels: boolean, dropEverything: boolean) =>
+  fetch(apiUrl('free'), {
+    method: 'POST',
+    headers: { 'Content-Type': 'application/json' },
+    body: JSON.stringify({ unload_models: unloadModels, free_memory: dropEverything }),
+  });
+
 export const getQueueRemaining = () =>
   fetch(apiUrl('prompt'))
     .then(json)
