@@ -127,7 +127,13 @@ def test_a_budget_below_every_model_changes_no_number(models, tmp_path, no_budge
     assert not any(t.is_meta for m in held for t in m.parameters())
 
 
-@pytest.mark.parametrize("name", ["comfy_sdxl_base_refiner", "comfy_unclip"])
+BUDGET_WORKFLOWS = ["comfy_sdxl_base_refiner", "comfy_unclip", "txt2img_img2img",
+                    "comfy_controlnet_scribble"]  # fmt: skip
+"""Single files of two families, an unCLIP checkpoint's image encoder, the shipped model (a
+diffusers folder, native nodes) and its ControlNet (a diffusers folder)."""
+
+
+@pytest.mark.parametrize("name", BUDGET_WORKFLOWS)
 def test_family_workflows_give_the_same_pictures_within_the_budget(
     name, family_models, tmp_path, no_budget_after
 ):
