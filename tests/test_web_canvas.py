@@ -1185,3 +1185,53 @@ def test_unload_models_keeps_results_and_free_memory_drops_them(page: Page, serv
         statuses = {node(p, nid).get_attribute("data-status") for nid in loaders}
         # unloading keeps the cached results; freeing memory drops them and the models
         assert statuses == ({"cached"} if button == "unload-models" else {"done"}), button
+
+
+def test_double_clicking_a_link_adds_a_reroute_that_changes_nothing_queued(
+    page: Page, server: Server, tmp_path: Path
+) -> None:
+    """ComfyUI's "Add Reroute": a reroute dot where the link was double-clicked, the link then
+    running through it (typed by it), resolved away in the queued prompt, saved as a Reroute."""
+    p = page
+    pick_model(p, server)
+    before = prompt_of(workflow(p))
+    edges = p.page.evaluate(
+        "() => [...document.querySelectorAll('.react-flow__edge')].map((e) => e.dataset.id)"
+    )
+    link = next(e for e in edges if e.endswith(":in:latent") and "->" in e)
+    source, target = link.split("->")[0].split(":")[0], link.split("->")[1].split(":")[0]
+    middle = p.page.evaluate(
+        """(id) => {
+            const path = document.querySelector(
+                `.react-flow__edge[data-id="${id}"] .react-flow__edge-path`);
+            const at = path.getPointAtLength(path.getTotalLength() / 2);
+            const m = path.getScreenCTM();
+            return { x: m.a * at.x + m.c * at.y + m.e, y: m.b * at.x + m.d * at.y + m.f };
+        }""",
+        link,
+    )
+    p.page.mouse.dblclick(middle["x"], middle["y"])
+    wait_until(p, "() => document.querySelectorAll('[data-testid=reroute]').length === 1")
+    rid = p.page.locator("[data-testid=reroute]").get_attribute("data-id")
+    assert p.page.locator("[data-testid=reroute]").get_attribute("data-type") == "LATENT"
+    assert p.page.locator("[data-testid=palette]").count() == 0  # not the canvas's double-click
+    box = p.page.locator("[data-testid=reroute]").bounding_box()
+    assert abs(box["x"] + box["width"] / 2 - middle["x"]) < 8  # where it was double-clicked
+    drawn = p.page.evaluate(
+        "() => [...document.querySelectorAll('.react-flow__edge')].map((e) => e.dataset.id)"
+    )
+    assert link not in drawn and f"{source}:out:0->{rid}:in:input" in drawn
+    assert any(e.startswith(f"{rid}:out:0->{target}:") for e in drawn)
+    after = workflow(p)
+    assert prompt_of(after) == before  # the API workflow is the same
+    p.shot("reroute-added")
+    with p.page.expect_request(lambda r: r.url.endswith("/prompt") and r.method == "POST") as req:
+        queue_and_wait(p)
+    assert prompt_of(req.value.post_data_json["prompt"]) == before
+    saved = save_ui(p, tmp_path / "with_reroute.json")
+    assert [n["type"] for n in saved["nodes"]].count("Reroute") == 1
+    p.page.click("[data-testid=undo]")  # undo takes it away again
+    wait_until(p, "() => document.querySelectorAll('[data-testid=reroute]').length === 0")
+    assert link in p.page.evaluate(
+        "() => [...document.querySelectorAll('.react-flow__edge')].map((e) => e.dataset.id)"
+    )

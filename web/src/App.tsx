@@ -18,7 +18,7 @@ import { parseCatalogue, compatible, typeColour, type Catalogue, type NodeDef } 
 import { EditorContext, type EditorApi } from './editor-context';
 import { GraphNode } from './GraphNode';
 import { RerouteNode } from './RerouteNode';
-import { downstream, isReroute, rerouteType } from './reroutes';
+import { REROUTE_INPUT, REROUTE_SIZE, downstream, isReroute, rerouteNode, rerouteType } from './reroutes';
 import { HistoryPanel } from './History';
 import { Palette } from './Palette';
 import { runStore, type NodeRun } from './runstate';
@@ -778,6 +778,32 @@ export function App() {
     [remember],
   );
 
+  /** A reroute dot where a link was double-clicked (ComfyUI's "Add Reroute"): the link now
+   * runs through it, and the queued workflow stays the same. */
+  const addReroute = useCallback(
+    (edge: GEdge, clientX: number, clientY: number) => {
+      remember();
+      const id = nextId(nodesRef.current);
+      const at = rf.screenToFlowPosition({ x: clientX, y: clientY });
+      const pos: [number, number] = [at.x - REROUTE_SIZE.width / 2, at.y - REROUTE_SIZE.height / 2];
+      const type = (edge.data as { type?: string } | undefined)?.type ?? '*';
+      const colour = typeColour(type);
+      const into = makeEdge(edge.source, handleOutput(edge.sourceHandle), id, REROUTE_INPUT, type, colour);
+      const out = makeEdge(id, 0, edge.target, handleInput(edge.targetHandle), type, colour);
+      setNodes((ns) => {
+        const next = [...ns, rerouteNode(id, pos)];
+        nodesRef.current = next;
+        return next;
+      });
+      setEdges((es) => {
+        const next = [...es.filter((e) => e.id !== edge.id), into, out];
+        edgesRef.current = next;
+        return next;
+      });
+    },
+    [remember, rf],
+  );
+
   const clipboard = useRef<Graph | null>(null);
   const pasteCount = useRef(0);
   const copySelection = useCallback((): Graph | null => {
@@ -972,13 +998,14 @@ export function App() {
         remember();
         return true;
       },
+      onEdgeDoubleClick: (e: React.MouseEvent, edge: GEdge) => addReroute(edge, e.clientX, e.clientY),
       onDoubleClick: (e: React.MouseEvent) => {
         if ((e.target as HTMLElement).classList.contains('react-flow__pane')) openPaletteAt(e.clientX, e.clientY);
       },
       onMoveStart: () => canvasRef.current?.classList.add('moving'),
       onMoveEnd: () => canvasRef.current?.classList.remove('moving'),
     }),
-    [remember, openPaletteAt],
+    [remember, openPaletteAt, addReroute],
   );
 
   if (loadError) {
@@ -1097,6 +1124,7 @@ export function App() {
               onSelectionDragStart={flowHandlers.onDragStart}
               onBeforeDelete={flowHandlers.onBeforeDelete}
               onDoubleClick={flowHandlers.onDoubleClick}
+              onEdgeDoubleClick={flowHandlers.onEdgeDoubleClick}
               zoomOnDoubleClick={false}
               onMoveStart={flowHandlers.onMoveStart}
               onMoveEnd={flowHandlers.onMoveEnd}
@@ -1156,7 +1184,7 @@ export function App() {
         />
       )}
       <footer className="hint">
-        Double-click the canvas to add a node · drag from a socket to connect · Ctrl+Z / Ctrl+Shift+Z undo/redo · Ctrl+C/V copy/paste · Ctrl+D duplicate ·
+        Double-click the canvas to add a node · drag from a socket to connect · double-click a link for a reroute · Ctrl+Z / Ctrl+Shift+Z undo/redo · Ctrl+C/V copy/paste · Ctrl+D duplicate ·
         Del delete · drop a JSON or PNG to load
       </footer>
     </div>
